@@ -37,12 +37,18 @@ def batch_norm2(a: torch.Tensor) -> torch.Tensor:
 
 
 def expand_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """Broadcast a leading batch dimension of size 1 to ``batch`` (no copy)."""
-    if t.shape[0] == batch:
+    """Match a parameter's leading batch dimension to a batch of ``batch`` samples.
+
+    Size 1 broadcasts (no copy).  A batch that is a multiple ``k·B`` of the parameter's ``B``
+    is read as ``k`` stacked copies of the same samples (the Jacobian tools stack several
+    products of one batch this way), so the parameter is tiled ``k`` times.
+    """
+    B = t.shape[0]
+    if B == batch or B == 1:
         return t
-    if t.shape[0] != 1:
-        raise ValueError(f"cannot combine a batch of {t.shape[0]} with a batch of {batch}")
-    return t.expand(batch, *t.shape[1:])
+    if batch % B:
+        raise ValueError(f"an operator for a batch of {B} cannot be applied to a batch of {batch}")
+    return t.repeat(batch // B, *[1] * (t.dim() - 1))
 
 
 class LinearOperator:

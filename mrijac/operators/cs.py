@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import LinearOperator
+from .base import LinearOperator, expand_batch
 
 
 class GaussianCS(LinearOperator):
@@ -47,10 +47,14 @@ class GaussianCS(LinearOperator):
         return self.matrix
 
     def forward(self, x):
-        return torch.einsum("bqp,bp->bq", self.matrix.to(x.dtype).expand(x.shape[0], -1, -1), x)
+        if self.batch_size == 1:
+            return x @ self.matrix[0].to(x.dtype).T
+        return torch.einsum("bqp,bp->bq", expand_batch(self.matrix, x.shape[0]).to(x.dtype), x)
 
     def adjoint(self, y):
-        return torch.einsum("bqp,bq->bp", self.matrix.to(y.dtype).expand(y.shape[0], -1, -1), y)
+        if self.batch_size == 1:
+            return y @ self.matrix[0].to(y.dtype)
+        return torch.einsum("bqp,bq->bp", expand_batch(self.matrix, y.shape[0]).to(y.dtype), y)
 
     def to(self, device=None, dtype=None):
         return GaussianCS(matrix=self.matrix.to(device=device, dtype=dtype), seed=self.seed)

@@ -74,14 +74,17 @@ class SingleCoilMRI(LinearOperator):
     def _reference_tensor(self):
         return self.mask
 
+    def _mask(self, t):
+        return expand_batch(self.mask, t.shape[0]).to(t.real.dtype)
+
     def forward(self, x):
-        return self.mask.to(x.real.dtype) * fft2c(x)
+        return self._mask(x) * fft2c(x)
 
     def adjoint(self, y):
-        return ifft2c(self.mask.to(y.real.dtype) * y)
+        return ifft2c(self._mask(y) * y)
 
     def normal(self, x):
-        m = self.mask.to(x.real.dtype)
+        m = self._mask(x)
         return ifft2c(m * m * fft2c(x))
 
     def to(self, device=None, dtype=None):
@@ -149,17 +152,22 @@ class MultiCoilMRI(LinearOperator):
     def _reference_tensor(self):
         return self.sens_maps
 
+    def _params(self, t):
+        B = t.shape[0]
+        return (expand_batch(self.mask, B).to(t.real.dtype)[:, None],
+                expand_batch(self.sens_maps, B))
+
     def forward(self, x):
-        m = self.mask.to(x.real.dtype)[:, None]
-        return m * fft2c(self.sens_maps * x[:, None])
+        m, S = self._params(x)
+        return m * fft2c(S * x[:, None])
 
     def adjoint(self, y):
-        m = self.mask.to(y.real.dtype)[:, None]
-        return (self.sens_maps.conj() * ifft2c(m * y)).sum(dim=1)
+        m, S = self._params(y)
+        return (S.conj() * ifft2c(m * y)).sum(dim=1)
 
     def normal(self, x):
-        m = self.mask.to(x.real.dtype)[:, None]
-        return (self.sens_maps.conj() * ifft2c(m * m * fft2c(self.sens_maps * x[:, None]))).sum(1)
+        m, S = self._params(x)
+        return (S.conj() * ifft2c(m * m * fft2c(S * x[:, None]))).sum(dim=1)
 
     def to(self, device=None, dtype=None):
         cdtype = None

@@ -1,0 +1,162 @@
+"""Estimates of ``||J(y) A||₂`` (power iteration) and ``||J(y) A||F²`` (random projections).
+
+``A`` is a :class:`~mrijac.operators.LinearOperator` mapping images to measurements (or
+``None`` for the identity, giving the model-agnostic ``||J(y)||``).  Every estimate is per
+sample, ``(B,)``, from batched products — never a full Jacobian.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..operators.base import batch_norm2
+from .products import _check_method, _randn_like, _third_order_hint, jvp, vjp
+
+
+def _apply(op, v):
+    return v if op is None else op(v)
+
+
+def _adj(op, g):
+    return g if op is None else op.adjoint(g)
+
+
+def _normalize(v: torch.Tensor) -> torch.Tensor:
+    return v / batch_norm2(v).clamp_min(1e-30).view(-1, *[1] * (v.dim() - 1))
+
+
+def _input_dim(v: torch.Tensor) -> int:
+    return v[0].numel() * (2 if v.is_complex() else 1)
+
+
+def _random_input(op, y: torch.Tensor, generator=None) -> torch.Tensor:
+    if op is None:
+        return _randn_like(y, generator)
+    return op.random_input(batch=y.shape[0], generator=generator,
+                           dtype=y.real.dtype).to(y.device)
+
+
+def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str = "forward",
+                    v0: list | None = None, create_graph: bool = False,
+                    return_vectors: bool = False, generator: torch.Generator | None = None):
+    """Joint power iteration for ``||J(y) A_k||₂``, ``k = 1..K``, stacked in one batch.
+
+    The K problems share ``y``: they run as one batch ``cat([y]*K)`` whose tangents are
+    ``cat([A_k v_k])``, so each product costs one (bigger) pass instead of K.  One iteration is
+    one VJP and one JVP: ``v ← A_kᴴ Jᵀ u / ||·||``, ``u ← J A_k v``, ``σ = ||u||`` (v unit).
+    Without ``v0`` the first ``v`` comes from a VJP of a random ``u``; with ``v0`` (a warm
+    start) that first VJP is replaced by ``v0``.  The last JVP is the only one that may carry a
+    graph (``create_graph``); its primal output is returned for the data loss.
+
+    Returns ``(out, sigmas, vectors)``: ``out`` ``(B, …)`` = f(y) (first copy), ``sigmas`` a
+    list of K ``(B,)`` tensors, ``vectors`` a list of K unit vectors (the next warm start: one
+    more VJP on the final pass's graph) or ``None`` unless ``return_vectors``.
+    """
+    _check_method(method)
+    if n_iter < 1:
+        raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    K, B = len(ops), y.shape[0]
+    y = y.detach()
+    Y = torch.cat([y] * K) if K > 1 else y
+
+    def vjp_to_vectors(us):
+        _, g, _ = vjp(f, Y, torch.cat(us) if K > 1 else us[0])
+        return [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(B))]
+
+    if v0 is None or any(v is None for v in v0):
+        _, g, _ = vjp(f, Y, None, generator=generator)
+        vs = [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(B))]
+        if v0 is not None:  # keep the warm vectors that were given
+            vs = [vs[k] if v0[k] is None else _normalize(v0[k].detach()) for k in range(K)]
+    else:
+        vs = [_normalize(v.detach()) for v in v0]
+    for _ in range(n_iter - 1):
+        _, t = jvp(f, Y, torch.cat([_apply(op, v) for op, v in zip(ops, vs)]), method)
+        vs = vjp_to_vectors(list(t.split(B)))
+
+    tangent = torch.cat([_apply(op, v) for op, v in zip(ops, vs)])
+    reuse = return_vectors and create_graph
+    res = jvp(f, Y, tangent, method, create_graph=create_graph, y_requires_grad=reuse)
+    out_all, t = res[0], res[1]
+    ts = list(t.split(B))
+    sigmas = [batch_norm2(tk) for tk in ts]
+    vectors = None
+    if return_vectors:
+        u = t.detach()
+        if reuse:  # one backward through the primal graph of the pass we already made
+            (g,) = torch.autograd.grad(out_all, res[2], u, retain_graph=True)
+            vectors = [_normalize(_adj(op, gk).detach()) for op, gk in zip(ops, g.split(B))]
+        else:
+            vectors = vjp_to_vectors(list(u.split(B)))
+    return out_all[:B], sigmas, vectors
+
+
+def spectral_norm(f, y: torch.Tensor, A=None, n_iter: int = 3, method: str = "forward",
+                  v0: torch.Tensor | None = None, return_vector: bool = False,
+                  create_graph: bool = False, generator: torch.Generator | None = None):
+    """Estimate ``σ_b = ||J_f(y_b) A_b||₂`` per sample by power iteration (Algorithm 2).
+
+    Args:
+        f: network ``y -> x̂``; y: measurements ``(B, …)`` (complex allowed).
+        A: forward operator (images -> measurements) or ``None`` for ``||J_f(y)||₂``.
+        n_iter: power iterations (each one JVP + one VJP).  The estimate never exceeds the
+            true norm and grows towards it with ``n_iter``.
+        method: ``"forward"`` (forward-mode AD) or ``"double_vjp"``.
+        v0: warm-start right singular vectors (A's input shape, ``(B, …)``).
+        return_vector: also return the next unit vector ``v`` for reuse as ``v0``.
+        create_graph: make ``σ`` differentiable with respect to the parameters of ``f``.
+    Returns:
+        ``σ`` ``(B,)`` real, or ``(σ, v)`` when ``return_vector``.
+    """
+    _, sig, vec = power_iteration(f, y, [A], n_iter, method, None if v0 is None else [v0],
+                                  create_graph, return_vector, generator)
+    return (sig[0], vec[0]) if return_vector else sig[0]
+
+
+def frobenius_terms(f, y: torch.Tensor, ops: list, n_proj: int = 1, method: str = "forward",
+                    create_graph: bool = False, generator: torch.Generator | None = None):
+    """Unbiased estimates of ``||J(y) A_k||F²`` for K operators, stacked in one pass.
+
+    ``method="forward"``: ``d_in · ||J A ẑ||²`` with ``ẑ`` uniform on the unit sphere of A's
+    input space (one dual forward pass for all K·n_proj projections; its primal output is
+    returned).  ``method="double_vjp"``: the paper's Algorithm 1, ``d_out · ||Aᴴ Jᵀ ẑ||²`` with
+    ``ẑ`` uniform on the output sphere (training through it needs double backward).  Both
+    have expectation ``tr((JA)ᵀ JA)``.  Returns ``(out, [ (B,) per operator ])``.
+    """
+    _check_method(method)
+    if n_proj < 1:
+        raise ValueError(f"n_proj must be >= 1, got {n_proj}")
+    K, B = len(ops), y.shape[0]
+    y = y.detach()
+    Y = torch.cat([y] * (K * n_proj)) if K * n_proj > 1 else y
+    if method == "forward":
+        tangents = []
+        for op in ops:
+            for _ in range(n_proj):
+                z = _normalize(_random_input(op, y, generator))
+                tangents.append(_apply(op, z * _input_dim(z) ** 0.5))
+        out_all, t = jvp(f, Y, torch.cat(tangents), "forward", create_graph=create_graph)
+        sq = batch_norm2(t).pow(2).view(K, n_proj, B).mean(1)
+    else:
+        y_leaf = Y.detach().requires_grad_()
+        with torch.enable_grad():
+            out_all = f(y_leaf)
+            z = _normalize(_randn_like(out_all, generator)) * _input_dim(out_all) ** 0.5
+            try:
+                (g,) = torch.autograd.grad(out_all, y_leaf, z, create_graph=create_graph)
+            except RuntimeError as err:
+                raise _third_order_hint(err) from err
+        parts = g.split(B)
+        sq = torch.stack([batch_norm2(_adj(ops[k], parts[k * n_proj + j])).pow(2)
+                          for k in range(K) for j in range(n_proj)]).view(K, n_proj, B).mean(1)
+        if not create_graph:
+            out_all, sq = out_all.detach(), sq.detach()
+    return out_all[:B], list(sq)
+
+
+def frobenius_norm_sq(f, y: torch.Tensor, A=None, n_proj: int = 1, method: str = "forward",
+                      create_graph: bool = False, generator: torch.Generator | None = None):
+    """Unbiased estimate of ``||J_f(y_b) A_b||F²`` per sample, ``(B,)`` (Algorithm 1).
+
+    See :func:`frobenius_terms` for the two estimators; ``n_proj`` projections are averaged.
+    """
+    return frobenius_terms(f, y, [A], n_proj, method, create_graph, generator)[1][0]

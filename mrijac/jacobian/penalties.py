@@ -1,0 +1,197 @@
+"""Regularizers: model-aware Jacobian penalties and the model-agnostic baselines.
+
+Paper names: ``sja`` (spectral ``||J A||₂``), ``sj`` (spectral ``||J||₂``), ``fja``/``fj``
+(Frobenius), ``wd`` (weight decay), ``sw`` (spectral norm of the weights).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .lam import auto_lambda
+from .norms import frobenius_terms, power_iteration
+
+KINDS = ("spectral", "frobenius")
+
+
+def _check_lambda(name, val):
+    if val == "auto":
+        return val
+    try:
+        val = float(val)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0 or 'auto', got {val!r}") from None
+    if not val >= 0:
+        raise ValueError(f"{name} must be >= 0 or 'auto', got {val}")
+    return val
+
+
+class JacobianPenalty:
+    """Model-aware Jacobian penalty, eq. (8) (spectral) or eq. (10) (Frobenius).
+
+    spectral:  ``λ1 max_b ||J(y_b) A_b||₂ + λ2 max_b ||J(y_b)||₂``
+    frobenius: ``λ1 Σ_b ||J(y_b) A_b||F² + λ2 Σ_b ||J(y_b)||F²``
+
+    Called as ``out, penalty, stats = pen(f, y, A)``: ``out = f(y)`` comes from the same pass
+    that carries the tangents (no extra forward), ``penalty`` is a differentiable scalar and
+    ``stats`` holds the per-sample estimates ``sigma_ja``/``sigma_j`` (spectral) or
+    ``fro_ja``/``fro_j`` (Frobenius, squared norms), the unweighted terms ``term_ja``/``term_j``
+    and, for the spectral kind, the next warm-start vectors ``v_ja``/``v_j``.
+
+    Args:
+        kind: ``"spectral"`` or ``"frobenius"``.
+        lambda_ja, lambda_j: weights λ1 (for ``J A``) and λ2 (for ``J``); 0 switches a term off;
+            ``"auto"`` picks it on the first batch with :func:`auto_lambda` (call
+            :meth:`calibrate`).
+        n_iter: power iterations (spectral); n_proj: random projections (Frobenius).
+        method: ``"forward"`` (forward-mode AD, works for InstanceNorm U-Nets) or
+            ``"double_vjp"``.
+        every: apply the penalty every ``every`` steps (pass ``step``); the penalty is then
+            multiplied by ``every`` so that its average weight is unchanged.
+        gamma: γ of the automatic λ.
+    """
+
+    def __init__(self, kind: str = "spectral", lambda_ja=0.0, lambda_j=0.0, n_iter: int = 1,
+                 n_proj: int = 1, method: str = "forward", every: int = 1, gamma: float = 20.0,
+                 warm_start_vectors: bool = True):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if int(every) < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.kind = kind
+        self.lambda_ja = _check_lambda("lambda_ja", lambda_ja)
+        self.lambda_j = _check_lambda("lambda_j", lambda_j)
+        self.n_iter, self.n_proj, self.method = int(n_iter), int(n_proj), method
+        self.every, self.gamma = int(every), float(gamma)
+        self.warm_start_vectors = warm_start_vectors
+
+    @property
+    def terms(self) -> list[str]:
+        """Active terms: ``"ja"`` and/or ``"j"``."""
+        return [t for t, lam in (("ja", self.lambda_ja), ("j", self.lambda_j)) if lam != 0]
+
+    @property
+    def needs_calibration(self) -> bool:
+        return "auto" in (self.lambda_ja, self.lambda_j)
+
+    def active(self, step: int | None) -> bool:
+        return bool(self.terms) and (step is None or step % self.every == 0)
+
+    def __call__(self, f, y: torch.Tensor, A=None, step: int | None = None,
+                 v0: dict | None = None, generator: torch.Generator | None = None):
+        if not self.active(step):
+            return f(y), y.new_zeros((), dtype=y.real.dtype), {}
+        terms = self.terms
+        ops = [A if t == "ja" else None for t in terms]
+        stats = {}
+        if self.kind == "spectral":
+            vs = None if v0 is None else [v0.get(f"v_{t}") for t in terms]
+            out, sig, vec = power_iteration(f, y, ops, self.n_iter, self.method, vs,
+                                            create_graph=True,
+                                            return_vectors=self.warm_start_vectors,
+                                            generator=generator)
+            for k, t in enumerate(terms):
+                stats[f"sigma_{t}"] = sig[k].detach()
+                stats[f"term_{t}"] = sig[k].max()
+                if vec is not None:
+                    stats[f"v_{t}"] = vec[k]
+        else:
+            out, sq = frobenius_terms(f, y, ops, self.n_proj, self.method, create_graph=True,
+                                      generator=generator)
+            for k, t in enumerate(terms):
+                stats[f"fro_{t}"] = sq[k].detach()
+                stats[f"term_{t}"] = sq[k].sum()
+        return out, self.weighted(stats), stats
+
+    def weighted(self, stats: dict) -> torch.Tensor:
+        """``Σ_t λ_t · term_t`` (× ``every``); auto λ that are not calibrated yet count as 0."""
+        total = 0.0
+        for t in self.terms:
+            lam = getattr(self, f"lambda_{t}")
+            if lam != "auto" and f"term_{t}" in stats:
+                total = total + lam * stats[f"term_{t}"]
+        if not torch.is_tensor(total):
+            ref = next((v for v in stats.values() if torch.is_tensor(v)), None)
+            return torch.zeros(()) if ref is None else ref.new_zeros(())
+        return total * self.every
+
+    def calibrate(self, loss: float, stats: dict) -> dict:
+        """Set every ``"auto"`` λ from the unregularized ``loss`` and this batch's terms."""
+        chosen = {}
+        for t in self.terms:
+            if getattr(self, f"lambda_{t}") == "auto":
+                lam = auto_lambda(float(loss), float(stats[f"term_{t}"].detach()), self.gamma)
+                setattr(self, f"lambda_{t}", lam)
+                chosen[f"lambda_{t}"] = lam
+        return chosen
+
+    def state_dict(self) -> dict:
+        return {"lambda_ja": self.lambda_ja, "lambda_j": self.lambda_j}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lambda_ja = _check_lambda("lambda_ja", state["lambda_ja"])
+        self.lambda_j = _check_lambda("lambda_j", state["lambda_j"])
+
+
+def _weight_layers(model: nn.Module):
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)) \
+                and isinstance(w, torch.Tensor) and w.requires_grad:
+            yield name, mod
+
+
+def weight_decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
+    """``λ Σ ||W||²`` over the weights of convolutional and linear layers (not biases/norms)."""
+    total = sum(mod.weight.pow(2).sum() for _, mod in _weight_layers(model))
+    return lam * total if torch.is_tensor(total) else torch.zeros(())
+
+
+class WeightSpectralPenalty:
+    """Spectral-norm regularization of the weights (Yoshida & Miyato 2017).
+
+    ``(λ/2) Σ_l σ(W_l)²`` with ``σ(W_l)`` the largest singular value of layer ``l``'s weight
+    reshaped to ``(out, in·k·k)`` (``(in, out·k·k)`` for transposed convolutions), estimated by
+    ``n_iter`` power iterations per step with vectors kept between steps.
+    """
+
+    def __init__(self, model: nn.Module, lam: float, n_iter: int = 1, seed: int = 0):
+        self.lam, self.n_iter = float(lam), int(n_iter)
+        self.layers = dict(_weight_layers(model))
+        g = torch.Generator().manual_seed(seed)
+        self.u = {}
+        for name, mod in self.layers.items():
+            W = self._matrix(mod)
+            self.u[name] = nn.functional.normalize(
+                torch.randn(W.shape[0], generator=g, dtype=W.dtype), dim=0).to(W.device)
+
+    @staticmethod
+    def _matrix(mod):
+        w = mod.weight
+        if isinstance(mod, nn.ConvTranspose2d):
+            w = w.transpose(0, 1)
+        return w.reshape(w.shape[0], -1)
+
+    def sigmas(self) -> dict[str, torch.Tensor]:
+        """Differentiable ``σ(W_l)`` per layer (updates the stored vectors)."""
+        out = {}
+        for name, mod in self.layers.items():
+            W = self._matrix(mod)
+            u = self.u[name].to(W.device, W.dtype)
+            with torch.no_grad():
+                for _ in range(self.n_iter):
+                    v = nn.functional.normalize(W.T @ u, dim=0)
+                    u = nn.functional.normalize(W @ v, dim=0)
+            self.u[name] = u
+            out[name] = u @ W @ v
+        return out
+
+    def __call__(self) -> torch.Tensor:
+        s = self.sigmas()
+        return 0.5 * self.lam * sum(x.pow(2) for x in s.values())
+
+    def state_dict(self) -> dict:
+        return {"u": {k: v.cpu() for k, v in self.u.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.u = dict(state["u"])

@@ -1,0 +1,251 @@
+"""Jacobian tools against explicit Jacobians (torch.func) on small problems."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mrijac.jacobian import (JacobianPenalty, WeightSpectralPenalty, auto_lambda,
+                             explicit_jacobian, frobenius_norm_sq, jvp, operator_matrix,
+                             spectral_norm, vjp, weight_decay_penalty)
+from mrijac.models import DnCNN, Reconstructor
+from mrijac.operators import GaussianCS, SingleCoilMRI
+
+DT = torch.float64
+
+
+def mlp_problem(seed=0, B=3):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    A = GaussianCS(matrix=torch.randn(7, 10, generator=g, dtype=DT) / 7 ** 0.5)
+    f = nn.Sequential(nn.Linear(7, 12), nn.Tanh(), nn.Linear(12, 10)).to(DT)
+    y = A(torch.randn(B, 10, generator=g, dtype=DT))
+    return f, y, A
+
+
+def mri_problem(seed=0, B=2):
+    """Complex k-space in, real magnitude image out: the MRI case, on a 6×8 image."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mask = (torch.rand(B, 1, 8, generator=g) < 0.6).to(DT)
+    mask[..., 4] = 1
+    A = SingleCoilMRI(mask, (6, 8))
+    net = DnCNN(2, 2, depth=3, features=6, batchnorm=False).to(DT)
+    recon = Reconstructor(net, normalize=True)
+    y = A(A.random_input(generator=g, dtype=DT))
+    return recon.as_function(A), y, A, recon
+
+
+def explicit_JA(f, y, A):
+    J = explicit_jacobian(f, y)
+    if A is None:
+        return J
+    return J @ operator_matrix(A).expand(J.shape[0], -1, -1)
+
+
+def test_jvp_vjp_match_explicit_jacobian_complex():
+    f, y, A, _ = mri_problem()
+    J = explicit_jacobian(f, y)  # (B, out, in): in = 2·48 real coordinates
+    assert J.shape == (2, 48, 96)
+    g = torch.Generator().manual_seed(1)
+    v = torch.view_as_complex(torch.randn(*y.shape, 2, generator=g, dtype=DT))
+    for method in ("forward", "double_vjp"):
+        out, t = jvp(f, y, v, method=method)
+        ref = (J @ torch.view_as_real(v).reshape(2, -1, 1)).reshape(t.shape)
+        assert torch.allclose(t, ref, atol=1e-10)
+        assert torch.allclose(out, f(y), atol=1e-12)
+    u = torch.randn(out.shape, generator=g, dtype=DT)
+    _, g_, _ = vjp(f, y, u)
+    ref = (J.transpose(1, 2) @ u.reshape(2, -1, 1)).reshape(2, -1)
+    assert torch.allclose(torch.view_as_real(g_).reshape(2, -1), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "mri"])
+@pytest.mark.parametrize("with_A", [True, False])
+def test_spectral_norm_converges_to_explicit(problem, with_A):
+    if problem == "mlp":
+        f, y, A = mlp_problem()
+    else:
+        f, y, A, _ = mri_problem()
+    A = A if with_A else None
+    ref = torch.linalg.matrix_norm(explicit_JA(f, y, A), ord=2)
+    est = spectral_norm(f, y, A, n_iter=300, generator=torch.Generator().manual_seed(0))
+    assert est.shape == ref.shape
+    assert ((est - ref).abs() / ref).max() < 1e-3
+    assert (est <= ref * (1 + 1e-9)).all()  # a Rayleigh-type estimate never exceeds σ
+
+
+def test_spectral_norm_monotone_in_n_iter_on_average():
+    f, y, A, _ = mri_problem(B=4)
+    ref = torch.linalg.matrix_norm(explicit_JA(f, y, A), ord=2)
+    means = []
+    for n in (1, 3, 10):
+        ests = [spectral_norm(f, y, A, n_iter=n, generator=torch.Generator().manual_seed(s))
+                for s in range(10)]
+        means.append((torch.stack(ests) / ref).mean().item())
+    assert means[0] <= means[1] <= means[2] <= 1 + 1e-9
+    assert means[2] > 0.9
+
+
+def test_forward_and_double_vjp_agree():
+    f, y, A = mlp_problem()
+    s1 = spectral_norm(f, y, A, n_iter=5, method="forward", generator=torch.Generator().manual_seed(3))
+    s2 = spectral_norm(f, y, A, n_iter=5, method="double_vjp",
+                       generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(s1, s2, rtol=1e-10)
+
+
+def test_warm_start_returns_better_vector():
+    f, y, A, _ = mri_problem(B=3)
+    ref = torch.linalg.matrix_norm(explicit_JA(f, y, A), ord=2)
+    s, v = spectral_norm(f, y, A, n_iter=1, return_vector=True,
+                         generator=torch.Generator().manual_seed(0))
+    errs = [((s - ref).abs() / ref).mean().item()]
+    for _ in range(30):
+        s, v = spectral_norm(f, y, A, n_iter=1, v0=v, return_vector=True)
+        errs.append(((s - ref).abs() / ref).mean().item())
+    assert v.shape == A.random_input(batch=3).shape
+    assert errs[-1] < errs[10] < errs[0]
+    # a chain of k warm-started single iterations is exactly the same power iteration of one cold run
+    cold = spectral_norm(f, y, A, n_iter=31, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(s, cold, rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["forward", "double_vjp"])
+@pytest.mark.parametrize("with_A", [True, False])
+def test_frobenius_unbiased(method, with_A):
+    f, y, A, _ = mri_problem()
+    A = A if with_A else None
+    ref = explicit_JA(f, y, A).pow(2).sum(dim=(1, 2))
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([frobenius_norm_sq(f, y, A, n_proj=4, method=method, generator=g)
+                         for _ in range(300)])
+    assert ((draws.mean(0) - ref).abs() / ref).max() < 0.05
+
+
+def _param_grads(model):
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in model.parameters()])
+
+
+def test_penalty_gradient_matches_explicit_norm_gradient():
+    """∇θ of the spectral penalty = ∇θ of λ1 max‖JA‖₂ + λ2 max‖J‖₂ computed with torch.func."""
+    f_, y, A, recon = mri_problem(B=3)
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, n_iter=400)
+    recon.zero_grad()
+    out, p, stats = pen(f_, y, A, generator=torch.Generator().manual_seed(0))
+    p.backward()
+    got = _param_grads(recon)
+    assert torch.allclose(out, f_(y))
+
+    params = {k: v.detach() for k, v in recon.named_parameters()}
+    M = operator_matrix(A)
+    yr = torch.view_as_real(y)
+
+    def penalty_of(params):
+        sig_ja, sig_j = [], []
+        for b in range(y.shape[0]):
+            def g(vec, b=b):
+                yb = torch.view_as_complex(vec.view(yr[b:b + 1].shape))
+                return torch.func.functional_call(recon, params, (yb, A.select(slice(b, b + 1))))\
+                    .reshape(-1)
+            J = torch.func.jacrev(g)(yr[b].reshape(-1))
+            sig_ja.append(torch.linalg.matrix_norm(J @ M[b], ord=2))
+            sig_j.append(torch.linalg.matrix_norm(J, ord=2))
+        return 0.7 * torch.stack(sig_ja).max() + 0.3 * torch.stack(sig_j).max()
+
+    grads = torch.func.grad(penalty_of)(params)
+    ref = torch.cat([grads[k].reshape(-1) for k, _ in recon.named_parameters()])
+    assert torch.allclose(p.detach(), penalty_of(params), rtol=1e-6)
+    assert (got - ref).norm() / ref.norm() < 1e-4
+
+
+def test_frobenius_penalty_gradient_unbiased():
+    f, y, A = mlp_problem(B=2)
+    W = dict(f.named_parameters())
+
+    def explicit(params):
+        tot = 0
+        for b in range(2):
+            J = torch.func.jacrev(lambda yy: torch.func.functional_call(f, params, (yy[None],))[0])(y[b])
+            tot = tot + 0.5 * (J @ A.matrix[0]).pow(2).sum() + 0.2 * J.pow(2).sum()
+        return tot
+
+    ref = torch.func.grad(explicit)({k: v.detach() for k, v in W.items()})
+    ref = torch.cat([ref[k].reshape(-1) for k in W])
+    pen = JacobianPenalty("frobenius", lambda_ja=0.5, lambda_j=0.2, n_proj=64)
+    g = torch.Generator().manual_seed(0)
+    acc = 0
+    for _ in range(50):
+        f.zero_grad()
+        _, p, _ = pen(f, y, A, generator=g)
+        p.backward()
+        acc = acc + _param_grads(f)
+    assert (acc / 50 - ref).norm() / ref.norm() < 0.05
+
+
+def test_penalty_trains_fastmri_unet_with_forward_mode():
+    from fastmri.models import Unet
+    torch.manual_seed(0)
+    recon = Reconstructor(Unet(2, 2, chans=4, num_pool_layers=2))
+    A = SingleCoilMRI(torch.ones(16), (16, 16))
+    y = A(A.random_input(batch=2))
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, lambda_j=1.0, n_iter=2, method="forward")
+    out, p, stats = pen(recon.as_function(A), y, A)
+    (out.pow(2).mean() + p).backward()
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in recon.parameters())
+    assert set(stats) >= {"sigma_ja", "sigma_j", "v_ja", "v_j"}
+    # the double-vjp trick cannot: InstanceNorm has no third derivative
+    pen2 = JacobianPenalty("spectral", lambda_ja=1.0, n_iter=1, method="double_vjp")
+    with pytest.raises(RuntimeError, match="3rd"):
+        pen2(recon.as_function(A), y, A)[1].backward()
+
+
+def test_penalty_every_k_steps_and_scaling():
+    f, y, A = mlp_problem()
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, n_iter=50, every=4)
+    out, p, stats = pen(f, y, A, step=1)
+    assert p.item() == 0 and stats == {}
+    out, p, stats = pen(f, y, A, step=4)
+    assert torch.allclose(p, 4 * stats["sigma_ja"].max(), rtol=1e-6)
+
+
+def test_auto_lambda():
+    assert math.isclose(auto_lambda(0.5, 0.003, gamma=20), 100 / 20)  # log10(166) -> 2
+    assert math.isclose(auto_lambda(2e-3, 40.0, gamma=10), 1e-5 / 10)  # log10(5e-5) -> -5
+    with pytest.raises(ValueError, match="penalty"):
+        auto_lambda(1.0, 0.0)
+    f, y, A = mlp_problem()
+    pen = JacobianPenalty("spectral", lambda_ja="auto", lambda_j=0.1, n_iter=3)
+    out, p, stats = pen(f, y, A)
+    loss = out.pow(2).mean()
+    chosen = pen.calibrate(loss.item(), stats)
+    assert chosen["lambda_ja"] == auto_lambda(loss.item(), stats["term_ja"].item(), 20)
+    assert torch.allclose(pen.weighted(stats), chosen["lambda_ja"] * stats["term_ja"] +
+                          0.1 * stats["term_j"])
+
+
+def test_penalty_refuses_bad_options():
+    with pytest.raises(ValueError, match="kind"):
+        JacobianPenalty("nuclear")
+    with pytest.raises(ValueError, match="lambda_ja"):
+        JacobianPenalty(lambda_ja=-1)
+    with pytest.raises(ValueError, match="method"):
+        spectral_norm(lambda y: y, torch.zeros(1, 3), method="finite")
+
+
+def test_weight_baselines():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Linear(5, 3)).to(DT)
+    wd = weight_decay_penalty(net, 0.1)
+    assert torch.allclose(wd, 0.1 * (net[0].weight.pow(2).sum() + net[2].weight.pow(2).sum()))
+    sw = WeightSpectralPenalty(net, lam=2.0, n_iter=200)
+    s = sw.sigmas()
+    ref0 = torch.linalg.matrix_norm(net[0].weight.reshape(4, -1), ord=2)
+    assert torch.allclose(s["0"], ref0, rtol=1e-6)
+    val = sw()
+    val.backward()
+    # d/dW σ(W)² = 2σ u vᵀ: the gradient's spectral norm is λ σ
+    g = net[2].weight.grad
+    assert torch.allclose(torch.linalg.matrix_norm(g, ord=2),
+                          2.0 * torch.linalg.matrix_norm(net[2].weight, ord=2), rtol=1e-6)
