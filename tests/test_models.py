@@ -1,0 +1,99 @@
+import fastmri
+import pytest
+import torch
+from torch import nn
+
+from mrijac.jacobian import explicit_jacobian, jvp
+from mrijac.models import (EDSR, WDSR, DnCNN, FCNet, Reconstructor, Unet, build_network,
+                           center_crop, safe_abs)
+from mrijac.operators import MultiCoilMRI, SingleCoilMRI
+
+
+def test_build_network_and_shapes():
+    x = torch.randn(2, 2, 32, 32)
+    assert build_network("unet", in_chans=2, out_chans=2, chans=4, num_pool_layers=2)(x).shape == x.shape
+    assert isinstance(build_network("unet", in_chans=1, out_chans=1), Unet)
+    d = build_network("dncnn", in_chans=2, out_chans=2, depth=5, features=8)
+    assert d(x).shape == x.shape and sum(isinstance(m, nn.Conv2d) for m in d.modules()) == 5
+    assert build_network("fcnet", q=160, p=784)(torch.randn(3, 160)).shape == (3, 784)
+    lr = torch.randn(1, 1, 8, 12)
+    for s in (2, 4):
+        assert EDSR(scale=s, n_resblocks=2, n_feats=8)(lr).shape == (1, 1, 8 * s, 12 * s)
+        assert WDSR(scale=s, n_resblocks=2, n_feats=8)(lr).shape == (1, 1, 8 * s, 12 * s)
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_network("resnet")
+    with pytest.raises(ValueError, match="bad arguments for model 'dncnn'"):
+        build_network("dncnn", width=3)
+
+
+def test_baseline_sizes():
+    # EDSR baseline (16 blocks, 64 features, ×2) has about 1.37 M parameters with RGB
+    n = sum(p.numel() for p in EDSR(scale=2, n_colors=3).parameters())
+    assert 1.30e6 < n < 1.45e6
+    n = sum(p.numel() for p in DnCNN(1, 1, depth=17).parameters())
+    assert 0.55e6 < n < 0.57e6  # DnCNN-17: 556 k
+
+
+def test_dncnn_residual_and_fcnet_relus():
+    d = DnCNN(1, 1, depth=3, features=4, batchnorm=False)
+    for p in d.parameters():
+        nn.init.zeros_(p)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(d(x), x)  # zero residual: identity
+    f = FCNet(5, 7)
+    kinds = [type(m).__name__ for m in f.net]
+    assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert (f(torch.randn(100, 5)) < 0).any()  # no ReLU at the end
+
+
+def test_reconstructor_zero_filled_matches_fastmri():
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(2, 20, 16, 2, generator=g, dtype=torch.float64)
+    mask = torch.zeros(16, dtype=torch.float64)
+    mask[::2] = 1
+    A = SingleCoilMRI(mask, (20, 16))
+    y = A.forward(torch.view_as_complex(fastmri.ifft2c(k)))
+    ident = Reconstructor(nn.Identity(), complex_to="channels", crop=(12, 12), normalize=True)
+    zf = fastmri.complex_abs(fastmri.ifft2c(k * mask.view(1, 1, 16, 1)))
+    ref = fastmri.data.transforms.center_crop(zf, (12, 12))
+    assert torch.allclose(ident(y, A), ref, atol=1e-10)
+    mag = Reconstructor(nn.Identity(), complex_to="magnitude", normalize=False)
+    assert torch.allclose(mag(y, A), zf, atol=1e-10)
+
+
+def test_reconstructor_multicoil_and_options():
+    g = torch.Generator().manual_seed(1)
+    sens = torch.randn(1, 3, 8, 8, dtype=torch.complex64, generator=g)
+    A = MultiCoilMRI(torch.ones(8), sens)
+    net = Unet(2, 2, chans=4, num_pool_layers=1)
+    r = Reconstructor(net)
+    y = A(A.random_input(batch=2, generator=g))
+    assert r(y, A).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="needs the operator A"):
+        r(y)
+    with pytest.raises(ValueError, match="complex_to must be one of"):
+        Reconstructor(net, complex_to="phase")
+
+
+def test_safe_abs_gradient_is_finite_at_zero():
+    z = torch.zeros(3, requires_grad=True)
+    safe_abs(z, z).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="cannot crop"):
+        center_crop(torch.zeros(4, 4), (5, 5))
+
+
+def test_reconstructor_jacobian_is_whole_map():
+    """With an identity network, f(y) = |Aᴴy| (no normalisation): J = d|x|/dx · Aᴴ."""
+    g = torch.Generator().manual_seed(2)
+    A = SingleCoilMRI(torch.ones(4, dtype=torch.float64), (3, 4))
+    r = Reconstructor(nn.Identity(), normalize=False)
+    y = A(A.random_input(batch=1, generator=g, dtype=torch.float64))
+    J = explicit_jacobian(r.as_function(A), y)[0]
+    x = A.adjoint(y)[0].reshape(-1)
+    phase = torch.stack([x.real, x.imag], 1) / x.abs()[:, None]  # d|x|/d(re, im)
+    D = torch.zeros(12, 24, dtype=torch.float64)
+    for i in range(12):
+        D[i, 2 * i:2 * i + 2] = phase[i]
+    Ah = explicit_jacobian(A.adjoint, y)[0]
+    assert torch.allclose(J, D @ Ah, atol=1e-10)
