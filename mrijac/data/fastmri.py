@@ -1,0 +1,301 @@
+"""fastMRI slices as model-aware training samples ``(y, A, target)``.
+
+:class:`MRISliceDataset` is ``fastmri.data.SliceDataset`` (same arguments: ``root``,
+``challenge``, ``sample_rate``/``volume_sample_rate``, the dataset cache, ``num_cols``,
+``raw_sample_filter``) with a validating file scan and a transform that returns an
+:class:`MRISample`: the undersampled k-space ``y``, the mask, the coil maps, the target,
+the zero-filled image and the slice's identity.  :func:`collate_mri` batches samples and their
+operators into an :class:`MRIBatch` whose ``A`` is a batched ``SingleCoilMRI``/``MultiCoilMRI``.
+
+fastMRI conventions: a random mask per sample in training; a fixed mask per volume (seeded from
+the file name) in validation; the file's own ``mask`` for test/challenge files.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+import zlib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from fastmri.data import SliceDataset
+
+from ..operators.masks import COLUMN_MASKS, MASK_TYPES, check_mask_params, make_mask
+from ..operators.mri import MultiCoilMRI, SingleCoilMRI, fft2c, ifft2c
+from .coil_maps import CoilMapStore, default_maps_dir
+from .h5format import TARGET_KEYS, read_header
+
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+MODES = ("train", "val", "test")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MaskConfig:
+    """Undersampling: mask ``type`` (see :data:`MASK_TYPES`), ``accelerations`` and
+    ``center_fractions`` (one pair drawn per sample, as fastmri's mask functions do)."""
+
+    type: str = "random"
+    accelerations: tuple = (4,)
+    center_fractions: tuple = (0.08,)
+
+    def __post_init__(self):
+        if self.type not in MASK_TYPES:
+            raise ValueError(f"mask type must be one of {MASK_TYPES}, got {self.type!r}")
+        self.accelerations = tuple(np.atleast_1d(self.accelerations).tolist())
+        self.center_fractions = tuple(np.atleast_1d(self.center_fractions).tolist())
+        if len(self.accelerations) != len(self.center_fractions):
+            raise ValueError("mask accelerations and center_fractions must have the same length, "
+                             f"got {self.accelerations} and {self.center_fractions}")
+        for a, c in zip(self.accelerations, self.center_fractions):
+            check_mask_params(a, c)
+            if self.type.startswith(("equispaced", "magic")) and c * a >= 1:
+                raise ValueError(f"{self.type} masks need center_fraction < 1/acceleration, "
+                                 f"got {c} with acceleration {a}")
+
+    def sample(self, shape: tuple[int, int], seed, choice: int) -> torch.Tensor:
+        """Mask ``(1, W)`` (column masks) or ``(H, W)`` for one slice."""
+        a, c = self.accelerations[choice], self.center_fractions[choice]
+        if self.type in COLUMN_MASKS and self.type != "gaussian1d":
+            from fastmri.data.subsample import create_mask_for_mask_type
+            func = create_mask_for_mask_type(self.type, [c], [int(a)])
+            m, _ = func((1, shape[0], shape[1], 2), seed=seed)
+            return m.reshape(1, shape[1]).float()
+        iseed = seed if isinstance(seed, int) or seed is None else zlib.crc32(bytes(seed))
+        m = make_mask(self.type, shape, a, c, seed=iseed)
+        return m.reshape(1, -1) if m.dim() == 1 else m
+
+
+@dataclass
+class MRISample:
+    """One slice.  Shapes: ``y`` ``(H, W)`` or ``(C, H, W)`` complex64 (masked k-space);
+    ``mask`` ``(1|H, W)`` float32; ``sens_maps`` ``(C, H, W)`` complex64 or None;
+    ``target``/``zero_filled`` ``(h, w)`` float32 (target None for test files)."""
+
+    y: torch.Tensor
+    mask: torch.Tensor
+    sens_maps: torch.Tensor | None
+    target: torch.Tensor | None
+    zero_filled: torch.Tensor
+    max: float
+    fname: str
+    slice: int
+    num_low_frequencies: int
+
+    def operator(self):
+        """This sample's forward operator (batch of one)."""
+        if self.sens_maps is None:
+            return SingleCoilMRI(self.mask[None], tuple(self.y.shape[-2:]))
+        return MultiCoilMRI(self.mask[None], self.sens_maps[None])
+
+
+@dataclass
+class MRIBatch:
+    """A batch: ``y`` ``(B, …)``, ``A`` batched operator, ``target``/``zero_filled``
+    ``(B, h, w)``, ``max`` ``(B,)``, ``fname`` list, ``slice`` ``(B,)``."""
+
+    y: torch.Tensor
+    A: object
+    target: torch.Tensor | None
+    zero_filled: torch.Tensor
+    max: torch.Tensor
+    fname: list = field(default_factory=list)
+    slice: torch.Tensor | None = None
+
+    def to(self, device, non_blocking: bool = False) -> "MRIBatch":
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa
+        return MRIBatch(mv(self.y), self.A.to(device), mv(self.target), mv(self.zero_filled),
+                        mv(self.max), self.fname, mv(self.slice))
+
+    def __len__(self):
+        return self.y.shape[0]
+
+
+def collate_mri(samples: list[MRISample]) -> MRIBatch:
+    """Stack samples (same k-space and target sizes) and their operators."""
+    shapes = {tuple(s.y.shape) for s in samples}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot batch slices of different k-space shapes {sorted(shapes)}: use "
+                         "batch_size 1 or crop_kspace=True")
+    H = max(s.mask.shape[0] for s in samples)
+    mask = torch.stack([s.mask.expand(H, s.mask.shape[-1]) for s in samples])
+    if samples[0].sens_maps is None:
+        A = SingleCoilMRI(mask, tuple(samples[0].y.shape[-2:]))
+    else:
+        A = MultiCoilMRI(mask, torch.stack([s.sens_maps for s in samples]))
+    target = None if samples[0].target is None else torch.stack([s.target for s in samples])
+    return MRIBatch(torch.stack([s.y for s in samples]), A, target,
+                    torch.stack([s.zero_filled for s in samples]),
+                    torch.tensor([s.max for s in samples], dtype=torch.float32),
+                    [s.fname for s in samples], torch.tensor([s.slice for s in samples]))
+
+
+def _center_crop(x, shape):
+    h, w = shape
+    H, W = x.shape[-2:]
+    t, l = (H - h) // 2, (W - w) // 2
+    return x[..., t:t + h, l:l + w]
+
+
+class MRISliceTransform:
+    """fastMRI raw slice -> :class:`MRISample`.
+
+    Args:
+        challenge: ``"singlecoil"`` or ``"multicoil"``.
+        mask: :class:`MaskConfig` (not used in ``test`` mode, where the file's mask is used).
+        mode: ``"train"`` (a new random mask per sample, from torch's RNG, so DataLoader
+            workers and seeds behave), ``"val"`` (one mask per volume seeded from the file
+            name, as fastmri does) or ``"test"`` (the file's ``mask``).
+        crop_kspace: crop the image to the reconstruction size and go back to k-space before
+            undersampling (the usual speed-up for 640×368 knee data); test files keep their
+            phase-encode columns and are cropped along the readout only.
+        coil_maps: a :class:`CoilMapStore` (multi-coil).
+        noise_sigma: extra complex Gaussian noise on the sampled k-space (E|n|² = σ²).
+    """
+
+    def __init__(self, challenge: str, mask: MaskConfig | None = None, mode: str = "train",
+                 crop_kspace: bool = False, coil_maps: CoilMapStore | None = None,
+                 noise_sigma: float = 0.0):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if challenge == "multicoil" and coil_maps is None:
+            raise ValueError("multi-coil samples need coil_maps (a CoilMapStore)")
+        self.challenge, self.mode, self.crop = challenge, mode, crop_kspace
+        self.mask = mask or MaskConfig()
+        self.coil_maps, self.noise_sigma = coil_maps, float(noise_sigma)
+
+    def __call__(self, kspace, mask, target, attrs, fname, slice_num) -> MRISample:
+        path = attrs.get("_path", fname)
+        if not np.isfinite(kspace).all():
+            raise ValueError(f"{path} slice {slice_num}: kspace contains NaN or Inf")
+        k = torch.from_numpy(np.ascontiguousarray(kspace)).to(torch.complex64)
+        h, w = attrs["recon_size"][0], attrs["recon_size"][1]
+        maps = None
+        if self.challenge == "multicoil":
+            maps = torch.from_numpy(self.coil_maps.get(path, slice_num, tuple(kspace.shape)))
+        H, W = k.shape[-2:]
+        if self.mode == "test":
+            if mask is None:
+                raise ValueError(f"{path}: test mode needs the file's 'mask' dataset")
+            m = torch.from_numpy(np.asarray(mask)).float().reshape(1, W)
+            num_low = int(attrs.get("num_low_frequency", 0))
+            if self.crop and H > h:  # readout-only crop keeps the sampled columns exact
+                k = fft2c(_center_crop(ifft2c(k), (h, W)))
+                maps = None if maps is None else _center_crop(maps, (h, W))
+        else:
+            if self.crop:
+                cw = min(w, W)
+                k = fft2c(_center_crop(ifft2c(k), (min(h, H), cw)))
+                maps = None if maps is None else _center_crop(maps, (min(h, H), cw))
+            H, W = k.shape[-2:]
+            choice, seed = 0, None
+            if self.mode == "train":
+                seed = int(torch.randint(0, 2**31 - 1, ()).item())
+                if len(self.mask.accelerations) > 1:
+                    choice = int(torch.randint(0, len(self.mask.accelerations), ()).item())
+            else:
+                seed = tuple(map(ord, fname))
+                choice = zlib.crc32(fname.encode()) % len(self.mask.accelerations)
+            m = self.mask.sample((H, W), seed, choice)
+            if not self.crop:  # columns fastMRI never acquired stay out of the mask
+                pl, pr = attrs.get("padding_left", 0), attrs.get("padding_right", W)
+                if 0 < pl or pr < W:
+                    m[..., :max(pl, 0)] = 0
+                    m[..., pr:] = 0
+            num_low = int(round(W * self.mask.center_fractions[choice]))
+        y = k * (m if maps is None else m[None])
+        if self.noise_sigma > 0:
+            g = torch.randn(y.shape + (2,)) * (self.noise_sigma / 2 ** 0.5)
+            y = y + torch.view_as_complex(g) * (m if maps is None else m[None])
+        # fastMRI's zero-filled baseline: magnitude (single-coil) or RSS of coil images
+        zf = ifft2c(y).abs()
+        if maps is not None:
+            zf = zf.pow(2).sum(0).sqrt()
+        crop = (min(h, zf.shape[-2]), min(w, zf.shape[-1]))
+        zf = _center_crop(zf, crop)
+        tgt = None
+        if target is not None:
+            tgt = torch.from_numpy(np.asarray(target, dtype=np.float32))
+            if tuple(tgt.shape) != crop:
+                tgt = _center_crop(tgt, crop)
+        mx = float(attrs.get("max", tgt.max().item() if tgt is not None else zf.max().item()))
+        return MRISample(y.contiguous(), m, maps, tgt, zf.float(), mx, fname, int(slice_num),
+                         num_low)
+
+
+class MRISliceDataset(SliceDataset):
+    """``fastmri.data.SliceDataset`` returning :class:`MRISample` s, with validated files.
+
+    Args:
+        root: folder of fastMRI ``.h5`` volumes.  Entries that are not HDF5 files by suffix
+            are skipped with a warning; broken HDF5 files raise ``ValueError`` naming them.
+        challenge: ``"singlecoil"`` or ``"multicoil"``.
+        mode, mask, crop_kspace, noise_sigma: see :class:`MRISliceTransform`.
+        maps_dir: where multi-coil ESPIRiT maps live (default ``<root>_maps``); missing maps
+            are computed on first use and cached (``data_prep/coil_maps.py`` precomputes).
+        Other arguments are SliceDataset's.
+    """
+
+    def __init__(self, root, challenge: str, mode: str = "train", mask: MaskConfig | None = None,
+                 crop_kspace: bool = False, maps_dir=None, noise_sigma: float = 0.0,
+                 use_dataset_cache: bool = False, sample_rate=None, volume_sample_rate=None,
+                 dataset_cache_file="dataset_cache.pkl", num_cols=None, raw_sample_filter=None):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: data folder not found")
+        if challenge not in TARGET_KEYS:
+            raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
+        self._mode, self._challenge = mode, challenge
+        store = None
+        if challenge == "multicoil":
+            store = CoilMapStore(maps_dir or default_maps_dir(root))
+        transform = MRISliceTransform(challenge, mask, mode, crop_kspace, store, noise_sigma)
+        super().__init__(root, challenge, transform, use_dataset_cache, sample_rate,
+                         volume_sample_rate, dataset_cache_file, num_cols, raw_sample_filter)
+        if not self.raw_samples:
+            raise ValueError(f"{root}: no fastMRI .h5 slices found (is it the right folder and "
+                             f"challenge '{challenge}'?)")
+
+    def _retrieve_metadata(self, fname):
+        fname = Path(fname)
+        if not fname.is_file() or fname.suffix.lower() not in H5_SUFFIXES:
+            warnings.warn(f"{fname}: not an .h5 file, skipped", stacklevel=2)
+            return {}, 0
+        try:
+            hf = h5py.File(fname, "r")
+        except OSError as err:
+            raise ValueError(f"{fname}: not a readable HDF5 file (truncated or corrupt?): {err}") \
+                from None
+        with hf:
+            if "kspace" not in hf:
+                raise ValueError(f"{fname}: missing dataset 'kspace' (keys: {sorted(hf.keys())})")
+            k = hf["kspace"]
+            want = 3 if self._challenge == "singlecoil" else 4
+            if k.ndim != want:
+                raise ValueError(f"{fname}: 'kspace' has shape {k.shape}; {self._challenge} "
+                                 f"needs {want} dims ({'S, H, W' if want == 3 else 'S, C, H, W'})")
+            if not np.issubdtype(k.dtype, np.complexfloating):
+                raise ValueError(f"{fname}: 'kspace' must be complex, got {k.dtype}")
+            hdr = read_header(hf, fname)
+            key = TARGET_KEYS[self._challenge]
+            if self._mode != "test":
+                if key not in hf:
+                    raise ValueError(f"{fname}: missing dataset '{key}' (needed in {self._mode} "
+                                     "mode; test files are read with mode='test')")
+                t = hf[key]
+                if t.ndim != 3 or t.shape[0] != k.shape[0]:
+                    raise ValueError(f"{fname}: '{key}' has shape {t.shape}, expected "
+                                     f"({k.shape[0]}, h, w)")
+            elif "mask" not in hf:
+                raise ValueError(f"{fname}: test files need a 'mask' dataset")
+            enc_w = hdr["encoding_size"][1]
+            pad_left = enc_w // 2 - hdr["enc_center"]
+            metadata = {"padding_left": pad_left, "padding_right": pad_left + hdr["enc_max"] + 1,
+                        "encoding_size": hdr["encoding_size"], "recon_size": hdr["recon_size"],
+                        "_path": str(fname), **hf.attrs}
+            return metadata, k.shape[0]
+
+

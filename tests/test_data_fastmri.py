@@ -1,0 +1,249 @@
+"""fastMRI-format writer and the model-aware slice dataset."""
+import h5py
+import numpy as np
+import pytest
+import torch
+import fastmri
+from fastmri.data import SliceDataset
+from fastmri.data.transforms import center_crop
+
+from mrijac.data import MaskConfig, MRISliceDataset, collate_mri, write_synthetic_dataset
+from mrijac.data.h5format import write_volume
+from mrijac.data.phantoms import phantom_volume
+from mrijac.operators import batch_norm2
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sc")
+    write_synthetic_dataset(root, "knee", "singlecoil", {"train": 2, "val": 2, "test": 1},
+                            n_slices=3, kspace_shape=(48, 40), recon_size=(32, 32), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mc")
+    write_synthetic_dataset(root, "brain", "multicoil", {"train": 1, "test": 1}, n_slices=2,
+                            kspace_shape=(48, 40), recon_size=(32, 32), num_coils=4,
+                            progress=False)
+    return root
+
+
+def test_plain_fastmri_slicedataset_reads_synthetic_files(single, multi):
+    ds = SliceDataset(single / "train", "singlecoil")
+    assert len(ds) == 6
+    kspace, mask, target, attrs, fname, sl = ds[0]
+    assert kspace.shape == (48, 40) and kspace.dtype == np.complex64
+    assert target.shape == (32, 32) and target.dtype == np.float32
+    assert attrs["encoding_size"] == (48, 40, 1) and attrs["recon_size"] == (32, 32, 1)
+    assert attrs["padding_left"] == 0 and attrs["padding_right"] == 40
+    assert {"max", "norm", "acquisition", "patient_id"} <= set(attrs)
+    assert np.isclose(attrs["max"], max(ds[i][2].max() for i in range(3)))
+    ds = SliceDataset(multi / "train", "multicoil")
+    assert ds[0][0].shape == (4, 48, 40)
+    ds = SliceDataset(single / "test", "singlecoil")
+    kspace, mask, target, attrs, _, _ = ds[0]
+    assert target is None and mask.shape == (40,)
+    assert attrs["acceleration"] == 4 and attrs["num_low_frequency"] > 0
+    assert np.all(kspace[:, ~mask.astype(bool)] == 0)
+
+
+def test_targets_match_independent_fastmri_computation(single, multi):
+    for root, key in ((single, "reconstruction_esc"), (multi, "reconstruction_rss")):
+        f = sorted((root / "train").glob("*.h5"))[0]
+        with h5py.File(f) as hf:
+            k = torch.from_numpy(hf["kspace"][()])
+            t = hf[key][()]
+        im = fastmri.ifft2c(torch.view_as_real(k))
+        mag = fastmri.complex_abs(im)
+        if key == "reconstruction_rss":
+            mag = fastmri.rss(mag, dim=1)
+        assert np.allclose(center_crop(mag, (32, 32)).numpy(), t, atol=1e-5)
+
+
+def test_phantoms_seeded_and_varied():
+    a = phantom_volume("knee", 3, (32, 32), seed=1)
+    assert np.array_equal(a, phantom_volume("knee", 3, (32, 32), seed=1))
+    b = phantom_volume("knee", 3, (32, 32), seed=2)
+    assert np.abs(np.abs(a) - np.abs(b)).mean() > 0.02
+    assert np.abs(a[0] - a[1]).mean() > 0  # slices differ
+    assert np.ptp(np.angle(a[np.abs(a) > 0.1])) > 0.5  # smooth, non-trivial phase
+    c = phantom_volume("brain", 1, (32, 32), seed=1)
+    assert 0 <= np.abs(c).min() and np.abs(c).max() <= 1.2
+    with pytest.raises(ValueError, match="phantom kind"):
+        phantom_volume("heart", 1, (8, 8), 0)
+
+
+def test_singlecoil_samples_and_operator(single):
+    ds = MRISliceDataset(single / "train", "singlecoil")
+    s = ds[0]
+    with h5py.File(single / "train" / s.fname) as hf:
+        k = torch.from_numpy(hf["kspace"][s.slice])
+    assert torch.allclose(s.y, k * s.mask)
+    x = fastmri.ifft2c(torch.view_as_real(k))
+    assert torch.allclose(s.operator()(torch.view_as_complex(x)[None])[0], s.y, atol=1e-5)
+    assert s.target.shape == s.zero_filled.shape == (32, 32)
+    assert 3 <= s.num_low_frequencies <= 4
+
+
+def test_train_masks_random_val_masks_fixed(single):
+    torch.manual_seed(0)
+    tr = MRISliceDataset(single / "train", "singlecoil", mode="train")
+    assert not torch.equal(tr[0].mask, tr[0].mask)
+    va = MRISliceDataset(single / "val", "singlecoil", mode="val")
+    m = [va[i].mask for i in range(len(va))]
+    assert torch.equal(m[0], m[1]) and torch.equal(m[0], va[0].mask)  # per volume, stable
+    assert not torch.equal(m[0], m[3])  # another volume, another mask
+    te = MRISliceDataset(single / "test", "singlecoil", mode="test")
+    with h5py.File(single / "test" / te[0].fname) as hf:
+        assert torch.equal(te[0].mask[0], torch.from_numpy(hf["mask"][()]).float())
+        assert te[0].num_low_frequencies == hf.attrs["num_low_frequency"]
+    assert te[0].target is None
+
+
+def test_crop_kspace_consistent_operator_and_target(single):
+    ds = MRISliceDataset(single / "train", "singlecoil", crop_kspace=True,
+                         mask=MaskConfig("random", (1,), (0.5,)))  # fully sampled
+    s = ds[1]
+    assert s.y.shape == (32, 32) and s.mask.sum() == 32
+    assert torch.allclose(s.zero_filled, s.target, atol=1e-5)
+    b = collate_mri([ds[0], ds[1]])
+    zf = b.A.adjoint(b.y).abs()
+    assert torch.allclose(zf, b.target, atol=1e-5)
+    te = MRISliceDataset(single / "test", "singlecoil", mode="test", crop_kspace=True)
+    assert te[0].y.shape == (32, 40)  # readout cropped, phase-encode columns kept
+
+
+def test_multicoil_espirit_operator_reproduces_kspace(multi, tmp_path):
+    ds = MRISliceDataset(multi / "train", "multicoil", mask=MaskConfig("equispaced_fraction",
+                                                                       (4,), (0.125,)))
+    s = ds[0]
+    assert s.sens_maps.shape == (4, 48, 40)
+    assert (multi / "train_maps" / s.fname).exists()  # cached beside the data
+    A = s.operator()
+    # SENSE-combine the fully sampled coil images with the maps, re-project through A
+    with h5py.File(multi / "train" / s.fname) as hf:
+        k = torch.from_numpy(hf["kspace"][s.slice])
+    full = type(A)(torch.ones(40), s.sens_maps[None])
+    x = full.adjoint(k[None])
+    rel = batch_norm2(A(x) - s.y[None]) / batch_norm2(s.y[None])
+    assert rel.item() < 0.1
+    assert s.zero_filled.shape == s.target.shape == (32, 32)
+    b = collate_mri([ds[0], ds[1]])
+    assert b.A.sens_maps.shape == (2, 4, 48, 40) and b.y.shape == (2, 4, 48, 40)
+
+
+def test_dataset_cache_and_sampling(single, tmp_path):
+    cache = tmp_path / "cache.pkl"
+    ds = MRISliceDataset(single / "train", "singlecoil", use_dataset_cache=True,
+                         dataset_cache_file=cache)
+    assert cache.exists() and len(ds) == 6
+    ds = MRISliceDataset(single / "train", "singlecoil", volume_sample_rate=0.5)
+    assert len(ds) == 3
+
+
+def test_collate_refuses_mixed_shapes(single, tmp_path):
+    k = np.ones((1, 48, 36), np.complex64)
+    write_volume(tmp_path / "a.h5", k, np.ones((1, 32, 32)), "singlecoil")
+    a = MRISliceDataset(tmp_path, "singlecoil")[0]
+    b = MRISliceDataset(single / "train", "singlecoil")[0]
+    with pytest.raises(ValueError, match="different k-space shapes"):
+        collate_mri([a, b])
+
+
+# --- bad input ---------------------------------------------------------------------------
+def _good(path, **kw):
+    k = np.ones((2, 16, 12), np.complex64)
+    return write_volume(path, k, np.ones((2, 8, 8)), "singlecoil", **kw)
+
+
+def test_stray_files_skipped_with_warning(tmp_path):
+    _good(tmp_path / "a.h5")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "sub").mkdir()
+    with pytest.warns(UserWarning, match="notes.txt: not an .h5 file, skipped"):
+        ds = MRISliceDataset(tmp_path, "singlecoil")
+    assert len(ds) == 2
+
+
+def test_truncated_file(tmp_path):
+    p = _good(tmp_path / "a.h5")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match=r"a\.h5: not a readable HDF5 file"):
+        MRISliceDataset(tmp_path, "singlecoil")
+
+
+@pytest.mark.parametrize("what,match", [
+    ("no_kspace", "missing dataset 'kspace'"),
+    ("no_target", "missing dataset 'reconstruction_esc'"),
+    ("real_kspace", "'kspace' must be complex"),
+    ("wrong_dims", "singlecoil needs 3 dims"),
+    ("target_shape", "'reconstruction_esc' has shape"),
+    ("no_header", "missing dataset 'ismrmrd_header'"),
+    ("no_namespace", "ISMRMRD namespace"),
+])
+def test_bad_files_named_in_errors(tmp_path, what, match):
+    p = tmp_path / "bad.h5"
+    with h5py.File(p, "w") as hf:
+        hdr = b"<ismrmrdHeader xmlns='http://www.ismrm.org/ISMRMRD'><encoding><encodedSpace>" \
+              b"<matrixSize><x>16</x><y>12</y><z>1</z></matrixSize></encodedSpace><reconSpace>" \
+              b"<matrixSize><x>8</x><y>8</y><z>1</z></matrixSize></reconSpace><encodingLimits>" \
+              b"<kspace_encoding_step_1><maximum>11</maximum><center>6</center>" \
+              b"</kspace_encoding_step_1></encodingLimits></encoding></ismrmrdHeader>"
+        if what == "no_namespace":
+            hdr = hdr.replace(b" xmlns='http://www.ismrm.org/ISMRMRD'", b"")
+        if what != "no_header":
+            hf["ismrmrd_header"] = hdr
+        k = np.ones((2, 16, 12), np.complex64)
+        if what == "real_kspace":
+            k = k.real
+        if what == "wrong_dims":
+            k = k[None]
+        if what != "no_kspace":
+            hf["kspace"] = k
+        if what != "no_target":
+            hf["reconstruction_esc"] = np.ones((3 if what == "target_shape" else 2, 8, 8),
+                                               np.float32)
+    with pytest.raises(ValueError, match=match) as e:
+        MRISliceDataset(tmp_path, "singlecoil")
+    assert "bad.h5" in str(e.value)
+
+
+def test_nan_kspace_and_empty_and_missing_folders(tmp_path):
+    with pytest.raises(ValueError, match="kspace contains NaN or Inf"):
+        write_volume(tmp_path / "x.h5", np.full((1, 4, 4), np.nan, np.complex64), None,
+                     "singlecoil")
+    p = _good(tmp_path / "a.h5")
+    with h5py.File(p, "a") as hf:
+        hf["kspace"][1, 0, 0] = np.nan
+    ds = MRISliceDataset(tmp_path, "singlecoil")
+    ds[0]
+    with pytest.raises(ValueError, match=r"a\.h5 slice 1: kspace contains NaN or Inf"):
+        ds[1]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no fastMRI .h5 slices found"):
+        MRISliceDataset(empty, "singlecoil")
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        MRISliceDataset(tmp_path / "nope", "singlecoil")
+    with pytest.raises(ValueError, match="test files need a 'mask'"):
+        MRISliceDataset(tmp_path, "singlecoil", mode="test")
+
+
+def test_mask_config_validation():
+    with pytest.raises(ValueError, match="acceleration must be >= 1"):
+        MaskConfig("random", (0.5,), (0.08,))
+    with pytest.raises(ValueError, match="center_fraction"):
+        MaskConfig("random", (4,), (0,))
+    with pytest.raises(ValueError, match="same length"):
+        MaskConfig("random", (4, 8), (0.08,))
+    with pytest.raises(ValueError, match="mask type must be one of"):
+        MaskConfig("radial")
+    with pytest.raises(ValueError, match="center_fraction < 1/acceleration"):
+        MaskConfig("equispaced_fraction", (4,), (0.25,))
+    m = MaskConfig("poisson", (4,), (0.1,)).sample((32, 32), 3, 0)
+    assert m.shape == (32, 32)
+    m = MaskConfig("gaussian1d", (4,), (0.1,)).sample((32, 32), (1, 2), 0)
+    assert m.shape == (1, 32) and m.sum() == 8
