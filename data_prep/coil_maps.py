@@ -1,0 +1,7 @@
+"""Same as `mrijac data maps` (see `--help`); kept here with the other data preparation scripts."""
+import sys
+
+from mrijac.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["data", "maps", *sys.argv[1:]]))

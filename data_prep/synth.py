@@ -1,0 +1,7 @@
+"""Same as `mrijac data synth` (see `--help`); kept here with the other data preparation scripts."""
+import sys
+
+from mrijac.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["data", "synth", *sys.argv[1:]]))
