@@ -73,17 +73,24 @@ class MaskConfig:
 class MRISample:
     """One slice.  Shapes: ``y`` ``(H, W)`` or ``(C, H, W)`` complex64 (masked k-space);
     ``mask`` ``(1|H, W)`` float32; ``sens_maps`` ``(C, H, W)`` complex64 or None;
-    ``target``/``zero_filled`` ``(h, w)`` float32 (target None for test files)."""
+    ``target`` ``(h, w)`` float32 (None for test files); ``crop`` = ``(h, w)``.
+    ``zero_filled`` (fastMRI's baseline) is computed from ``y`` on demand, so the loader
+    neither spends an FFT on it nor ships it between processes."""
 
     y: torch.Tensor
     mask: torch.Tensor
     sens_maps: torch.Tensor | None
     target: torch.Tensor | None
-    zero_filled: torch.Tensor
+    crop: tuple
     max: float
     fname: str
     slice: int
     num_low_frequencies: int
+
+    @property
+    def zero_filled(self) -> torch.Tensor:
+        """``(h, w)``: ``|ifft2c(y)|`` (single-coil) or the RSS of the coil images, cropped."""
+        return zero_filled(self.y[None], self.sens_maps is not None, self.crop)[0]
 
     def operator(self):
         """This sample's forward operator (batch of one)."""
@@ -94,21 +101,26 @@ class MRISample:
 
 @dataclass
 class MRIBatch:
-    """A batch: ``y`` ``(B, …)``, ``A`` batched operator, ``target``/``zero_filled``
-    ``(B, h, w)``, ``max`` ``(B,)``, ``fname`` list, ``slice`` ``(B,)``."""
+    """A batch: ``y`` ``(B, …)``, ``A`` batched operator, ``target`` ``(B, h, w)``,
+    ``max`` ``(B,)``, ``fname`` list, ``slice`` ``(B,)``, ``crop`` ``(h, w)``;
+    ``zero_filled`` ``(B, h, w)`` is computed on the batch's device when asked for."""
 
     y: torch.Tensor
     A: object
     target: torch.Tensor | None
-    zero_filled: torch.Tensor
     max: torch.Tensor
     fname: list = field(default_factory=list)
     slice: torch.Tensor | None = None
+    crop: tuple = ()
+
+    @property
+    def zero_filled(self) -> torch.Tensor:
+        return zero_filled(self.y, isinstance(self.A, MultiCoilMRI), self.crop)
 
     def to(self, device, non_blocking: bool = False) -> "MRIBatch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa
-        return MRIBatch(mv(self.y), self.A.to(device), mv(self.target), mv(self.zero_filled),
-                        mv(self.max), self.fname, mv(self.slice))
+        return MRIBatch(mv(self.y), self.A.to(device), mv(self.target), mv(self.max),
+                        self.fname, mv(self.slice), self.crop)
 
     def __len__(self):
         return self.y.shape[0]
@@ -128,9 +140,17 @@ def collate_mri(samples: list[MRISample]) -> MRIBatch:
         A = MultiCoilMRI(mask, torch.stack([s.sens_maps for s in samples]))
     target = None if samples[0].target is None else torch.stack([s.target for s in samples])
     return MRIBatch(torch.stack([s.y for s in samples]), A, target,
-                    torch.stack([s.zero_filled for s in samples]),
                     torch.tensor([s.max for s in samples], dtype=torch.float32),
-                    [s.fname for s in samples], torch.tensor([s.slice for s in samples]))
+                    [s.fname for s in samples], torch.tensor([s.slice for s in samples]),
+                    samples[0].crop)
+
+
+def zero_filled(y: torch.Tensor, multicoil: bool, crop: tuple) -> torch.Tensor:
+    """fastMRI's zero-filled baseline ``(B, h, w)`` from masked k-space ``y``."""
+    zf = ifft2c(y).abs()
+    if multicoil:
+        zf = zf.pow(2).sum(1).sqrt()
+    return _center_crop(zf, crop) if crop else zf
 
 
 def _center_crop(x, shape):
@@ -210,20 +230,15 @@ class MRISliceTransform:
         if self.noise_sigma > 0:
             g = torch.randn(y.shape + (2,)) * (self.noise_sigma / 2 ** 0.5)
             y = y + torch.view_as_complex(g) * (m if maps is None else m[None])
-        # fastMRI's zero-filled baseline: magnitude (single-coil) or RSS of coil images
-        zf = ifft2c(y).abs()
-        if maps is not None:
-            zf = zf.pow(2).sum(0).sqrt()
-        crop = (min(h, zf.shape[-2]), min(w, zf.shape[-1]))
-        zf = _center_crop(zf, crop)
+        crop = (min(h, y.shape[-2]), min(w, y.shape[-1]))
         tgt = None
         if target is not None:
             tgt = torch.from_numpy(np.asarray(target, dtype=np.float32))
             if tuple(tgt.shape) != crop:
                 tgt = _center_crop(tgt, crop)
-        mx = float(attrs.get("max", tgt.max().item() if tgt is not None else zf.max().item()))
-        return MRISample(y.contiguous(), m, maps, tgt, zf.float(), mx, fname, int(slice_num),
-                         num_low)
+        mx = float(attrs["max"]) if "max" in attrs else \
+            float(tgt.max()) if tgt is not None else float("nan")
+        return MRISample(y.contiguous(), m, maps, tgt, crop, mx, fname, int(slice_num), num_low)
 
 
 class MRISliceDataset(SliceDataset):
