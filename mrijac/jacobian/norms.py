@@ -29,10 +29,10 @@ def _input_dim(v: torch.Tensor) -> int:
 
 
 def _random_input(op, y: torch.Tensor, generator=None) -> torch.Tensor:
-    if op is None:
-        return _randn_like(y, generator)
-    return op.random_input(batch=y.shape[0], generator=generator,
-                           dtype=y.real.dtype).to(y.device)
+    """Standard normal vector in A's input space (shaped like ``Aᴴ y``)."""
+    with torch.no_grad():
+        like = y if op is None else op.adjoint(y)
+    return _randn_like(like, generator)
 
 
 def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str = "forward",

@@ -38,11 +38,14 @@ class Reconstructor(nn.Module):
             (as fastmri's U-Net transform does, but inside the differentiated map).
         output: ``"magnitude"`` (2 channels -> ``|re + i·im|``, 1 channel -> squeezed;
             result ``(B, h, w)``) or ``"identity"``.
+        residual: the network predicts a correction of its (normalised) input,
+            ``net(x) + x`` — training starts from the zero-filled image.  Needs equal input and
+            output channels.
     """
 
     def __init__(self, net: nn.Module, input: str = "adjoint", complex_to: str = "channels",
                  crop: tuple[int, int] | None = None, normalize: bool = True,
-                 output: str = "magnitude"):
+                 output: str = "magnitude", residual: bool = False):
         super().__init__()
         for name, val, ok in (("input", input, ("adjoint", "measurement")),
                               ("complex_to", complex_to, ("channels", "magnitude")),
@@ -51,7 +54,7 @@ class Reconstructor(nn.Module):
                 raise ValueError(f"Reconstructor {name} must be one of {ok}, got {val!r}")
         self.net, self.input, self.complex_to = net, input, complex_to
         self.crop = tuple(crop) if crop is not None else None
-        self.normalize, self.output = normalize, output
+        self.normalize, self.output, self.residual = normalize, output, residual
 
     def image_input(self, y: torch.Tensor, A=None) -> torch.Tensor:
         """The network's input before normalisation (e.g. zero-filled ``(B, 2, h, w)``)."""
@@ -74,13 +77,14 @@ class Reconstructor(nn.Module):
 
     def forward(self, y: torch.Tensor, A=None) -> torch.Tensor:
         x = self.image_input(y, A)
+        net = (lambda t: self.net(t) + t) if self.residual else self.net
         if self.normalize:
             dims = tuple(range(1, x.dim()))
             mean = x.mean(dim=dims, keepdim=True)
             std = x.std(dim=dims, keepdim=True) + 1e-11
-            z = self.net((x - mean) / std) * std + mean
+            z = net((x - mean) / std) * std + mean
         else:
-            z = self.net(x)
+            z = net(x)
         if self.output == "magnitude" and z.dim() == 4:
             if z.shape[1] == 2:
                 return safe_abs(z[:, 0], z[:, 1])

@@ -1,0 +1,102 @@
+"""``mrijac compare``: one table and figure across runs (e.g. one per regularizer)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from .figures import bars_figure, curves_figure
+from .report import md_table, staged_dir, write_csv, write_json, write_report
+
+COLUMNS = ["ssim", "psnr", "nmse", "ge", "test_loss", "train_loss", "sigma_ja_mean",
+           "sigma_ja_max", "sigma_j_mean", "sigma_j_max"]
+
+
+def _read_history(run: Path) -> list[dict]:
+    for p in (run / "history.csv", run.parent / "history.csv"):
+        if p.exists():
+            with open(p) as fh:
+                return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    return []
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_run(path) -> dict:
+    """A row of the comparison from an evaluation folder (``metrics.json``), or from a training
+    run folder (its ``eval/metrics.json``, else the last line of ``history.csv``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: run not found")
+    mj = next((p for p in (path / "metrics.json", path / "eval" / "metrics.json") if p.exists()), None)
+    if mj is not None:
+        r = json.loads(mj.read_text())
+        row = {"run": path.name, "regularizer": r.get("regularizer"),
+               "test_loss": r.get("test_loss"), "train_loss": r.get("train_loss"), "ge": r.get("ge")}
+        for m, v in r.get("aggregate", {}).items():
+            row[m] = v["mean"]
+        for k in ("sigma_ja", "sigma_j"):
+            if k in r.get("jacobian", {}):
+                row[f"{k}_mean"] = r["jacobian"][k]["mean"]
+                row[f"{k}_max"] = r["jacobian"][k]["max"]
+        hist = _read_history(mj.parent.parent if mj.parent.name == "eval" else path)
+        return {"row": row, "history": hist}
+    hist = _read_history(path)
+    if not hist:
+        raise ValueError(f"{path}: neither metrics.json (an evaluation) nor history.csv (a run)")
+    last = hist[-1]
+    row = {"run": path.name, "regularizer": "?", "test_loss": last.get("val_l2"),
+           "train_loss": last.get("train_l2"), "ge": last.get("ge"), "ssim": last.get("ssim"),
+           "psnr": last.get("psnr"), "nmse": last.get("nmse"),
+           "sigma_ja_mean": last.get("val_sigma_ja_mean"), "sigma_ja_max": last.get("val_sigma_ja_max"),
+           "sigma_j_mean": last.get("val_sigma_j_mean"), "sigma_j_max": last.get("val_sigma_j_max")}
+    return {"row": row, "history": hist}
+
+
+def compare_runs(runs: list, out, overwrite: bool = False, names: list[str] | None = None) -> list[dict]:
+    """Table (``comparison.csv``/``.json``, ``report.md``/``.html``) and figures across runs.
+
+    Differences are given against the first run (the baseline)."""
+    if len(runs) < 1:
+        raise ValueError("compare needs at least one run")
+    loaded = [load_run(r) for r in runs]
+    table = [d["row"] for d in loaded]
+    if names:
+        if len(names) != len(table):
+            raise ValueError(f"--names gives {len(names)} names for {len(table)} runs")
+        for row, n in zip(table, names):
+            row["run"] = n
+    base = table[0]
+    for row in table[1:]:
+        for k in COLUMNS:
+            a, b = row.get(k), base.get(k)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                row[f"d_{k}"] = a - b
+    with staged_dir(out, overwrite) as tmp:
+        write_json(tmp / "comparison.json", table)
+        write_csv(tmp / "comparison.csv", table)
+        (tmp / "figures").mkdir()
+        bars = bars_figure(tmp / "figures" / "comparison.png", table)
+        curves = curves_figure(tmp / "figures" / "curves.png",
+                               {r["run"]: d["history"] for r, d in zip(table, loaded) if d["history"]})
+        cols = [c for c in COLUMNS if any(isinstance(r.get(c), (int, float)) for r in table)]
+        lines = ["# Comparison of runs", "",
+                 md_table(["run", "regularizer"] + cols,
+                          [[r["run"], r.get("regularizer")] + [r.get(c) for c in cols] for r in table])]
+        if len(table) > 1:
+            dcols = [c for c in cols if any(f"d_{c}" in r for r in table[1:])]
+            lines += ["", f"## Differences against `{base['run']}`", "",
+                      md_table(["run"] + [f"Δ {c}" for c in dcols],
+                               [[r["run"]] + [r.get(f"d_{c}") for c in dcols] for r in table[1:]])]
+        if bars:
+            lines += ["", "![metrics across runs](figures/comparison.png)"]
+        if curves:
+            lines += ["", "![training curves](figures/curves.png)"]
+        write_report(tmp, "\n".join(lines) + "\n", "mrijac comparison")
+    return table

@@ -1,0 +1,50 @@
+"""Reconstruction metrics, fastMRI-compatible.
+
+MRI volumes: ``fastmri.evaluate``'s own ``ssim`` (slice-wise skimage SSIM with the volume
+maximum as data range), ``psnr`` and ``nmse`` on ``(S, h, w)`` arrays, then mean and standard
+deviation over volumes.  Single images (CS, SR): skimage with data range 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+from fastmri import evaluate as fe
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+METRICS = ("ssim", "psnr", "nmse")
+
+
+def volume_metrics(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None) -> dict:
+    """SSIM, PSNR, NMSE of one volume ``(S, h, w)`` exactly as ``fastmri.evaluate`` computes them
+    (``maxval`` defaults to the target volume's maximum, as in fastMRI's evaluation)."""
+    gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
+    if gt.shape != pred.shape or gt.ndim != 3:
+        raise ValueError(f"volumes must both be (S, h, w); got target {gt.shape} and "
+                         f"reconstruction {pred.shape}")
+    maxval = gt.max() if maxval is None else maxval
+    val = lambda a: float(np.asarray(a).reshape(-1)[0])  # noqa: E731 (fe.ssim gives (1,))
+    return {"ssim": val(fe.ssim(gt, pred, maxval)), "psnr": val(fe.psnr(gt, pred, maxval)),
+            "nmse": val(fe.nmse(gt, pred))}
+
+
+def image_metrics(gt: np.ndarray, pred: np.ndarray, data_range: float = 1.0) -> dict:
+    """SSIM/PSNR/NMSE of one 2-D image (CS, SR), skimage with ``data_range``."""
+    gt, pred = np.asarray(gt, np.float64).squeeze(), np.asarray(pred, np.float64).squeeze()
+    if gt.ndim == 1:  # flat MNIST vectors
+        n = int(round(np.sqrt(gt.size)))
+        gt, pred = gt.reshape(n, n), pred.reshape(n, n)
+    win = min(7, min(gt.shape) // 2 * 2 - 1)
+    return {"ssim": float(structural_similarity(gt, pred, data_range=data_range, win_size=win)),
+            "psnr": float(peak_signal_noise_ratio(gt, pred, data_range=data_range)),
+            "nmse": float(np.linalg.norm(gt - pred) ** 2 / np.linalg.norm(gt) ** 2)}
+
+
+def aggregate(per_item: list[dict]) -> dict:
+    """``{metric: {"mean": …, "std": …}}`` over volumes; the sample standard deviation
+    (ddof 1, 0 for a single volume), as ``fastmri.evaluate.Metrics`` reports it."""
+    out = {}
+    for m in METRICS:
+        vals = np.array([d[m] for d in per_item if m in d], dtype=np.float64)
+        if len(vals):
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            out[m] = {"mean": float(vals.mean()), "std": std}
+    return out

@@ -1,0 +1,303 @@
+"""Run configuration: YAML file + ``key=value`` overrides, validated, saved with the run.
+
+Sections and their keys are the dataclasses below; ``mrijac train --help-config`` lists them.
+Unknown keys are errors that list the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+REGULARIZERS = ("none", "wd", "sw", "sj", "fj", "sja", "fja", "sja+sj", "fja+fj")
+TASKS = ("mri", "cs", "sr")
+
+
+@dataclass
+class DataConfig:
+    root: str = ""                 # mri: folder holding train/ and val/ (fastMRI .h5)
+    challenge: str = "singlecoil"  # mri: singlecoil | multicoil
+    mask_type: str = "random"      # random | equispaced | equispaced_fraction | poisson | gaussian1d
+    accelerations: list = field(default_factory=lambda: [4])
+    center_fractions: list = field(default_factory=lambda: [0.08])
+    crop_kspace: bool = True       # mri: crop to the reconstruction size before undersampling
+    noise_sigma: float = 0.0       # mri: extra complex Gaussian k-space noise
+    sample_rate: float = 1.0       # mri: fraction of training slices
+    batch_size: int = 1
+    num_workers: int = 0
+    # cs (MNIST)
+    mnist_dir: str = ""
+    q: int = 160
+    n_train: int = 500
+    n_val: int = 1000
+    eps: float = 0.0
+    # sr (image folders)
+    train_dir: str = ""
+    val_dir: str = ""
+    factor: int = 2
+    kernel: str = "gaussian"
+    patch: int = 48
+    patches_per_image: int = 16
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"         # unet | dncnn | fcnet | edsr | wdsr
+    chans: int = 32            # unet: first-level channels
+    num_pool_layers: int = 4   # unet
+    drop_prob: float = 0.0     # unet
+    depth: int = 17            # dncnn
+    features: int = 64         # dncnn, edsr (n_feats), wdsr (n_feats)
+    batchnorm: bool = False    # dncnn (False: per-sample Jacobians stay exact in training)
+    n_resblocks: int = 16      # edsr, wdsr
+    complex_to: str = "channels"  # mri: channels (re, im) | magnitude
+    normalize: bool = True     # instance normalisation inside the reconstructor
+    residual: bool = False     # network predicts a correction of the zero-filled input
+
+
+@dataclass
+class LossConfig:
+    name: str = "l2"   # l2 (paper eq. 5: ||f(y) - x||₂ per sample) | mse | l1 | ssim
+    weights: dict = field(default_factory=dict)  # weighted sum, e.g. {l1: 0.84, ssim: 0.16}
+
+
+@dataclass
+class RegConfig:
+    name: str = "none"            # none | wd | sw | sj | fj | sja | fja | sja+sj | fja+fj
+    lambda_ja: typing.Any = "auto"  # λ1 (J A) or "auto"
+    lambda_j: typing.Any = "auto"   # λ2 (J) or "auto"
+    lambda_w: float = 1e-4        # wd / sw weight
+    n_iter: int = 1               # spectral: power iterations
+    n_proj: int = 1               # Frobenius: random projections
+    method: str = "forward"       # forward | double_vjp
+    every: int = 1                # apply the Jacobian penalty every k steps (scaled by k)
+    gamma: float = 20.0           # auto λ: λ = 10^floor(log10(loss/penalty)) / γ
+    warm_start: str = "sample"    # none | batch | sample: reuse singular vectors
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"         # adam | rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # the optimizer's own decay (the wd regularizer is explicit)
+    schedule: str = "none"     # none | step | cosine
+    step_size: int = 10        # step schedule: epochs between decays
+    lr_gamma: float = 0.1      # step schedule: decay factor
+    epochs: int = 10
+    grad_clip: float = 0.0     # max gradient norm (0: off)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda
+    jac_stats_batches: int = 2     # validation batches for σ(J A), σ(J) each epoch
+    jac_stats_iters: int = 10
+    ge_batches: int = 8            # training batches re-evaluated for GE each epoch (0: all)
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    task: str = "mri"
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}
+
+
+def _section_classes():
+    return {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "reg": RegConfig,
+            "optim": OptimConfig, "train": TrainConfig}
+
+
+def valid_keys() -> list[str]:
+    keys = ["task", "name"]
+    for sec, cls in _section_classes().items():
+        keys += [f"{sec}.{f.name}" for f in fields(cls)]
+    return keys
+
+
+def _coerce(key: str, value, default):
+    """Convert ``value`` to the type of ``default`` (YAML scalars from strings)."""
+    if key.endswith(("lambda_ja", "lambda_j")):  # a number or "auto"
+        return yaml.safe_load(value) if isinstance(value, str) and value != "auto" else value
+    if isinstance(value, str) and not isinstance(default, str):
+        value = yaml.safe_load(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"config key {key} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, list):
+        value = value if isinstance(value, list) else [value]
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key} must be a mapping, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _set(cfg: Config, key: str, value) -> None:
+    parts = key.split(".")
+    if key not in valid_keys():
+        sec = parts[0] if parts[0] in _section_classes() else None
+        choices = [k for k in valid_keys() if sec is None or k.startswith(sec + ".")]
+        raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(choices)}")
+    obj = cfg if len(parts) == 1 else getattr(cfg, parts[0])
+    name = parts[-1]
+    setattr(obj, name, _coerce(key, value, getattr(obj, name)))
+
+
+def _flatten(d: dict, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict) and full in _section_classes():
+            out.update(_flatten(v, full + "."))
+        else:
+            out[full] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from a YAML file (or defaults) plus ``key=value`` overrides, validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: the config must be a mapping of sections")
+        for k, v in _flatten(raw).items():
+            try:
+                _set(cfg, k, v)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. reg.name=sja)")
+        k, v = item.split("=", 1)
+        _set(cfg, k.strip(), v.strip())
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict) -> Config:
+    cfg = Config()
+    for k, v in _flatten(d).items():
+        _set(cfg, k, v)
+    validate(cfg)
+    return cfg
+
+
+def _lam(name, v):
+    if v == "auto":
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"config key reg.{name} must be a number >= 0 or 'auto', got {v!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ``ValueError`` naming the key for any out-of-range value."""
+    def choice(key, val, ok):
+        if val not in ok:
+            raise ValueError(f"config key {key} must be one of {list(ok)}, got {val!r}")
+
+    def positive(key, val, strict=True):
+        if not (val > 0 if strict else val >= 0):
+            raise ValueError(f"config key {key} must be {'>' if strict else '>='} 0, got {val!r}")
+
+    from ..models import MODELS
+    from ..operators.masks import MASK_TYPES
+    choice("task", cfg.task, TASKS)
+    d, m, r, o, t = cfg.data, cfg.model, cfg.reg, cfg.optim, cfg.train
+    choice("data.challenge", d.challenge, ("singlecoil", "multicoil"))
+    choice("data.mask_type", d.mask_type, MASK_TYPES)
+    if len(d.accelerations) != len(d.center_fractions) or not d.accelerations:
+        raise ValueError("config keys data.accelerations and data.center_fractions must be "
+                         f"lists of the same length, got {d.accelerations} and {d.center_fractions}")
+    for a in d.accelerations:
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or a < 1:
+            raise ValueError(f"config key data.accelerations: each acceleration must be >= 1, got {a!r}")
+    for c in d.center_fractions:
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+            raise ValueError(f"config key data.center_fractions: each must be in (0, 1], got {c!r}")
+    positive("data.batch_size", d.batch_size)
+    positive("data.num_workers", d.num_workers, strict=False)
+    positive("data.noise_sigma", d.noise_sigma, strict=False)
+    if not 0 < d.sample_rate <= 1:
+        raise ValueError(f"config key data.sample_rate must be in (0, 1], got {d.sample_rate}")
+    positive("data.eps", d.eps, strict=False)
+    choice("model.name", m.name, MODELS)
+    choice("model.complex_to", m.complex_to, ("channels", "magnitude"))
+    choice("loss.name", cfg.loss.name, ("l2", "mse", "l1", "ssim", "weighted"))
+    choice("reg.name", r.name, REGULARIZERS)
+    _lam("lambda_ja", r.lambda_ja)
+    _lam("lambda_j", r.lambda_j)
+    positive("reg.lambda_w", r.lambda_w, strict=False)
+    positive("reg.n_iter", r.n_iter)
+    positive("reg.n_proj", r.n_proj)
+    positive("reg.every", r.every)
+    positive("reg.gamma", r.gamma)
+    choice("reg.method", r.method, ("forward", "double_vjp"))
+    choice("reg.warm_start", r.warm_start, ("none", "batch", "sample"))
+    if "ja" in r.name and r.lambda_ja == 0:
+        raise ValueError(f"reg.name={r.name} needs reg.lambda_ja > 0 or 'auto'")
+    if r.name in ("sj", "fj", "sja+sj", "fja+fj") and r.lambda_j == 0:
+        raise ValueError(f"reg.name={r.name} needs reg.lambda_j > 0 or 'auto'")
+    choice("optim.name", o.name, ("adam", "rmsprop"))
+    choice("optim.schedule", o.schedule, ("none", "step", "cosine"))
+    positive("optim.lr", o.lr)
+    positive("optim.epochs", o.epochs)
+    positive("optim.weight_decay", o.weight_decay, strict=False)
+    positive("optim.grad_clip", o.grad_clip, strict=False)
+    choice("train.device", t.device, ("auto", "cpu", "cuda"))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def describe() -> str:
+    """Every config key with its default (for ``--help-config``)."""
+    lines = []
+    cfg = Config().to_dict()
+    for k in valid_keys():
+        parts = k.split(".")
+        v = cfg[parts[0]] if len(parts) == 1 else cfg[parts[0]][parts[1]]
+        lines.append(f"  {k} = {v!r}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Tasks: how data, operator and network fit together for MRI, compressed sensing and SR.
+
+Every task yields batches as ``(y, A, target, info)`` (data flows one way: dataset -> sample
+-> model -> loss + penalty -> metrics) and builds its :class:`~mrijac.models.Reconstructor`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models import DnCNN, EDSR, FCNet, WDSR, Reconstructor, Unet
+
+
+def build_reconstructor(cfg, meta: dict) -> Reconstructor:
+    """The reconstructor of ``cfg.model`` for a task described by ``meta`` (from the task)."""
+    m = cfg.model
+    if cfg.task == "mri":
+        ch = 2 if m.complex_to == "channels" else 1
+        if m.name == "unet":
+            net = Unet(ch, ch, chans=m.chans, num_pool_layers=m.num_pool_layers,
+                       drop_prob=m.drop_prob)
+        elif m.name == "dncnn":
+            net = DnCNN(ch, ch, depth=m.depth, features=m.features, batchnorm=m.batchnorm)
+        else:
+            raise ValueError(f"config key model.name: {m.name!r} is not an MRI model "
+                             "(unet, dncnn)")
+        return Reconstructor(net, "adjoint", m.complex_to, tuple(meta["crop"]), m.normalize,
+                             residual=m.residual)
+    if cfg.task == "cs":
+        if m.name != "fcnet":
+            raise ValueError(f"config key model.name: the cs task uses fcnet, got {m.name!r}")
+        return Reconstructor(FCNet(meta["q"], meta["p"]), "measurement", normalize=False,
+                             output="identity")
+    if m.name == "edsr":
+        net = EDSR(meta["factor"], 1, m.n_resblocks, m.features)
+    elif m.name == "wdsr":
+        net = WDSR(meta["factor"], 1, m.n_resblocks, m.features)
+    else:
+        raise ValueError(f"config key model.name: the sr task uses edsr or wdsr, got {m.name!r}")
+    return Reconstructor(net, "measurement", normalize=False, output="identity")
+
+
+class _IndexedDataset(torch.utils.data.Dataset):
+    """Wraps a dataset so each item also carries its index (warm-start keys)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return (*self.ds[i], i)
+
+
+class MRITask:
+    name = "mri"
+
+    def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
+        from ..data import MaskConfig, MRISliceDataset
+        d = cfg.data
+        root = Path(d.root)
+        if not d.root:
+            raise ValueError("config key data.root is empty: give the folder holding train/ and val/")
+        mask = MaskConfig(d.mask_type, tuple(d.accelerations), tuple(d.center_fractions))
+        self.datasets = {}
+        for split in splits:
+            path = Path((paths or {}).get(split, root / split))
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path}: missing {split} folder (data.root must hold "
+                                        f"{', '.join(s + '/' for s in splits)})")
+            self.datasets[split] = MRISliceDataset(
+                path, d.challenge, mode="train" if split == "train" else "val", mask=mask,
+                crop_kspace=d.crop_kspace, noise_sigma=d.noise_sigma,
+                sample_rate=d.sample_rate if split == "train" else None)
+        first = next(iter(self.datasets.values()))[0]
+        self.meta = {"crop": list(first.crop), "challenge": d.challenge}
+        self.batch_size, self.workers = d.batch_size, d.num_workers
+
+    def loader(self, split, shuffle, generator=None, sampler=None):
+        from ..data import collate_mri
+        return torch.utils.data.DataLoader(
+            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle and sampler is None,
+            num_workers=self.workers, collate_fn=collate_mri, generator=generator,
+            sampler=sampler, persistent_workers=False)
+
+    @staticmethod
+    def unpack(batch, device):
+        b = batch.to(device)
+        info = {"keys": [f"{f}:{int(s)}" for f, s in zip(b.fname, b.slice)], "max": b.max,
+                "fname": b.fname, "slice": b.slice, "batch": b}
+        return b.y, b.A, b.target, info
+
+
+class CSTask:
+    name = "cs"
+
+    def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
+        from ..data.mnist import MNISTCompressedSensing
+        d = cfg.data
+        if paths:
+            d.mnist_dir = str(next(iter(paths.values())))
+        if not d.mnist_dir:
+            raise ValueError("config key data.mnist_dir is empty: give the MNIST IDX folder")
+        n = d.n_train + d.n_val
+        split = "train" if (Path(d.mnist_dir) / "train-images-idx3-ubyte.gz").exists() or \
+            (Path(d.mnist_dir) / "train-images-idx3-ubyte").exists() else "t10k"
+        full = MNISTCompressedSensing(d.mnist_dir, split, q=d.q, eps=d.eps, seed=cfg.train.seed,
+                                      indices=range(n))
+        if len(full) < n:
+            raise ValueError(f"data.n_train + data.n_val = {n} exceeds the {len(full)} images")
+        self.A = full.A
+        idx = {"train": range(d.n_train), "val": range(d.n_train, n)}
+        self.datasets = {s: _IndexedDataset(torch.utils.data.Subset(full, idx[s])) for s in splits}
+        self.meta = {"q": d.q, "p": full.x.shape[1]}
+        self.batch_size, self.workers = d.batch_size, d.num_workers
+
+    def loader(self, split, shuffle, generator=None, sampler=None):
+        return torch.utils.data.DataLoader(self.datasets[split], batch_size=self.batch_size,
+                                           shuffle=shuffle and sampler is None, sampler=sampler,
+                                           num_workers=self.workers, generator=generator)
+
+    def unpack(self, batch, device):
+        y, x, _, idx = batch
+        return (y.to(device), self.A.to(device), x.to(device),
+                {"keys": [int(i) for i in idx], "max": torch.ones(len(y), device=device)})
+
+
+class SRTask:
+    name = "sr"
+
+    def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
+        from ..data.images import ImageFolderSR
+        d = cfg.data
+        self.datasets = {}
+        for s in splits:
+            folder = (paths or {}).get(s) or (d.train_dir if s == "train" else d.val_dir)
+            if not folder:
+                raise ValueError(f"config key data.{s}_dir is empty: give an image folder")
+            self.datasets[s] = ImageFolderSR(folder, d.factor, d.kernel,
+                                             d.patch if s == "train" else None,
+                                             d.patches_per_image, cfg.train.seed)
+        self.A = next(iter(self.datasets.values())).A
+        self.meta = {"factor": d.factor}
+        self.batch_size, self.workers = d.batch_size, d.num_workers
+
+    def loader(self, split, shuffle, generator=None, sampler=None):
+        bs = self.batch_size if split == "train" else 1  # full images differ in size
+        return torch.utils.data.DataLoader(self.datasets[split], batch_size=bs,
+                                           shuffle=shuffle and sampler is None, sampler=sampler,
+                                           num_workers=self.workers, generator=generator)
+
+    def unpack(self, batch, device):
+        y, x = batch
+        return (y.to(device), self.A.to(device), x.to(device),
+                {"keys": None, "max": torch.ones(len(y), device=device)})
+
+
+def make_task(cfg, splits=("train", "val"), paths: dict | None = None):
+    """The task of ``cfg.task`` with the datasets of ``splits`` (``paths`` overrides folders)."""
+    return {"mri": MRITask, "cs": CSTask, "sr": SRTask}[cfg.task](cfg, splits, paths)

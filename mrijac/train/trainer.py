@@ -1,0 +1,410 @@
+"""The training loop: data loss + regularizer, validation, logs, checkpoints, resume, DDP."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..evaluate.reconstruct import jacobian_stats, reconstruct, score
+from ..jacobian import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, config_from_dict, save_config
+from .losses import DataLoss
+from .tasks import build_reconstructor, make_task
+
+JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
+            "sja+sj": ("spectral", True, True), "fj": ("frobenius", False, True),
+            "fja": ("frobenius", True, False), "fja+fj": ("frobenius", True, True)}
+WARM_LIMIT_BYTES = 1 << 30
+HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_sigma_ja",
+                  "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ssim", "psnr", "nmse",
+                  "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
+                  "val_sigma_j_mean", "val_sigma_j_max", "lambda_ja", "lambda_j", "epoch_time"]
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the penalty became NaN or Inf."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key train.device is 'cuda' but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over a run unless ``overwrite``; ``resume`` needs one."""
+    ck = out / "checkpoints" / "last.pt"
+    if resume:
+        if not ck.exists():
+            raise FileNotFoundError(f"{ck}: nothing to resume (no checkpoint in {out})")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds files (a run?); use --overwrite to "
+                                  "replace it or --resume to continue it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class Trainer:
+    """Trains a reconstructor as ``cfg`` says, writing into ``out``.
+
+    ``out/config.yaml`` (resolved config), ``out/history.csv`` and ``out/tb/`` (TensorBoard)
+    per epoch, ``out/checkpoints/last.pt`` every epoch and ``final.pt`` at the end.  Under
+    ``torchrun`` (``WORLD_SIZE > 1``) every process trains on its share of the data and the
+    gradients are averaged across processes after each backward pass (gloo on CPU, NCCL on
+    CUDA); rank 0 validates, logs and writes checkpoints.
+    """
+
+    def __init__(self, cfg: Config, out, resume: bool = False, overwrite: bool = False):
+        self.out = Path(out)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.rank == 0:
+            prepare_out_dir(self.out, resume, overwrite)
+        self.ck = None
+        if resume:
+            self.ck = load_checkpoint(self.out / "checkpoints" / "last.pt")
+            saved = config_from_dict(self.ck["config"])
+            diff = [k for k, v in _flat(cfg.to_dict()).items()
+                    if _flat(saved.to_dict()).get(k) != v and k not in ("optim.epochs",
+                                                                         "train.progress")]
+            if diff:
+                raise ValueError(f"--resume with a different config ({', '.join(diff)}); "
+                                 f"the run in {self.out} was made with {self.out / 'config.yaml'}")
+            saved.optim.epochs, saved.train.progress = cfg.optim.epochs, cfg.train.progress
+            cfg = saved
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        seed_everything(cfg.train.seed)
+        self.task = make_task(cfg)
+        self.model = build_reconstructor(cfg, self.task.meta).to(self.device)
+        if self.world > 1:
+            for p in self.model.state_dict().values():
+                torch.distributed.broadcast(p, 0)
+        o = cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o.name == "adam":
+            self.opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            self.opt = torch.optim.RMSprop(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.schedule == "step":
+            self.sched = torch.optim.lr_scheduler.StepLR(self.opt, o.step_size, o.lr_gamma)
+        elif o.schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, o.epochs)
+        else:
+            self.sched = None
+        r = cfg.reg
+        self.jac = None
+        if r.name in JAC_REGS:
+            kind, use_ja, use_j = JAC_REGS[r.name]
+            self.jac = JacobianPenalty(kind, r.lambda_ja if use_ja else 0.0,
+                                       r.lambda_j if use_j else 0.0, r.n_iter, r.n_proj,
+                                       r.method, r.every, r.gamma,
+                                       warm_start_vectors=r.warm_start != "none"
+                                       and kind == "spectral")
+        self.sw = WeightSpectralPenalty(self.model, r.lambda_w, seed=cfg.train.seed) \
+            if r.name == "sw" else None
+        self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
+            if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
+        self.warm, self.warm_mode = {}, r.warm_start
+        self.epoch, self.step, self.history = 0, 0, []
+        if self.ck is not None:
+            self._restore(self.ck)
+        if self.rank == 0:
+            save_config(self.cfg, self.out / "config.yaml")
+
+    # --- state -----------------------------------------------------------------------------
+    def _payload(self, final=False, train_l2=None) -> dict:
+        warm = {str(k): {n: t.cpu() for n, t in v.items()} for k, v in self.warm.items()}
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "model_meta": dict(self.task.meta, task=self.cfg.task),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched else {},
+                "rng": rng_state(), "epoch": self.epoch, "step": self.step,
+                "jac": self.jac.state_dict() if self.jac else {},
+                "sw": self.sw.state_dict() if self.sw else {}, "warm": warm,
+                "history": self.history, "final": final,
+                "train_loss_eval": float("nan") if train_l2 is None else float(train_l2)}
+
+    def _restore(self, ck):
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.sched and ck["scheduler"]:
+            self.sched.load_state_dict(ck["scheduler"])
+        if self.jac and ck["jac"]:
+            self.jac.load_state_dict(ck["jac"])
+        if self.sw and ck["sw"]:
+            self.sw.load_state_dict(ck["sw"])
+        self.warm = {(int(k) if k.isdigit() else k): v for k, v in ck["warm"].items()}
+        self.epoch, self.step, self.history = ck["epoch"], ck["step"], list(ck["history"])
+        set_rng_state(ck["rng"])
+
+    # --- warm-started singular vectors ------------------------------------------------------
+    def _warm_get(self, info, y):
+        if self.warm_mode == "none" or not self.jac or self.jac.kind != "spectral":
+            return None
+        if self.warm_mode == "batch" or info.get("keys") is None:
+            v = self.warm.get("batch")
+            ok = v is not None and all(t.shape[0] == y.shape[0] for t in v.values())
+            return {k: t.to(self.device) for k, t in v.items()} if ok else None
+        vs = [self.warm.get(k) for k in info["keys"]]
+        if any(v is None for v in vs):
+            return None
+        return {name: torch.stack([v[name] for v in vs]).to(self.device) for name in vs[0]}
+
+    def _warm_put(self, info, stats):
+        vec = {k: v.detach() for k, v in stats.items() if k.startswith("v_")}
+        if not vec or self.warm_mode == "none":
+            return
+        if self.warm_mode == "batch" or info.get("keys") is None:
+            self.warm["batch"] = {k: v.cpu() for k, v in vec.items()}
+            return
+        for i, key in enumerate(info["keys"]):
+            self.warm[key] = {k: v[i].cpu() for k, v in vec.items()}
+        size = sum(t.numel() * t.element_size() for d in self.warm.values() for t in d.values())
+        if size > WARM_LIMIT_BYTES:
+            tqdm.write(f"warm-start vectors exceed {WARM_LIMIT_BYTES >> 20} MiB: switching to "
+                       "one vector per batch (reg.warm_start=batch)")
+            self.warm, self.warm_mode = {}, "batch"
+
+    # --- steps ------------------------------------------------------------------------------
+    def _all_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            t = t.detach().clone()
+            torch.distributed.all_reduce(t)
+            t /= self.world
+        return t
+
+    def _sync_grads(self):
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p)
+                 for p in self.model.parameters()]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        i = 0
+        for p, g in zip(self.model.parameters(), grads):
+            p.grad = flat[i:i + g.numel()].view_as(p).clone()
+            i += g.numel()
+
+    def train_step(self, y, A, target, info) -> dict:
+        self.model.train()
+        f = self.model.as_function(A)
+        stats, pen = {}, torch.zeros((), device=self.device)
+        if self.jac is not None and self.jac.active(self.step):
+            out, pen, stats = self.jac(f, y, A, step=self.step, v0=self._warm_get(info, y))
+            self._warm_put(info, stats)
+        else:
+            out = f(y)
+        loss = self.loss_fn(out, target, info.get("max"))
+        if stats and self.jac.needs_calibration:
+            terms = {k: self._all_mean(v.detach()) for k, v in stats.items()
+                     if k.startswith("term_")}
+            chosen = self.jac.calibrate(self._all_mean(loss.detach()).item(), terms)
+            if self.rank == 0:
+                tqdm.write("auto λ: " + ", ".join(f"{k} = {v:.3g}" for k, v in chosen.items()))
+            pen = self.jac.weighted(stats)
+        wpen = torch.zeros((), device=self.device)
+        r = self.cfg.reg
+        if r.name == "wd":
+            wpen = weight_decay_penalty(self.model, r.lambda_w)
+        elif r.name == "sw":
+            wpen = self.sw()
+        total = loss + pen + wpen
+        if not torch.isfinite(total):
+            last = self.out / "checkpoints" / "last.pt"
+            keep = f"last good checkpoint: {last} (epoch {self.epoch})" if last.exists() else \
+                "no checkpoint was written yet"
+            raise NonFiniteError(f"step {self.step} (epoch {self.epoch + 1}): the training loss "
+                                 f"is {total.item()} (data loss {loss.item():.4g}, penalty "
+                                 f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
+                                 f"{keep}")
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self._sync_grads()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return {"loss": loss.item(), "penalty": float(pen.detach()) + float(wpen.detach()),
+                "sigma_ja": float(stats["sigma_ja"].mean()) if "sigma_ja" in stats else math.nan,
+                "sigma_j": float(stats["sigma_j"].mean()) if "sigma_j" in stats else math.nan}
+
+    def _loader(self, epoch):
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1009 + epoch)
+        sampler = None
+        if self.world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                self.task.datasets["train"], self.world, self.rank, shuffle=True,
+                seed=self.cfg.train.seed)
+            sampler.set_epoch(epoch)
+        return self.task.loader("train", shuffle=True, generator=g, sampler=sampler)
+
+    def validate(self) -> dict:
+        c = self.cfg.train
+        rec = reconstruct(self.model, self.task, self.task.loader("val", False), self.device)
+        s = score(rec, self.task.name)
+        tr = reconstruct(self.model, self.task, self._loader(10_000 + self.epoch), self.device,
+                         max_batches=c.ge_batches or None)
+        val_loss = self._val_loss()
+        out = {"val_loss": val_loss, "val_l2": rec["l2"], "train_l2": tr["l2"],
+               "ge": abs(rec["l2"] - tr["l2"])}
+        for m, v in s["aggregate"].items():
+            out[m] = v["mean"]
+        if "zero_filled" in s:
+            for m, v in s["zero_filled"]["aggregate"].items():
+                out[f"zf_{m}"] = v["mean"]
+        if c.jac_stats_batches:
+            js = jacobian_stats(self.model, self.task, self.task.loader("val", False),
+                                self.device, c.jac_stats_batches, c.jac_stats_iters,
+                                seed=c.seed + self.epoch)
+            for k in ("sigma_ja", "sigma_j"):
+                out[f"val_{k}_mean"], out[f"val_{k}_max"] = js[k]["mean"], js[k]["max"]
+        return out
+
+    @torch.no_grad()
+    def _val_loss(self) -> float:
+        self.model.eval()
+        tot, n = 0.0, 0
+        for batch in self.task.loader("val", False):
+            y, A, target, info = self.task.unpack(batch, self.device)
+            tot += self.loss_fn(self.model(y, A), target, info.get("max")).item() * len(y)
+            n += len(y)
+        return tot / max(n, 1)
+
+    def fit(self) -> dict:
+        """Train to ``optim.epochs``; returns the last history row."""
+        cfg = self.cfg
+        writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.epoch)
+        try:
+            while self.epoch < cfg.optim.epochs:
+                seed_everything(cfg.train.seed * 100_003 + self.epoch)
+                t0 = time.time()
+                sums = {"loss": 0.0, "penalty": 0.0, "sigma_ja": [], "sigma_j": []}
+                n = 0
+                bar = tqdm(self._loader(self.epoch), desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
+                           disable=not (cfg.train.progress and self.rank == 0), leave=False)
+                for batch in bar:
+                    y, A, target, info = self.task.unpack(batch, self.device)
+                    r = self.train_step(y, A, target, info)
+                    n += 1
+                    sums["loss"] += r["loss"]
+                    sums["penalty"] += r["penalty"]
+                    for k in ("sigma_ja", "sigma_j"):
+                        if not math.isnan(r[k]):
+                            sums[k].append(r[k])
+                    post = {"loss": f"{r['loss']:.4g}", "pen": f"{r['penalty']:.3g}"}
+                    for k in ("sigma_ja", "sigma_j"):
+                        if not math.isnan(r[k]):
+                            post["σ" + k[5:].upper()] = f"{r[k]:.3g}"
+                    bar.set_postfix(post)
+                if self.sched:
+                    self.sched.step()
+                self.epoch += 1
+                row = {"epoch": self.epoch, "step": self.step,
+                       "lr": self.opt.param_groups[0]["lr"], "train_loss": sums["loss"] / max(n, 1),
+                       "train_penalty": sums["penalty"] / max(n, 1),
+                       "train_sigma_ja": float(np.mean(sums["sigma_ja"])) if sums["sigma_ja"] else math.nan,
+                       "train_sigma_j": float(np.mean(sums["sigma_j"])) if sums["sigma_j"] else math.nan}
+                if self.jac:
+                    row["lambda_ja"] = _num(self.jac.lambda_ja)
+                    row["lambda_j"] = _num(self.jac.lambda_j)
+                if self.rank == 0:
+                    row.update(self.validate())
+                    row["epoch_time"] = time.time() - t0
+                    self.history.append(row)
+                    self._log(row, writer)
+                    save_checkpoint(self.out / "checkpoints" / "last.pt", self._payload())
+                if self.world > 1:
+                    torch.distributed.barrier()
+            ddp = self._check_replicas()
+            if self.rank == 0:
+                tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
+                payload = self._payload(final=True, train_l2=tr["l2"])
+                payload["ddp"] = ddp
+                save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
+                save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
+        finally:
+            if writer:
+                writer.close()
+        return self.history[-1] if self.history else {}
+
+    def _check_replicas(self) -> dict:
+        """Under DDP: the largest difference between any rank's weights and rank 0's."""
+        if self.world == 1:
+            return {"world_size": 1, "max_param_diff": 0.0}
+        flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+        ref = flat.clone()
+        torch.distributed.broadcast(ref, 0)
+        diff = (flat - ref).abs().max().reshape(1)
+        torch.distributed.all_reduce(diff, op=torch.distributed.ReduceOp.MAX)
+        return {"world_size": self.world, "max_param_diff": float(diff)}
+
+    def _log(self, row, writer):
+        path = self.out / "history.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
+                    writer.add_scalar(k, v, row["epoch"])
+            writer.flush()
+        msg = (f"epoch {row['epoch']}: train loss {row['train_loss']:.4g}, val loss "
+               f"{row.get('val_loss', math.nan):.4g}, GE {row.get('ge', math.nan):.4g}")
+        for m in ("ssim", "psnr"):
+            if m in row:
+                msg += f", {m.upper()} {row[m]:.4g}"
+        if "val_sigma_ja_mean" in row:
+            msg += f", σ(JA) {row['val_sigma_ja_mean']:.3g}, σ(J) {row['val_sigma_j_mean']:.3g}"
+        if self.cfg.train.progress:
+            tqdm.write(msg)
+
+
+def _num(v):
+    return v if isinstance(v, (int, float)) else math.nan
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not prefix:
+            out.update(_flat(v, k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def train(cfg: Config, out, resume: bool = False, overwrite: bool = False) -> dict:
+    """Python entry point: train as ``cfg`` says into ``out``; returns the last history row."""
+    return Trainer(cfg, out, resume, overwrite).fit()

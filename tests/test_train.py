@@ -1,0 +1,173 @@
+"""Training: config, regularizers, checkpoints, resume, NaN stop, tasks, DDP (2 CPU processes)."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mrijac.data import write_synthetic_dataset
+from mrijac.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mrijac.train.config import load_config, save_config, valid_keys
+from mrijac.train.trainer import NonFiniteError, Trainer, train
+
+BASE = ["model.chans=4", "model.num_pool_layers=2", "data.batch_size=2", "optim.epochs=2",
+        "train.progress=false", "train.jac_stats_batches=1", "train.jac_stats_iters=2",
+        "train.ge_batches=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_dataset(root, "knee", "singlecoil", {"train": 2, "val": 1}, n_slices=4,
+                            kspace_shape=(40, 36), recon_size=(32, 32), progress=False)
+    return root
+
+
+def cfg_for(data, *over):
+    return load_config(None, [f"data.root={data}", *BASE, *over])
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"task": "mri", "reg": {"name": "sja", "lambda_ja": 0.01},
+                                 "optim": {"lr": 3e-4}}))
+    cfg = load_config(p, ["reg.n_iter=2", "data.accelerations=[4,8]",
+                          "data.center_fractions=[0.08,0.04]"])
+    assert cfg.reg.name == "sja" and cfg.reg.lambda_ja == 0.01 and cfg.reg.n_iter == 2
+    assert cfg.optim.lr == 3e-4 and cfg.data.accelerations == [4, 8]
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml").to_dict() == cfg.to_dict()
+    with pytest.raises(ValueError, match=r"unknown config key 'reg.lamda_ja'; valid keys: reg.name"):
+        load_config(None, ["reg.lamda_ja=1"])
+    p.write_text("optim:\n  speed: 3\n")
+    with pytest.raises(ValueError, match=r"c.yaml: unknown config key 'optim.speed'"):
+        load_config(p)
+    for bad, msg in [("reg.lambda_ja=-0.1", "reg.lambda_ja must be a number >= 0"),
+                     ("data.accelerations=[0.5]", "acceleration must be >= 1"),
+                     ("optim.epochs=two", "optim.epochs must be an integer"),
+                     ("reg.name=magic", "reg.name must be one of"),
+                     ("model.normalize=3", "must be true or false"),
+                     ("data.batch_size=0", "data.batch_size must be > 0")]:
+        with pytest.raises(ValueError, match=msg):
+            load_config(None, [bad])
+    assert "reg.lambda_j" in valid_keys()
+
+
+@pytest.mark.parametrize("reg", ["none", "sja+sj", "fja+fj", "wd", "sw"])
+def test_train_each_regularizer(data, tmp_path, reg):
+    out = tmp_path / "run"
+    row = train(cfg_for(data, f"reg.name={reg}", "optim.epochs=1"), out)
+    assert (out / "config.yaml").exists() and (out / "history.csv").exists()
+    assert (out / "checkpoints" / "final.pt").exists() and list((out / "tb").iterdir())
+    assert all(k in row for k in ("train_loss", "val_loss", "ge", "ssim", "psnr",
+                                  "val_sigma_ja_mean", "val_sigma_j_mean"))
+    ck = load_checkpoint(out / "checkpoints" / "final.pt")
+    assert ck["final"] and ck["train_loss_eval"] > 0
+    if reg in ("sja+sj", "fja+fj"):
+        assert isinstance(ck["jac"]["lambda_ja"], float)  # auto λ was calibrated and saved
+        assert row["train_penalty"] > 0
+
+
+def test_resume_gives_the_same_weights(data, tmp_path):
+    over = ["reg.name=sja+sj", "reg.warm_start=sample", "optim.schedule=step", "optim.step_size=1"]
+    train(cfg_for(data, *over), tmp_path / "full")
+    train(cfg_for(data, *over, "optim.epochs=1"), tmp_path / "part")
+    t = Trainer(cfg_for(data, *over), tmp_path / "part", resume=True)
+    assert t.epoch == 1 and t.warm  # state came back, warm-start vectors included
+    t.fit()
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "final.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="--resume with a different config"):
+        Trainer(cfg_for(data, *over, "optim.lr=0.1"), tmp_path / "part", resume=True)
+
+
+def test_refuses_existing_run_and_nothing_to_resume(data, tmp_path):
+    train(cfg_for(data, "optim.epochs=1"), tmp_path / "r")
+    with pytest.raises(FileExistsError, match="already holds files"):
+        train(cfg_for(data), tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        Trainer(cfg_for(data), tmp_path / "empty", resume=True)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    t = Trainer(cfg_for(data, "optim.epochs=3"), tmp_path / "r")
+    real = t.loss_fn
+
+    def loss(out, target, mx=None):
+        val = real(out, target, mx)
+        return val * float("nan") if t.step >= 5 else val
+
+    monkeypatch.setattr(t, "loss_fn", loss)
+    with pytest.raises(NonFiniteError, match=r"the training loss is nan.*last good checkpoint: .*last.pt \(epoch 1\)"):
+        t.fit()
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_checkpoint_errors(data, tmp_path):
+    train(cfg_for(data, "optim.epochs=1"), tmp_path / "r")
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "final.pt")
+    ck["config"]["model"]["chans"] = 8  # another model's weights
+    with pytest.raises(ValueError, match="do not fit model 'unet'"):
+        load_model(ck)
+    old = {k: v for k, v in ck.items() if k not in ("format", "version")}
+    save_checkpoint(tmp_path / "old.pt", old)
+    raw = torch.load(tmp_path / "old.pt", weights_only=True)
+    raw["version"] = 0
+    torch.save(raw, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="format version 0; this mrijac reads version 1"):
+        load_checkpoint(tmp_path / "old.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not an mrijac checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_dncnn_and_double_vjp_method(data, tmp_path):
+    train(cfg_for(data, "model.name=dncnn", "model.depth=3", "model.features=8",
+                  "reg.name=sja", "reg.method=double_vjp", "optim.epochs=1"), tmp_path / "d")
+
+
+def test_cs_and_sr_tasks(shared_data, tmp_path):
+    cs = load_config(None, ["task=cs", f"data.mnist_dir={shared_data / 'mnist'}", "data.q=40",
+                            "data.n_train=32", "data.n_val=16", "data.batch_size=16",
+                            "model.name=fcnet", "reg.name=sja+sj", "optim.epochs=2",
+                            "train.progress=false", "data.eps=0.1"])
+    row = train(cs, tmp_path / "cs")
+    assert row["psnr"] > 0 and "val_sigma_ja_mean" in row
+    sr = load_config(None, ["task=sr", f"data.train_dir={shared_data / 'sr/Set5'}",
+                            f"data.val_dir={shared_data / 'sr/Set5'}", "data.patch=24",
+                            "data.patches_per_image=2", "data.batch_size=5", "model.name=edsr",
+                            "model.n_resblocks=1", "model.features=8", "reg.name=sja",
+                            "optim.epochs=1", "train.progress=false", "train.jac_stats_iters=2",
+                            "train.jac_stats_batches=1"])
+    row = train(sr, tmp_path / "sr")
+    assert row["psnr"] > 0 and row["val_sigma_ja_mean"] > 0
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_with_penalty(data, tmp_path):
+    cfg = cfg_for(data, "reg.name=sja+sj", "optim.epochs=1")
+    save_config(cfg, tmp_path / "c.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", "-m", "mrijac.cli", "train", "--config",
+           str(tmp_path / "c.yaml"), "--out", str(tmp_path / "ddp")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "final.pt")
+    assert ck["ddp"] == {"world_size": 2, "max_param_diff": 0.0}
+    assert ck["history"][-1]["train_penalty"] > 0
