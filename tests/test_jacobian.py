@@ -249,3 +249,25 @@ def test_weight_baselines():
     g = net[2].weight.grad
     assert torch.allclose(torch.linalg.matrix_norm(g, ord=2),
                           2.0 * torch.linalg.matrix_norm(net[2].weight, ord=2), rtol=1e-6)
+
+
+def test_penalty_on_argmax_samples_keeps_the_gradient():
+    """``samples=k``: the graph only for the k samples of largest σ; same value and gradient
+    as the full-batch max when the argmax is among them."""
+    _, y, A, recon = mri_problem(B=4)
+    full = JacobianPenalty("spectral", lambda_ja=1.0, n_iter=300)
+    recon.zero_grad()
+    out_f, p_f, st = full(recon, y, A, generator=torch.Generator().manual_seed(0))
+    p_f.backward()
+    g_full = _param_grads(recon)
+    part = JacobianPenalty("spectral", lambda_ja=1.0, n_iter=300, samples=1)
+    recon.zero_grad()
+    out_p, p_p, st_p = part(recon, y, A, generator=torch.Generator().manual_seed(0),
+                            priority=st["sigma_ja"])
+    p_p.backward()
+    assert st_p["index"].tolist() == [int(st["sigma_ja"].argmax())]
+    assert torch.allclose(out_p, out_f, atol=1e-12)  # every sample's output, in batch order
+    assert torch.allclose(p_p, p_f, rtol=1e-6)
+    assert (_param_grads(recon) - g_full).norm() / g_full.norm() < 1e-4
+    with pytest.raises(ValueError, match="needs a module with as_function"):
+        part(recon.as_function(A), y, A)

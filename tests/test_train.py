@@ -171,3 +171,13 @@ def test_ddp_two_cpu_processes_with_penalty(data, tmp_path):
     ck = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "final.pt")
     assert ck["ddp"] == {"world_size": 2, "max_param_diff": 0.0}
     assert ck["history"][-1]["train_penalty"] > 0
+
+
+def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.samples=1", "data.batch_size=4"),
+                tmp_path / "r")
+    row = t.fit()
+    assert row["train_penalty"] > 0 and 0 <= row["data_wait_frac"] < 1
+    sig = [v["sigma"] for k, v in t.warm.items()]
+    # one sample per step, unseen samples first: every step adds a new slice
+    assert len(sig) == t.step == 4 and all(float(s) > 0 for s in sig)

@@ -58,8 +58,9 @@ def _slice(p: _Params, shape, z: float) -> np.ndarray:
     X = (c * x + s * y) / p.scale - p.shift[0]
     Y = (-s * x + c * y) / p.scale - p.shift[1]
     taper = np.sqrt(max(1 - 0.7 * z * z, 0.05))
-    tex = smooth_field(shape, max(h, w) / 40, rng)
-    fine = smooth_field(shape, max(h, w) / 120, rng)
+    # texture correlation lengths scale with the image but stay above pixel noise
+    tex = smooth_field(shape, max(max(h, w) / 40, 3.0), rng)
+    fine = smooth_field(shape, max(max(h, w) / 120, 1.5), rng)
     img = np.zeros(shape)
     if p.kind == "knee":
         body = _ellipse(X, Y, 0, 0, 0.3 * p.aspect * taper + 0.08, 0.42, edge=0.01)

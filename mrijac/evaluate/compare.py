@@ -45,7 +45,8 @@ def load_run(path) -> dict:
             if k in r.get("jacobian", {}):
                 row[f"{k}_mean"] = r["jacobian"][k]["mean"]
                 row[f"{k}_max"] = r["jacobian"][k]["max"]
-        hist = _read_history(mj.parent.parent if mj.parent.name == "eval" else path)
+        run_dir = Path(r["checkpoint"]).parent.parent if r.get("checkpoint") else path
+        hist = _read_history(run_dir) or _read_history(path)
         return {"row": row, "history": hist}
     hist = _read_history(path)
     if not hist:

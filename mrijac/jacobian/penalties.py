@@ -49,11 +49,20 @@ class JacobianPenalty:
         every: apply the penalty every ``every`` steps (pass ``step``); the penalty is then
             multiplied by ``every`` so that its average weight is unchanged.
         gamma: γ of the automatic λ.
+        warm_start_vectors: return the next singular vectors (``stats["v_ja"]``, ``"v_j"``) for
+            reuse as ``v0`` (one backward through the primal graph of the same pass).
+        samples: spectral kind only — carry the penalty's graph for just this many samples of
+            the batch (those with the largest ``priority``, e.g. last σ estimates), the others
+            going through a plain forward.  ``max_b σ_b`` only has a gradient through its
+            argmax, so when the argmax is among them the gradient is unchanged; time and memory
+            then grow with ``samples`` instead of the batch.  Needs ``f`` to be a module with
+            ``as_function(A)`` (a :class:`~mrijac.models.Reconstructor`), so that the operator
+            can be restricted to those samples.
     """
 
     def __init__(self, kind: str = "spectral", lambda_ja=0.0, lambda_j=0.0, n_iter: int = 1,
                  n_proj: int = 1, method: str = "forward", every: int = 1, gamma: float = 20.0,
-                 warm_start_vectors: bool = True):
+                 warm_start_vectors: bool = True, samples: int | None = None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if int(every) < 1:
@@ -64,6 +73,9 @@ class JacobianPenalty:
         self.n_iter, self.n_proj, self.method = int(n_iter), int(n_proj), method
         self.every, self.gamma = int(every), float(gamma)
         self.warm_start_vectors = warm_start_vectors
+        if samples is not None and (int(samples) < 1 or kind != "spectral"):
+            raise ValueError(f"samples must be >= 1 and needs kind='spectral', got {samples}")
+        self.samples = None if samples is None else int(samples)
 
     @property
     def terms(self) -> list[str]:
@@ -78,9 +90,43 @@ class JacobianPenalty:
         return bool(self.terms) and (step is None or step % self.every == 0)
 
     def __call__(self, f, y: torch.Tensor, A=None, step: int | None = None,
-                 v0: dict | None = None, generator: torch.Generator | None = None):
+                 v0: dict | None = None, generator: torch.Generator | None = None,
+                 priority: torch.Tensor | None = None):
+        """``(out, penalty, stats)``; ``f`` is a callable ``y -> x̂`` or a module with
+        ``as_function(A)``.  With ``samples`` set, ``stats["index"]`` lists the samples whose
+        σ and vectors ``stats`` holds (in that order); ``priority`` ``(B,)`` ranks them."""
+        module = f if callable(getattr(f, "as_function", None)) else None
+        fn = module.as_function(A) if module is not None else f
         if not self.active(step):
-            return f(y), y.new_zeros((), dtype=y.real.dtype), {}
+            return fn(y), y.new_zeros((), dtype=y.real.dtype), {}
+        B = y.shape[0]
+        if self.samples is not None and self.samples < B:
+            if module is None:
+                raise ValueError("JacobianPenalty(samples=…) needs a module with as_function(A) "
+                                 "(a Reconstructor), not a plain callable")
+            return self._subset(module, y, A, v0, generator, priority)
+        return self._full(fn, y, A, v0, generator)
+
+    def _subset(self, module, y, A, v0, generator, priority):
+        B, k = y.shape[0], self.samples
+        if priority is None:
+            order = torch.arange(B, device=y.device)  # the loader already shuffled the batch
+        else:
+            order = torch.argsort(torch.as_tensor(priority, device=y.device).reshape(B),
+                                  descending=True)
+        idx, rest = order[:k], order[k:]
+        sub = lambda op, i: None if op is None else op.select(i)  # noqa: E731
+        A_idx = sub(A, idx)
+        v0_idx = None if v0 is None else {n: v[idx] for n, v in v0.items() if v is not None}
+        out_idx, pen, stats = self._full(module.as_function(A_idx), y[idx], A_idx, v0_idx,
+                                         generator)
+        out_rest = module.as_function(sub(A, rest))(y[rest])
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(B, device=order.device)
+        stats["index"] = idx
+        return torch.cat([out_idx, out_rest])[inv], pen, stats
+
+    def _full(self, f, y, A, v0, generator):
         terms = self.terms
         ops = [A if t == "ja" else None for t in terms]
         stats = {}

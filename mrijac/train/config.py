@@ -77,6 +77,7 @@ class RegConfig:
     every: int = 1                # apply the Jacobian penalty every k steps (scaled by k)
     gamma: float = 20.0           # auto λ: λ = 10^floor(log10(loss/penalty)) / γ
     warm_start: str = "sample"    # none | batch | sample: reuse singular vectors
+    samples: int = 0              # spectral: graph only for the k samples of largest σ (0: all)
 
 
 @dataclass
@@ -268,6 +269,7 @@ def validate(cfg: Config) -> None:
     positive("reg.n_iter", r.n_iter)
     positive("reg.n_proj", r.n_proj)
     positive("reg.every", r.every)
+    positive("reg.samples", r.samples, strict=False)
     positive("reg.gamma", r.gamma)
     choice("reg.method", r.method, ("forward", "double_vjp"))
     choice("reg.warm_start", r.warm_start, ("none", "batch", "sample"))

@@ -27,7 +27,8 @@ WARM_LIMIT_BYTES = 1 << 30
 HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_sigma_ja",
                   "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ssim", "psnr", "nmse",
                   "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
-                  "val_sigma_j_mean", "val_sigma_j_max", "lambda_ja", "lambda_j", "epoch_time"]
+                  "val_sigma_j_mean", "val_sigma_j_max", "lambda_ja", "lambda_j", "data_wait_frac",
+                  "epoch_time"]
 
 
 class NonFiniteError(RuntimeError):
@@ -124,7 +125,8 @@ class Trainer:
                                        r.lambda_j if use_j else 0.0, r.n_iter, r.n_proj,
                                        r.method, r.every, r.gamma,
                                        warm_start_vectors=r.warm_start != "none"
-                                       and kind == "spectral")
+                                       and kind == "spectral",
+                                       samples=(r.samples or None) if kind == "spectral" else None)
         self.sw = WeightSpectralPenalty(self.model, r.lambda_w, seed=cfg.train.seed) \
             if r.name == "sw" else None
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
@@ -171,19 +173,37 @@ class Trainer:
             ok = v is not None and all(t.shape[0] == y.shape[0] for t in v.values())
             return {k: t.to(self.device) for k, t in v.items()} if ok else None
         vs = [self.warm.get(k) for k in info["keys"]]
-        if any(v is None for v in vs):
+        known = [v for v in vs if v is not None]
+        if not known or (len(known) < len(vs) and not self.jac.samples):
             return None
-        return {name: torch.stack([v[name] for v in vs]).to(self.device) for name in vs[0]}
+        names = [n for n in known[0] if n.startswith("v_")]
+        # with a penalty on part of the batch, samples not seen yet start from random vectors
+        fill = lambda n: torch.randn_like(known[0][n])  # noqa: E731
+        return {n: torch.stack([v[n] if v is not None else fill(n) for v in vs]).to(self.device)
+                for n in names}
+
+    def _priority(self, info):
+        """Last σ estimate per sample (unseen samples first), for ``reg.samples``."""
+        if not (self.jac and self.jac.samples) or info.get("keys") is None:
+            return None
+        return torch.tensor([float(self.warm[k]["sigma"]) if k in self.warm else float("inf")
+                             for k in info["keys"]])
 
     def _warm_put(self, info, stats):
         vec = {k: v.detach() for k, v in stats.items() if k.startswith("v_")}
         if not vec or self.warm_mode == "none":
             return
         if self.warm_mode == "batch" or info.get("keys") is None:
+            if "index" in stats:  # vectors of part of the batch: no batch-shaped warm start
+                return
             self.warm["batch"] = {k: v.cpu() for k, v in vec.items()}
             return
-        for i, key in enumerate(info["keys"]):
-            self.warm[key] = {k: v[i].cpu() for k, v in vec.items()}
+        sig = torch.stack([stats[k] for k in ("sigma_ja", "sigma_j") if k in stats]).amax(0)
+        index = stats.get("index", torch.arange(len(info["keys"])))
+        for i, b in enumerate(index.tolist()):
+            entry = {k: v[i].cpu() for k, v in vec.items()}
+            entry["sigma"] = sig[i].cpu()
+            self.warm[info["keys"][b]] = entry
         size = sum(t.numel() * t.element_size() for d in self.warm.values() for t in d.values())
         if size > WARM_LIMIT_BYTES:
             tqdm.write(f"warm-start vectors exceed {WARM_LIMIT_BYTES >> 20} MiB: switching to "
@@ -216,7 +236,8 @@ class Trainer:
         f = self.model.as_function(A)
         stats, pen = {}, torch.zeros((), device=self.device)
         if self.jac is not None and self.jac.active(self.step):
-            out, pen, stats = self.jac(f, y, A, step=self.step, v0=self._warm_get(info, y))
+            out, pen, stats = self.jac(self.model, y, A, step=self.step,
+                                       v0=self._warm_get(info, y), priority=self._priority(info))
             self._warm_put(info, stats)
         else:
             out = f(y)
@@ -311,9 +332,14 @@ class Trainer:
                 n = 0
                 bar = tqdm(self._loader(self.epoch), desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
                            disable=not (cfg.train.progress and self.rank == 0), leave=False)
+                wait, busy, t_mark = 0.0, 0.0, time.perf_counter()
                 for batch in bar:
+                    t_got = time.perf_counter()
+                    wait += t_got - t_mark
                     y, A, target, info = self.task.unpack(batch, self.device)
                     r = self.train_step(y, A, target, info)
+                    t_mark = time.perf_counter()
+                    busy += t_mark - t_got
                     n += 1
                     sums["loss"] += r["loss"]
                     sums["penalty"] += r["penalty"]
@@ -331,6 +357,7 @@ class Trainer:
                 row = {"epoch": self.epoch, "step": self.step,
                        "lr": self.opt.param_groups[0]["lr"], "train_loss": sums["loss"] / max(n, 1),
                        "train_penalty": sums["penalty"] / max(n, 1),
+                       "data_wait_frac": wait / max(wait + busy, 1e-12),
                        "train_sigma_ja": float(np.mean(sums["sigma_ja"])) if sums["sigma_ja"] else math.nan,
                        "train_sigma_j": float(np.mean(sums["sigma_j"])) if sums["sigma_j"] else math.nan}
                 if self.jac:

@@ -1,0 +1,99 @@
+"""Evaluation: fastMRI-identical metrics, reports, GE, comparison."""
+import json
+
+import numpy as np
+import pytest
+import fastmri
+from fastmri import evaluate as fe
+
+from mrijac.data import MaskConfig, MRISliceDataset, collate_mri, write_synthetic_dataset
+from mrijac.evaluate.compare import compare_runs
+from mrijac.evaluate.metrics import aggregate, image_metrics, volume_metrics
+from mrijac.evaluate.runner import evaluate_checkpoint
+from mrijac.train.config import load_config
+from mrijac.train.trainer import train
+
+
+def test_volume_metrics_equal_fastmri_evaluate():
+    rng = np.random.default_rng(0)
+    vols = []
+    m = fe.Metrics(fe.METRIC_FUNCS)
+    for _ in range(3):
+        gt = rng.random((4, 32, 32))
+        pred = gt + 0.1 * rng.standard_normal(gt.shape)
+        ours = volume_metrics(gt, pred)
+        assert ours["ssim"] == pytest.approx(float(fe.ssim(gt, pred)[0]), abs=1e-12)
+        assert ours["psnr"] == pytest.approx(float(fe.psnr(gt, pred)), abs=1e-12)
+        assert ours["nmse"] == pytest.approx(float(fe.nmse(gt, pred)), abs=1e-12)
+        m.push(gt, pred)
+        vols.append(ours)
+    agg = aggregate(vols)
+    for k in ("ssim", "psnr", "nmse"):
+        assert agg[k]["mean"] == pytest.approx(m.means()[k.upper()], rel=1e-10)
+        assert agg[k]["std"] == pytest.approx(m.stddevs()[k.upper()], rel=1e-10)
+    with pytest.raises(ValueError, match="must both be"):
+        volume_metrics(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
+    im = image_metrics(np.ones(784) * 0.5, np.ones(784) * 0.5 + 0.01)
+    assert im["psnr"] == pytest.approx(40.0)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ev")
+    write_synthetic_dataset(root / "data", "knee", "singlecoil", {"train": 2, "val": 2},
+                            n_slices=3, kspace_shape=(40, 36), recon_size=(32, 32),
+                            progress=False)
+    outs = {}
+    for reg in ("none", "sja+sj"):
+        cfg = load_config(None, [f"data.root={root / 'data'}", "model.chans=4",
+                                 "model.num_pool_layers=2", "optim.epochs=1",
+                                 "train.progress=false", f"reg.name={reg}", "data.batch_size=2"])
+        train(cfg, root / reg)
+        outs[reg] = root / reg / "checkpoints" / "final.pt"
+    return root, outs
+
+
+def test_evaluate_writes_report_and_matches_fastmri(run, tmp_path):
+    root, cks = run
+    out = tmp_path / "ev"
+    r = evaluate_checkpoint(cks["none"], root / "data" / "val", out, jac_batches=1,
+                            progress=False)
+    for name in ("metrics.json", "metrics.csv", "report.md", "report.html"):
+        assert (out / name).exists()
+    figs = sorted(p.name for p in (out / "figures").iterdir())
+    assert "curves.png" in figs and len([f for f in figs if f.startswith("recon_")]) == 2
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<img" in html and 'src="figures' not in html
+    saved = json.loads((out / "metrics.json").read_text())
+    assert len(saved["per_volume"]) == 2 and saved["ge"] == pytest.approx(
+        abs(saved["test_loss"] - saved["train_loss"]))
+    assert saved["jacobian"]["sigma_ja"]["max"] >= saved["jacobian"]["sigma_ja"]["mean"] > 0
+    # the zero-filled baseline agrees with fastmri's own computation on the same volumes
+    ds = MRISliceDataset(root / "data" / "val", "singlecoil", mode="val", crop_kspace=True)
+    first = [ds[i] for i in range(len(ds)) if ds[i].fname == saved["per_volume"][0]["fname"]]
+    b = collate_mri(first)
+    import torch
+    k = torch.view_as_real(b.y)
+    zf = fastmri.complex_abs(fastmri.ifft2c(k)).numpy()
+    ref = fe.ssim(b.target.numpy(), zf)
+    assert saved["zero_filled"]["per_volume"][0]["ssim"] == pytest.approx(float(ref[0]), abs=1e-6)
+    with pytest.raises(FileExistsError, match="already holds files"):
+        evaluate_checkpoint(cks["none"], root / "data" / "val", out, jac_batches=0)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        evaluate_checkpoint(tmp_path / "no.pt", root / "data" / "val", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_runs(run, tmp_path):
+    root, cks = run
+    evs = []
+    for reg, ck in cks.items():
+        evs.append(tmp_path / reg)
+        evaluate_checkpoint(ck, root / "data" / "val", evs[-1], jac_batches=1, progress=False)
+    table = compare_runs(evs + [root / "none"], tmp_path / "cmp", names=["a", "b", "c"])
+    assert [r["run"] for r in table] == ["a", "b", "c"]
+    assert table[1]["d_ssim"] == pytest.approx(table[1]["ssim"] - table[0]["ssim"])
+    assert (tmp_path / "cmp" / "figures" / "comparison.png").exists()
+    assert "Differences against `a`" in (tmp_path / "cmp" / "report.md").read_text()
+    with pytest.raises(FileNotFoundError, match="run not found"):
+        compare_runs([tmp_path / "nope"], tmp_path / "cmp2")
