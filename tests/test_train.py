@@ -181,3 +181,29 @@ def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
     sig = [v["sigma"] for k, v in t.warm.items()]
     # one sample per step, unseen samples first: every step adds a new slice
     assert len(sig) == t.step == 4 and all(float(s) > 0 for s in sig)
+
+
+def test_sigterm_mid_epoch_checkpoint_and_exact_resume(data, tmp_path, monkeypatch):
+    import signal
+    from mrijac.train.trainer import Interrupted
+    over = ["reg.name=sja+sj", "data.batch_size=1"]  # 8 steps per epoch
+    train(cfg_for(data, *over), tmp_path / "full")
+    t = Trainer(cfg_for(data, *over), tmp_path / "cut")
+    real = t.train_step
+
+    def step(*a):
+        r = real(*a)
+        if t.step == 11:  # in the second epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return r
+
+    monkeypatch.setattr(t, "train_step", step)
+    with pytest.raises(Interrupted, match="signal 15 at step 11 .*continue with --resume"):
+        t.fit()
+    ck = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 1 and ck["batch_in_epoch"] == 3 and ck["step"] == 11
+    Trainer(cfg_for(data, *over), tmp_path / "cut", resume=True).fit()
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "final.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "final.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"])

@@ -15,8 +15,9 @@ METRICS = ("ssim", "psnr", "nmse")
 
 def volume_metrics(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None) -> dict:
     """SSIM, PSNR, NMSE of one volume ``(S, h, w)`` exactly as ``fastmri.evaluate`` computes them
-    (``maxval`` defaults to the target volume's maximum, as in fastMRI's evaluation)."""
-    gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
+    (``maxval`` defaults to the target volume's maximum, as in fastMRI's evaluation).  The
+    arrays keep their dtype, as in fastMRI's evaluation (float32 volumes give float32 NMSE)."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.shape != pred.shape or gt.ndim != 3:
         raise ValueError(f"volumes must both be (S, h, w); got target {gt.shape} and "
                          f"reconstruction {pred.shape}")

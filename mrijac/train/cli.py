@@ -7,7 +7,7 @@ from pathlib import Path
 
 def cmd_train(a):
     from .config import describe, load_config
-    from .trainer import NonFiniteError, train
+    from .trainer import Interrupted, NonFiniteError, train
     if a.help_config:
         print("config keys (YAML sections or key=value overrides) and defaults:\n" + describe())
         return 0
@@ -20,12 +20,26 @@ def cmd_train(a):
     except NonFiniteError as err:
         print(f"mrijac: stopped: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"mrijac: {err}", file=sys.stderr)
+        return 128 + int(err.signum) if err.signum else 1
     print(f"run in {out}: last epoch {row.get('epoch')}, val loss {row.get('val_loss', float('nan')):.4g}"
           f", checkpoint {out / 'checkpoints' / 'final.pt'}")
     return 0
 
 
 def cmd_evaluate(a):
+    if a.predictions:
+        from ..evaluate.predict import evaluate_predictions
+        if not a.targets:
+            raise ValueError("--predictions needs --targets (a folder of target volumes)")
+        r = evaluate_predictions(a.predictions, a.targets, a.out, a.challenge, a.overwrite)
+        print("  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}"
+                        for m, v in r["aggregate"].items()))
+        print(f"report: {Path(a.out) / 'report.html'}")
+        return
+    if not (a.checkpoint and a.data):
+        raise ValueError("evaluate needs --checkpoint and --data (or --predictions and --targets)")
     from ..evaluate.runner import evaluate_checkpoint
     r = evaluate_checkpoint(a.checkpoint, a.data, a.out, a.overwrite, a.device,
                             jac_batches=a.jac_batches)
@@ -33,6 +47,12 @@ def cmd_evaluate(a):
     print("  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in agg.items())
           + f"  GE {r['ge']:.4g}")
     print(f"report: {Path(a.out) / 'report.html'}")
+
+
+def cmd_predict(a):
+    from ..evaluate.predict import predict_folder
+    out = predict_folder(a.checkpoint, a.data, a.out, a.device, a.batch_size, a.overwrite)
+    print(f"wrote {len(out)} reconstructions to {a.out}")
 
 
 def cmd_compare(a):
@@ -55,14 +75,28 @@ def add_parsers(sub):
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--help-config", action="store_true", help="list every config key and its default")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("evaluate", help="score a checkpoint on a data folder; write the report")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", required=True, help="MRI: folder of fastMRI volumes with targets")
+    e = sub.add_parser("evaluate", help="score a checkpoint on a data folder (or a folder of "
+                       "predictions against targets); write the report")
+    e.add_argument("--checkpoint")
+    e.add_argument("--data", help="MRI: folder of fastMRI volumes with targets")
+    e.add_argument("--predictions", help="folder of .h5 with 'reconstruction' (any tool's)")
+    e.add_argument("--targets", help="folder of target volumes, with --predictions")
+    e.add_argument("--challenge", choices=["singlecoil", "multicoil"],
+                   help="target key for --predictions (default: whichever the files have)")
     e.add_argument("--out", required=True)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--jac-batches", type=int, default=4, help="batches for σ(J A), σ(J) (0: skip)")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="reconstruct every volume of a folder (test files use "
+                       "their own mask) into <out>/<file>.h5 with 'reconstruction'")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, help="slices per batch (default: the training batch)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_predict)
     c = sub.add_parser("compare", help="one table and figure across runs or evaluations")
     c.add_argument("runs", nargs="+", help="evaluation folders (metrics.json) or run folders")
     c.add_argument("--out", required=True)

@@ -35,6 +35,14 @@ class NonFiniteError(RuntimeError):
     """The loss or the penalty became NaN or Inf."""
 
 
+class Interrupted(RuntimeError):
+    """SIGTERM/SIGINT (or repeated out-of-memory) stopped training after a checkpoint."""
+
+    def __init__(self, msg, signum=None):
+        super().__init__(msg)
+        self.signum = signum
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("config key train.device is 'cuda' but no CUDA device is available")
@@ -133,6 +141,7 @@ class Trainer:
             if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
         self.warm, self.warm_mode = {}, r.warm_start
         self.epoch, self.step, self.history = 0, 0, []
+        self.resume_batch, self.partial = 0, None
         if self.ck is not None:
             self._restore(self.ck)
         if self.rank == 0:
@@ -162,6 +171,9 @@ class Trainer:
             self.sw.load_state_dict(ck["sw"])
         self.warm = {(int(k) if k.isdigit() else k): v for k, v in ck["warm"].items()}
         self.epoch, self.step, self.history = ck["epoch"], ck["step"], list(ck["history"])
+        self.resume_batch = int(ck.get("batch_in_epoch", 0))
+        self.partial = ck.get("partial")
+        self.resume_rng = ck["rng"]
         set_rng_state(ck["rng"])
 
     # --- warm-started singular vectors ------------------------------------------------------
@@ -318,8 +330,21 @@ class Trainer:
         return tot / max(n, 1)
 
     def fit(self) -> dict:
-        """Train to ``optim.epochs``; returns the last history row."""
+        """Train to ``optim.epochs``; returns the last history row.
+
+        SIGTERM/SIGINT finish the current step, write ``last.pt`` (mid-epoch: ``--resume``
+        skips the batches already done and restores the RNG, so the run ends as if never
+        stopped) and raise :class:`Interrupted`.  CUDA out-of-memory skips the batch with a
+        warning; three in a row write a checkpoint and stop.
+        """
+        import signal
+        import threading
         cfg = self.cfg
+        stop = {"sig": None}
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, lambda n, f: stop.__setitem__("sig", n))
         writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -328,18 +353,43 @@ class Trainer:
             while self.epoch < cfg.optim.epochs:
                 seed_everything(cfg.train.seed * 100_003 + self.epoch)
                 t0 = time.time()
-                sums = {"loss": 0.0, "penalty": 0.0, "sigma_ja": [], "sigma_j": []}
-                n = 0
+                sums = {"loss": 0.0, "penalty": 0.0, "sigma_ja": [], "sigma_j": [], "n": 0,
+                        "wait": 0.0, "busy": 0.0}
+                skip, self.resume_batch = self.resume_batch, 0
+                if skip and self.partial:
+                    sums.update(self.partial)
+                n = sums["n"]
+                oom = 0
                 bar = tqdm(self._loader(self.epoch), desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
                            disable=not (cfg.train.progress and self.rank == 0), leave=False)
-                wait, busy, t_mark = 0.0, 0.0, time.perf_counter()
-                for batch in bar:
+                wait, busy, t_mark = sums["wait"], sums["busy"], time.perf_counter()
+                for bi, batch in enumerate(bar):
+                    if bi < skip:  # resumed mid-epoch: same batches, then the saved RNG
+                        if bi == skip - 1:
+                            set_rng_state(self.resume_rng)
+                        t_mark = time.perf_counter()
+                        continue
                     t_got = time.perf_counter()
                     wait += t_got - t_mark
                     y, A, target, info = self.task.unpack(batch, self.device)
-                    r = self.train_step(y, A, target, info)
+                    try:
+                        r = self.train_step(y, A, target, info)
+                        oom = 0
+                    except torch.cuda.OutOfMemoryError:
+                        oom += 1
+                        self.opt.zero_grad(set_to_none=True)
+                        torch.cuda.empty_cache()
+                        tqdm.write(f"warning: CUDA out of memory at step {self.step}; batch skipped")
+                        if oom >= 3:
+                            stop["sig"] = "oom"
+                        r = None
                     t_mark = time.perf_counter()
                     busy += t_mark - t_got
+                    if stop["sig"] is not None:
+                        self._interrupt(bi + 1, dict(sums, n=n + (r is not None), wait=wait,
+                                                     busy=busy), stop["sig"], r)
+                    if r is None:
+                        continue
                     n += 1
                     sums["loss"] += r["loss"]
                     sums["penalty"] += r["penalty"]
@@ -381,7 +431,28 @@ class Trainer:
         finally:
             if writer:
                 writer.close()
+            for sig, h in old.items():
+                signal.signal(sig, h)
         return self.history[-1] if self.history else {}
+
+    def _interrupt(self, batch_in_epoch, sums, sig, r):
+        """Write a mid-epoch checkpoint and raise :class:`Interrupted`."""
+        if r is not None:
+            sums["loss"] += r["loss"]
+            sums["penalty"] += r["penalty"]
+            for k in ("sigma_ja", "sigma_j"):
+                if not math.isnan(r[k]):
+                    sums[k] = sums[k] + [r[k]]
+        path = self.out / "checkpoints" / "last.pt"
+        if self.rank == 0:
+            payload = self._payload()
+            payload["batch_in_epoch"] = batch_in_epoch
+            payload["partial"] = sums
+            save_checkpoint(path, payload)
+        why = "three CUDA out-of-memory errors in a row" if sig == "oom" else f"signal {sig}"
+        raise Interrupted(f"stopped by {why} at step {self.step} (epoch {self.epoch + 1}, "
+                          f"batch {batch_in_epoch}); checkpoint {path}; continue with --resume",
+                          None if sig == "oom" else sig)
 
     def _check_replicas(self) -> dict:
         """Under DDP: the largest difference between any rank's weights and rank 0's."""

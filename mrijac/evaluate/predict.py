@@ -1,0 +1,114 @@
+"""``mrijac predict``: reconstruct every volume of a folder into fastMRI's submission format,
+and score a folder of such predictions against targets (as ``fastmri.evaluate`` does)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.fastmri import H5_SUFFIXES
+from ..data.h5format import TARGET_KEYS
+from ..train.checkpoint import load_model
+from ..train.trainer import resolve_device
+from .metrics import aggregate, volume_metrics
+from .report import md_table, staged_dir, write_csv, write_json, write_report
+
+
+def _h5_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in H5_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no .h5 files")
+    return files
+
+
+@torch.no_grad()
+def predict_folder(checkpoint, data, out, device: str = "auto", batch_size: int | None = None,
+                   overwrite: bool = False, progress: bool = True) -> list[Path]:
+    """Write ``out/<file>.h5`` with ``reconstruction`` (float32 ``(S, h, w)``) for every volume.
+
+    Files that carry their own ``mask`` (test/challenge files, no target needed) are
+    reconstructed from it; other files are undersampled with the checkpoint's mask settings and
+    fastMRI's validation convention (a fixed mask per volume, seeded from the file name).
+    """
+    from ..data import MaskConfig, MRISliceDataset, collate_mri
+    data = Path(data)
+    files = _h5_files(data)
+    model, cfg, _ = load_model(checkpoint, resolve_device(device))
+    if cfg.task != "mri":
+        raise ValueError(f"predict reconstructs MRI volumes; this checkpoint is a {cfg.task} model")
+    with_mask = [("mask" in h5py.File(f, "r")) for f in files]
+    if any(with_mask) and not all(with_mask):
+        raise ValueError(f"{data}: mixes files with and without their own 'mask'; put test and "
+                         "validation files in separate folders")
+    d = cfg.data
+    ds = MRISliceDataset(data, d.challenge, mode="test" if all(with_mask) else "val",
+                         mask=MaskConfig(d.mask_type, tuple(d.accelerations), tuple(d.center_fractions)),
+                         crop_kspace=d.crop_kspace)
+    bs = batch_size or (d.batch_size if d.crop_kspace else 1)
+    loader = torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate_mri)
+    dev = next(model.parameters()).device
+    vols: dict[str, dict[int, np.ndarray]] = {}
+    for batch in tqdm(loader, desc="predict", disable=not progress):
+        b = batch.to(dev)
+        rec = model(b.y, b.A).float().cpu().numpy()
+        for i, (f, s) in enumerate(zip(b.fname, b.slice.tolist())):
+            vols.setdefault(f, {})[s] = rec[i]
+    written = []
+    with staged_dir(out, overwrite) as tmp:
+        for f, sl in vols.items():
+            with h5py.File(tmp / f, "w") as hf:
+                hf.create_dataset("reconstruction", data=np.stack([sl[k] for k in sorted(sl)]))
+                hf.attrs["checkpoint"] = str(checkpoint)
+            written.append(Path(out) / f)
+    return written
+
+
+def evaluate_predictions(predictions, targets, out, challenge: str | None = None,
+                         overwrite: bool = False) -> dict:
+    """Score ``predictions/<f>.h5`` (``reconstruction``) against ``targets/<f>.h5``.
+
+    Like ``fastmri.evaluate``: the target key is ``reconstruction_esc`` (single-coil) or
+    ``reconstruction_rss`` (multi-coil; ``challenge`` picks, else whichever the file has), both
+    volumes are centre-cropped to ``(W, W)`` with ``W`` the target's width, and SSIM/PSNR/NMSE
+    use the target volume's maximum.  Writes metrics.json/csv and report.md/html into ``out``.
+    """
+    from fastmri.data.transforms import center_crop
+    predictions, targets = Path(predictions), Path(targets)
+    per = []
+    for tf in _h5_files(targets):
+        pf = predictions / tf.name
+        if not pf.exists():
+            raise FileNotFoundError(f"{pf}: no prediction for target {tf.name}")
+        with h5py.File(tf, "r") as ht, h5py.File(pf, "r") as hp:
+            keys = [TARGET_KEYS[challenge]] if challenge else list(TARGET_KEYS.values())
+            key = next((k for k in keys if k in ht), None)
+            if key is None:
+                raise ValueError(f"{tf}: no target dataset ({' or '.join(keys)})")
+            if "reconstruction" not in hp:
+                raise ValueError(f"{pf}: missing dataset 'reconstruction'")
+            t, p = ht[key][()], hp["reconstruction"][()]
+        crop = (t.shape[-1], t.shape[-1])
+        t = center_crop(t, crop) if t.shape[-2] >= crop[0] else t
+        p = center_crop(p, crop) if p.shape[-2] >= crop[0] and p.shape[-1] >= crop[1] else p
+        if p.shape != t.shape:
+            raise ValueError(f"{pf}: reconstruction {p.shape} does not match target {t.shape}")
+        per.append({"fname": tf.name, **volume_metrics(t, p)})
+    agg = aggregate(per)
+    result = {"predictions": str(predictions), "targets": str(targets), "per_volume": per,
+              "aggregate": agg}
+    with staged_dir(out, overwrite) as tmp:
+        write_json(tmp / "metrics.json", result)
+        write_csv(tmp / "metrics.csv", per)
+        md = ["# Evaluation of predictions", "", f"Predictions `{predictions}`, targets "
+              f"`{targets}`, {len(per)} volumes.", "",
+              md_table(["metric", "mean ± std"], [[m.upper(), f"{v['mean']:.4f} ± {v['std']:.4f}"]
+                                                  for m, v in agg.items()]), "",
+              md_table(["volume", "SSIM", "PSNR", "NMSE"],
+                       [[r["fname"], r["ssim"], r["psnr"], r["nmse"]] for r in per])]
+        write_report(tmp, "\n".join(md) + "\n", "mrijac: predictions")
+    return result

@@ -1,0 +1,60 @@
+"""predict -> fastMRI submission files; scored by mrijac and by fastmri.evaluate alike."""
+import argparse
+
+import h5py
+import numpy as np
+import pytest
+from fastmri import evaluate as fe
+
+from mrijac.cli import main
+from mrijac.data import write_synthetic_dataset
+from mrijac.evaluate.predict import evaluate_predictions, predict_folder
+from mrijac.train.config import load_config
+from mrijac.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pr")
+    write_synthetic_dataset(root / "data", "knee", "singlecoil", {"train": 2, "val": 1, "test": 2},
+                            n_slices=3, kspace_shape=(40, 36), recon_size=(32, 32),
+                            progress=False)
+    cfg = load_config(None, [f"data.root={root / 'data'}", "model.chans=4",
+                             "model.num_pool_layers=2", "optim.epochs=1", "train.progress=false",
+                             "reg.name=sja+sj", "data.batch_size=2"])
+    train(cfg, root / "run")
+    return root, root / "run" / "checkpoints" / "final.pt"
+
+
+def test_predict_test_files_and_round_trip_with_fastmri_evaluate(trained, tmp_path):
+    root, ck = trained
+    out = tmp_path / "pred"
+    files = predict_folder(ck, root / "data" / "test", out, progress=False)
+    assert sorted(p.name for p in files) == sorted(p.name for p in (root / "data" / "test").iterdir())
+    with h5py.File(files[0]) as hf:
+        rec = hf["reconstruction"]
+        assert rec.dtype == "float32" and rec.shape == (3, 32, 32)
+    ours = evaluate_predictions(out, root / "data" / "test_targets", tmp_path / "ev")
+    args = argparse.Namespace(target_path=root / "data" / "test_targets", predictions_path=out,
+                              challenge="singlecoil", acquisition=None, acceleration=None)
+    ref = fe.evaluate(args, "reconstruction_esc")
+    val = lambda a: float(np.asarray(a).reshape(-1)[0])  # noqa: E731 (fastmri keeps arrays)
+    for m in ("ssim", "psnr", "nmse"):
+        assert ours["aggregate"][m]["mean"] == pytest.approx(val(ref.means()[m.upper()]), rel=1e-9)
+        assert ours["aggregate"][m]["std"] == pytest.approx(val(ref.stddevs()[m.upper()]), rel=1e-9)
+    assert (tmp_path / "ev" / "report.html").exists()
+
+
+def test_predict_cli_and_errors(trained, tmp_path, capsys):
+    root, ck = trained
+    assert main(["predict", "--checkpoint", str(ck), "--data", str(root / "data" / "val"),
+                 "--out", str(tmp_path / "p")]) == 0
+    assert main(["evaluate", "--predictions", str(tmp_path / "p"), "--targets",
+                 str(root / "data" / "val"), "--out", str(tmp_path / "e")]) == 0
+    assert "SSIM" in capsys.readouterr().out
+    assert main(["evaluate", "--predictions", str(tmp_path / "p"), "--targets",
+                 str(root / "data" / "test_targets"), "--out", str(tmp_path / "e2")]) == 2
+    assert "no prediction for target" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(ck), "--data", str(root / "data" / "val"),
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
