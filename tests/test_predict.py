@@ -41,7 +41,8 @@ def test_predict_test_files_and_round_trip_with_fastmri_evaluate(trained, tmp_pa
     val = lambda a: float(np.asarray(a).reshape(-1)[0])  # noqa: E731 (fastmri keeps arrays)
     for m in ("ssim", "psnr", "nmse"):
         assert ours["aggregate"][m]["mean"] == pytest.approx(val(ref.means()[m.upper()]), rel=1e-9)
-        assert ours["aggregate"][m]["std"] == pytest.approx(val(ref.stddevs()[m.upper()]), rel=1e-9)
+        # runstats accumulates online (Welford): equal to rounding
+        assert ours["aggregate"][m]["std"] == pytest.approx(val(ref.stddevs()[m.upper()]), rel=1e-6)
     assert (tmp_path / "ev" / "report.html").exists()
 
 
