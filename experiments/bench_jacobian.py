@@ -127,7 +127,7 @@ def run_row(spec: dict) -> dict:
             out, p, stats = pen(model if spec.get("samples") else f, y, A, step=state["step"],
                                 v0=state["v0"] if spec.get("warm") else None)
             if spec.get("warm") and stats:
-                state["v0"] = {k: v for k, v in stats.items() if k.startswith("v_")}
+                state["v0"] = {k: v for k, v in stats.items() if k.startswith("u_")}
         loss = (out - x).reshape(batch, -1).norm(dim=1).mean() + p
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -98,13 +98,13 @@ def test_forward_and_double_vjp_agree():
 def test_warm_start_returns_better_vector():
     f, y, A, _ = mri_problem(B=3)
     ref = torch.linalg.matrix_norm(explicit_JA(f, y, A), ord=2)
-    s, v = spectral_norm(f, y, A, n_iter=1, return_vector=True,
+    s, u = spectral_norm(f, y, A, n_iter=1, return_vector=True,
                          generator=torch.Generator().manual_seed(0))
     errs = [((s - ref).abs() / ref).mean().item()]
     for _ in range(30):
-        s, v = spectral_norm(f, y, A, n_iter=1, v0=v, return_vector=True)
+        s, u = spectral_norm(f, y, A, n_iter=1, u0=u, return_vector=True)
         errs.append(((s - ref).abs() / ref).mean().item())
-    assert v.shape == A.random_input(batch=3).shape
+    assert u.shape == f(y).shape  # left singular vectors live in the output space
     assert errs[-1] < errs[10] < errs[0]
     # a chain of k warm-started single iterations is exactly the same power iteration of one cold run
     cold = spectral_norm(f, y, A, n_iter=31, generator=torch.Generator().manual_seed(0))
@@ -194,7 +194,7 @@ def test_penalty_trains_fastmri_unet_with_forward_mode():
     out, p, stats = pen(recon.as_function(A), y, A)
     (out.pow(2).mean() + p).backward()
     assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in recon.parameters())
-    assert set(stats) >= {"sigma_ja", "sigma_j", "v_ja", "v_j"}
+    assert set(stats) >= {"sigma_ja", "sigma_j", "u_ja", "u_j"}
     # the double-vjp trick cannot: InstanceNorm has no third derivative
     pen2 = JacobianPenalty("spectral", lambda_ja=1.0, n_iter=1, method="double_vjp")
     with pytest.raises(RuntimeError, match="3rd"):

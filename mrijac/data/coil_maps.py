@@ -1,12 +1,13 @@
 """Coil sensitivity maps: ESPIRiT (sigpy) from auto-calibration lines, cached beside the data."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import sigpy.mri
+
+from ..atomic import atomic_path
 
 
 
@@ -56,17 +57,10 @@ def compute_volume_maps(fname: str | Path, calib_width: int = 24, progress=None)
 def write_maps(path: str | Path, maps: np.ndarray, source: str | Path) -> Path:
     """Write ``sens_maps`` (S, C, H, W) complex64 atomically, recording the source file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as hf:
-            hf.create_dataset("sens_maps", data=maps.astype(np.complex64))
-            hf.attrs["source"] = str(source)
-            hf.attrs["method"] = "espirit"
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
+        hf.create_dataset("sens_maps", data=maps.astype(np.complex64))
+        hf.attrs["source"] = str(source)
+        hf.attrs["method"] = "espirit"
     return path
 
 

@@ -9,12 +9,13 @@ sizes and the phase-encode ``encodingLimits``), attributes ``acquisition``, ``ma
 """
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as etree
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ..atomic import atomic_path
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
@@ -82,31 +83,24 @@ def write_volume(path: str | Path, kspace: np.ndarray, target: np.ndarray | None
         recon_size = recon_size or tuple(target.shape[-2:])
     recon_size = tuple(recon_size or (min(H, W), min(H, W)))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as hf:
-            hf.create_dataset("kspace", data=kspace.astype(np.complex64))
-            hf.create_dataset("ismrmrd_header", data=ismrmrd_header((H, W), recon_size))
-            if target is not None:
-                hf.create_dataset(TARGET_KEYS[challenge], data=target)
-                hf.attrs["max"] = float(target.max())
-                hf.attrs["norm"] = float(np.linalg.norm(target))
-            hf.attrs["acquisition"] = acquisition
-            hf.attrs["patient_id"] = patient_id or path.stem
-            if mask is not None:
-                if acceleration is None or num_low_frequency is None:
-                    raise ValueError(f"{path}: a test file's mask needs acceleration and "
-                                     "num_low_frequency")
-                hf.create_dataset("mask", data=np.asarray(mask).astype(bool).reshape(W))
-                hf.attrs["acceleration"] = int(round(acceleration))
-                hf.attrs["num_low_frequency"] = int(num_low_frequency)
-            for k, v in (extra_attrs or {}).items():
-                hf.attrs[k] = v
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
+        hf.create_dataset("kspace", data=kspace.astype(np.complex64))
+        hf.create_dataset("ismrmrd_header", data=ismrmrd_header((H, W), recon_size))
+        if target is not None:
+            hf.create_dataset(TARGET_KEYS[challenge], data=target)
+            hf.attrs["max"] = float(target.max())
+            hf.attrs["norm"] = float(np.linalg.norm(target))
+        hf.attrs["acquisition"] = acquisition
+        hf.attrs["patient_id"] = patient_id or path.stem
+        if mask is not None:
+            if acceleration is None or num_low_frequency is None:
+                raise ValueError(f"{path}: a test file's mask needs acceleration and "
+                                 "num_low_frequency")
+            hf.create_dataset("mask", data=np.asarray(mask).astype(bool).reshape(W))
+            hf.attrs["acceleration"] = int(round(acceleration))
+            hf.attrs["num_low_frequency"] = int(num_low_frequency)
+        for k, v in (extra_attrs or {}).items():
+            hf.attrs[k] = v
     return path
 
 

@@ -36,20 +36,21 @@ def _random_input(op, y: torch.Tensor, generator=None) -> torch.Tensor:
 
 
 def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str = "forward",
-                    v0: list | None = None, create_graph: bool = False,
+                    u0: list | None = None, create_graph: bool = False,
                     return_vectors: bool = False, generator: torch.Generator | None = None):
     """Joint power iteration for ``||J(y) A_k||₂``, ``k = 1..K``, stacked in one batch.
 
     The K problems share ``y``: they run as one batch ``cat([y]*K)`` whose tangents are
     ``cat([A_k v_k])``, so each product costs one (bigger) pass instead of K.  One iteration is
     one VJP and one JVP: ``v ← A_kᴴ Jᵀ u / ||·||``, ``u ← J A_k v``, ``σ = ||u||`` (v unit).
-    Without ``v0`` the first ``v`` comes from a VJP of a random ``u``; with ``v0`` (a warm
-    start) that first VJP is replaced by ``v0``.  The last JVP is the only one that may carry a
-    graph (``create_graph``); its primal output is returned for the data loss.
+    The first ``u`` is random (cold start) or ``u0`` (warm start: the left singular vectors of
+    an earlier call — they live in the output space, which does not change with the mask).
+    The last JVP is the only one that may carry a graph (``create_graph``); its primal output is
+    returned for the data loss, and its normalised tangent is the next warm start, for free.
 
     Returns ``(out, sigmas, vectors)``: ``out`` ``(B, …)`` = f(y) (first copy), ``sigmas`` a
-    list of K ``(B,)`` tensors, ``vectors`` a list of K unit vectors (the next warm start: one
-    more VJP on the final pass's graph) or ``None`` unless ``return_vectors``.
+    list of K ``(B,)`` tensors, ``vectors`` a list of K unit output-space vectors ``u_k`` (or
+    ``None`` unless ``return_vectors``).
     """
     _check_method(method)
     if n_iter < 1:
@@ -59,55 +60,42 @@ def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str 
     Y = torch.cat([y] * K) if K > 1 else y
 
     def vjp_to_vectors(us):
-        _, g, _ = vjp(f, Y, torch.cat(us) if K > 1 else us[0])
+        u = None if us is None else (torch.cat(us) if K > 1 else us[0])
+        _, g, _ = vjp(f, Y, u, generator=generator)
         return [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(B))]
 
-    if v0 is None or any(v is None for v in v0):
-        _, g, _ = vjp(f, Y, None, generator=generator)
-        vs = [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(B))]
-        if v0 is not None:  # keep the warm vectors that were given
-            vs = [vs[k] if v0[k] is None else _normalize(v0[k].detach()) for k in range(K)]
-    else:
-        vs = [_normalize(v.detach()) for v in v0]
+    warm = u0 is not None and all(u is not None for u in u0)
+    vs = vjp_to_vectors([u.detach() for u in u0] if warm else None)
     for _ in range(n_iter - 1):
         _, t = jvp(f, Y, torch.cat([_apply(op, v) for op, v in zip(ops, vs)]), method)
         vs = vjp_to_vectors(list(t.split(B)))
-
     tangent = torch.cat([_apply(op, v) for op, v in zip(ops, vs)])
-    reuse = return_vectors and create_graph
-    res = jvp(f, Y, tangent, method, create_graph=create_graph, y_requires_grad=reuse)
-    out_all, t = res[0], res[1]
+    out_all, t = jvp(f, Y, tangent, method, create_graph=create_graph)
     ts = list(t.split(B))
     sigmas = [batch_norm2(tk) for tk in ts]
-    vectors = None
-    if return_vectors:
-        u = t.detach()
-        if reuse:  # one backward through the primal graph of the pass we already made
-            (g,) = torch.autograd.grad(out_all, res[2], u, retain_graph=True)
-            vectors = [_normalize(_adj(op, gk).detach()) for op, gk in zip(ops, g.split(B))]
-        else:
-            vectors = vjp_to_vectors(list(u.split(B)))
+    vectors = [_normalize(tk.detach()) for tk in ts] if return_vectors else None
     return out_all[:B], sigmas, vectors
 
 
 def spectral_norm(f, y: torch.Tensor, A=None, n_iter: int = 3, method: str = "forward",
-                  v0: torch.Tensor | None = None, return_vector: bool = False,
+                  u0: torch.Tensor | None = None, return_vector: bool = False,
                   create_graph: bool = False, generator: torch.Generator | None = None):
     """Estimate ``σ_b = ||J_f(y_b) A_b||₂`` per sample by power iteration (Algorithm 2).
 
     Args:
         f: network ``y -> x̂``; y: measurements ``(B, …)`` (complex allowed).
         A: forward operator (images -> measurements) or ``None`` for ``||J_f(y)||₂``.
-        n_iter: power iterations (each one JVP + one VJP).  The estimate never exceeds the
+        n_iter: power iterations (each one VJP + one JVP).  The estimate never exceeds the
             true norm and grows towards it with ``n_iter``.
         method: ``"forward"`` (forward-mode AD) or ``"double_vjp"``.
-        v0: warm-start right singular vectors (A's input shape, ``(B, …)``).
-        return_vector: also return the next unit vector ``v`` for reuse as ``v0``.
+        u0: warm start — left singular vectors ``(B, …)`` in the output space of ``f``, as
+            returned by an earlier call with ``return_vector=True``.
+        return_vector: also return the unit vectors ``u = J A v / σ`` for reuse as ``u0``.
         create_graph: make ``σ`` differentiable with respect to the parameters of ``f``.
     Returns:
-        ``σ`` ``(B,)`` real, or ``(σ, v)`` when ``return_vector``.
+        ``σ`` ``(B,)`` real, or ``(σ, u)`` when ``return_vector``.
     """
-    _, sig, vec = power_iteration(f, y, [A], n_iter, method, None if v0 is None else [v0],
+    _, sig, vec = power_iteration(f, y, [A], n_iter, method, None if u0 is None else [u0],
                                   create_graph, return_vector, generator)
     return (sig[0], vec[0]) if return_vector else sig[0]
 

@@ -36,7 +36,8 @@ class JacobianPenalty:
     that carries the tangents (no extra forward), ``penalty`` is a differentiable scalar and
     ``stats`` holds the per-sample estimates ``sigma_ja``/``sigma_j`` (spectral) or
     ``fro_ja``/``fro_j`` (Frobenius, squared norms), the unweighted terms ``term_ja``/``term_j``
-    and, for the spectral kind, the next warm-start vectors ``v_ja``/``v_j``.
+    and, for the spectral kind, the next warm-start vectors ``u_ja``/``u_j`` (pass them back as
+    ``v0={"u_ja": …, "u_j": …}``).
 
     Args:
         kind: ``"spectral"`` or ``"frobenius"``.
@@ -49,8 +50,8 @@ class JacobianPenalty:
         every: apply the penalty every ``every`` steps (pass ``step``); the penalty is then
             multiplied by ``every`` so that its average weight is unchanged.
         gamma: γ of the automatic λ.
-        warm_start_vectors: return the next singular vectors (``stats["v_ja"]``, ``"v_j"``) for
-            reuse as ``v0`` (one backward through the primal graph of the same pass).
+        warm_start_vectors: return the next left singular vectors (``stats["u_ja"]``,
+            ``"u_j"``, output space) for reuse as ``v0`` — free: they are the final tangents.
         samples: spectral kind only — carry the penalty's graph for just this many samples of
             the batch (those with the largest ``priority``, e.g. last σ estimates), the others
             going through a plain forward.  ``max_b σ_b`` only has a gradient through its
@@ -131,7 +132,7 @@ class JacobianPenalty:
         ops = [A if t == "ja" else None for t in terms]
         stats = {}
         if self.kind == "spectral":
-            vs = None if v0 is None else [v0.get(f"v_{t}") for t in terms]
+            vs = None if v0 is None else [v0.get(f"u_{t}") for t in terms]
             out, sig, vec = power_iteration(f, y, ops, self.n_iter, self.method, vs,
                                             create_graph=True,
                                             return_vectors=self.warm_start_vectors,
@@ -140,7 +141,7 @@ class JacobianPenalty:
                 stats[f"sigma_{t}"] = sig[k].detach()
                 stats[f"term_{t}"] = sig[k].max()
                 if vec is not None:
-                    stats[f"v_{t}"] = vec[k]
+                    stats[f"u_{t}"] = vec[k]
         else:
             out, sq = frobenius_terms(f, y, ops, self.n_proj, self.method, create_graph=True,
                                       generator=generator)

@@ -30,7 +30,7 @@ def _third_order_hint(err: RuntimeError) -> RuntimeError:
 
 
 def jvp(f, y: torch.Tensor, v: torch.Tensor, method: str = "forward",
-        create_graph: bool = False, y_requires_grad: bool = False):
+        create_graph: bool = False):
     """``(f(y), J(y) v)`` for a batch.
 
     Args:
@@ -41,26 +41,21 @@ def jvp(f, y: torch.Tensor, v: torch.Tensor, method: str = "forward",
             ``J v = ∂/∂u <Jᵀu, v>`` (the paper's Algorithm 3).
         create_graph: keep the graph so that the outputs can be differentiated with respect to
             the parameters of ``f`` (training); otherwise both outputs are detached.
-        y_requires_grad: make ``y`` a leaf that requires grad inside the pass (so that a later
-            ``torch.autograd.grad(out, y_leaf, …)`` can reuse the primal graph); the leaf is
-            returned as a third output.
     Returns:
-        ``(out, Jv)`` (and the leaf if ``y_requires_grad``): ``out`` is the primal ``f(y)`` of
+        ``(out, Jv)``: ``out`` is the primal ``f(y)`` of
         the very pass that produced the tangent, so it can feed the data loss.
     """
     _check_method(method)
-    y_leaf = y.detach().requires_grad_(y_requires_grad or method == "double_vjp")
+    y_leaf = y.detach().requires_grad_(method == "double_vjp")
     if method == "forward":
-        ctx = torch.enable_grad() if (create_graph or y_requires_grad) else torch.no_grad()
+        ctx = torch.enable_grad() if create_graph else torch.no_grad()
         with ctx, fwAD.dual_level():
             out_d = f(fwAD.make_dual(y_leaf, v))
             out, t = fwAD.unpack_dual(out_d)
         if t is None:
             t = torch.zeros_like(out)
         if not create_graph:
-            t = t.detach()
-            if not y_requires_grad:
-                out = out.detach()
+            out, t = out.detach(), t.detach()
     else:
         try:
             with torch.enable_grad():
@@ -71,10 +66,8 @@ def jvp(f, y: torch.Tensor, v: torch.Tensor, method: str = "forward",
         except RuntimeError as err:
             raise _third_order_hint(err) from err
         if not create_graph:
-            t = t.detach()
-            if not y_requires_grad:
-                out = out.detach()
-    return (out, t, y_leaf) if y_requires_grad else (out, t)
+            out, t = out.detach(), t.detach()
+    return out, t
 
 
 def vjp(f, y: torch.Tensor, u: torch.Tensor | None = None, create_graph: bool = False,

@@ -1,12 +1,13 @@
 """Checkpoints: written atomically, read with ``weights_only=True``, format-checked."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..atomic import atomic_path
 
 FORMAT = "mrijac-checkpoint"
 VERSION = 1
@@ -39,14 +40,8 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename (never half-written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

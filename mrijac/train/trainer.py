@@ -188,7 +188,7 @@ class Trainer:
         known = [v for v in vs if v is not None]
         if not known or (len(known) < len(vs) and not self.jac.samples):
             return None
-        names = [n for n in known[0] if n.startswith("v_")]
+        names = [n for n in known[0] if n.startswith("u_")]
         # with a penalty on part of the batch, samples not seen yet start from random vectors
         fill = lambda n: torch.randn_like(known[0][n])  # noqa: E731
         return {n: torch.stack([v[n] if v is not None else fill(n) for v in vs]).to(self.device)
@@ -202,7 +202,7 @@ class Trainer:
                              for k in info["keys"]])
 
     def _warm_put(self, info, stats):
-        vec = {k: v.detach() for k, v in stats.items() if k.startswith("v_")}
+        vec = {k: v.detach() for k, v in stats.items() if k.startswith("u_")}
         if not vec or self.warm_mode == "none":
             return
         if self.warm_mode == "batch" or info.get("keys") is None:
