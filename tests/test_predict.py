@@ -59,3 +59,21 @@ def test_predict_cli_and_errors(trained, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(ck), "--data", str(root / "data" / "val"),
                  "--out", str(tmp_path / "p")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_reconstruct_numpy_kspace_in_one_call(trained):
+    import torch
+    from mrijac.data import MRISliceDataset, collate_mri
+    from mrijac.evaluate.predict import reconstruct_kspace
+    from mrijac.train.checkpoint import load_model
+    root, ck = trained
+    ds = MRISliceDataset(root / "data" / "val", "singlecoil", mode="val", crop_kspace=True)
+    b = collate_mri([ds[0], ds[1]])
+    model, _, _ = load_model(ck)
+    ref = model(b.y, b.A).detach().numpy()
+    vol = reconstruct_kspace(ck, b.y.numpy(), b.A.mask[0, 0].numpy())
+    assert vol.shape == (2, 32, 32) and np.allclose(vol, ref, atol=1e-5)
+    one = reconstruct_kspace(model, b.y[0], b.A.mask[0, 0])
+    assert np.allclose(one, ref[0], atol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        reconstruct_kspace(model, np.zeros((2, 2, 4, 4), np.complex64), np.ones(4))

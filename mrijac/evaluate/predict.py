@@ -112,3 +112,58 @@ def evaluate_predictions(predictions, targets, out, challenge: str | None = None
                        [[r["fname"], r["ssim"], r["psnr"], r["nmse"]] for r in per])]
         write_report(tmp, "\n".join(md) + "\n", "mrijac: predictions")
     return result
+
+
+@torch.no_grad()
+def reconstruct_kspace(model, kspace, mask, sens_maps=None, device: str = "cpu",
+                       batch_size: int = 8) -> np.ndarray:
+    """Reconstruct masked k-space given as NumPy arrays or tensors, in one call.
+
+    Args:
+        model: a checkpoint path, or a :class:`~mrijac.models.Reconstructor` (e.g. from
+            :func:`mrijac.train.checkpoint.load_model`).
+        kspace: one slice ``(H, W)`` / ``(C, H, W)`` or a volume ``(S, H, W)`` /
+            ``(S, C, H, W)``, complex (already undersampled).
+        mask: ``(W,)`` column mask or ``(H, W)`` mask (the same for every slice).
+        sens_maps: coil maps like ``kspace`` (multi-coil); with a checkpoint of a multi-coil
+            model, ``None`` computes ESPIRiT maps from each slice's calibration lines.  With a
+            module, passing ``sens_maps`` is what makes the input multi-coil.
+    Returns:
+        float32 magnitude ``(h, w)`` for a slice or ``(S, h, w)`` for a volume.
+    """
+    from ..data.coil_maps import espirit_maps
+    from ..operators import MultiCoilMRI, SingleCoilMRI
+    if not isinstance(model, torch.nn.Module):
+        model, cfg, _ = load_model(model, resolve_device(device))
+        multicoil = cfg.data.challenge == "multicoil"
+    else:
+        multicoil = sens_maps is not None
+    dev = next(model.parameters()).device
+    k = torch.as_tensor(np.asarray(kspace)).to(torch.complex64)
+    per_slice = 3 if multicoil else 2
+    if k.dim() not in (per_slice, per_slice + 1):
+        raise ValueError(f"kspace of shape {tuple(k.shape)}: expected {'(C, H, W)' if multicoil else '(H, W)'}"
+                         " for a slice or with a leading slice axis for a volume")
+    single = k.dim() == per_slice
+    k = k[None] if single else k
+    m = torch.as_tensor(np.asarray(mask)).float()
+    if multicoil:
+        if sens_maps is None:
+            m_np = m.numpy().reshape(-1, k.shape[-1]).max(0)
+            c = k.shape[-1] // 2
+            width = 1
+            while c - width >= 0 and c + width < len(m_np) and m_np[c - width:c + width + 1].all():
+                width += 1
+            maps = torch.from_numpy(np.stack([espirit_maps(s.numpy(), calib_width=max(2 * width - 1, 4))
+                                              for s in k]))
+        else:
+            maps = torch.as_tensor(np.asarray(sens_maps)).to(torch.complex64)
+            maps = maps[None] if maps.dim() == 3 else maps
+    outs = []
+    for i in range(0, k.shape[0], batch_size):
+        kb = k[i:i + batch_size].to(dev)  # the mask broadcasts over the batch
+        A = MultiCoilMRI(m.to(dev), maps[i:i + batch_size].to(dev)) if multicoil else \
+            SingleCoilMRI(m.to(dev), tuple(kb.shape[-2:]))
+        outs.append(model(kb, A).float().cpu())
+    out = torch.cat(outs).numpy()
+    return out[0] if single else out
