@@ -78,7 +78,6 @@ def main():
                 loss.backward()
                 t.opt.step()
             rels[epoch + 1] = ((torch.cat(warm) - torch.cat(cold)) / torch.cat(cold)).numpy()
-        rel = rels[2]
     res["warm_vs_cold"] = {e: {"n": int(r.size), "median_rel": float(np.median(r)),
                                "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
                                "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),

@@ -6,7 +6,7 @@ import pytest
 import fastmri
 from fastmri import evaluate as fe
 
-from mrijac.data import MaskConfig, MRISliceDataset, collate_mri, write_synthetic_dataset
+from mrijac.data import MRISliceDataset, collate_mri, write_synthetic_dataset
 from mrijac.evaluate.compare import compare_runs
 from mrijac.evaluate.metrics import aggregate, image_metrics, volume_metrics
 from mrijac.evaluate.runner import evaluate_checkpoint
@@ -58,6 +58,7 @@ def test_evaluate_writes_report_and_matches_fastmri(run, tmp_path):
     out = tmp_path / "ev"
     r = evaluate_checkpoint(cks["none"], root / "data" / "val", out, jac_batches=1,
                             progress=False)
+    assert r["ge"] == pytest.approx(abs(r["test_loss"] - r["train_loss"]))
     for name in ("metrics.json", "metrics.csv", "report.md", "report.html"):
         assert (out / name).exists()
     figs = sorted(p.name for p in (out / "figures").iterdir())

@@ -62,7 +62,6 @@ def test_predict_cli_and_errors(trained, tmp_path, capsys):
 
 
 def test_reconstruct_numpy_kspace_in_one_call(trained):
-    import torch
     from mrijac.data import MRISliceDataset, collate_mri
     from mrijac.evaluate.predict import reconstruct_kspace
     from mrijac.train.checkpoint import load_model

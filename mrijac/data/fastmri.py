@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import warnings
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py

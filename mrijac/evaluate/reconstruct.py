@@ -13,8 +13,9 @@ from .metrics import aggregate, image_metrics, volume_metrics
 
 @torch.no_grad()
 def reconstruct(model, task, loader, device, max_batches: int | None = None,
-                progress: bool = False, desc: str = "reconstruct") -> dict:
-    """Reconstruct every batch; returns ``{"items": [...], "l2": mean ℓ2 loss}``.
+                progress: bool = False, desc: str = "reconstruct", loss_fn=None) -> dict:
+    """Reconstruct every batch; returns ``{"items": [...], "l2": mean ℓ2 loss}`` (and
+    ``"loss"``, the mean of ``loss_fn(out, target, max)`` per sample, when given).
 
     MRI items are volumes (slices gathered by file name, sorted by slice): ``name``, ``pred``,
     ``target``, ``zero_filled`` ``(S, h, w)`` float32 and ``maxval``.  CS/SR items are single
@@ -22,7 +23,7 @@ def reconstruct(model, task, loader, device, max_batches: int | None = None,
     """
     model.eval()
     vols = defaultdict(dict)
-    items, l2_sum, n = [], 0.0, 0
+    items, l2_sum, loss_sum, n = [], 0.0, 0.0, 0
     for b, batch in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
         if max_batches and b >= max_batches:
             break
@@ -30,6 +31,8 @@ def reconstruct(model, task, loader, device, max_batches: int | None = None,
         out = model(y, A)
         if target is not None:
             l2_sum += (out - target).reshape(len(out), -1).norm(dim=1).sum().item()
+            if loss_fn is not None:
+                loss_sum += loss_fn(out, target, info.get("max")).item() * len(out)
             n += len(out)
         if task.name == "mri":
             zf = info["batch"].zero_filled
@@ -50,7 +53,10 @@ def reconstruct(model, task, loader, device, max_batches: int | None = None,
                       "target": None if tg[0] is None else np.stack(tg),
                       "zero_filled": np.stack([sl[k][2] for k in keys]),
                       "maxval": sl[keys[0]][3]})
-    return {"items": items, "l2": l2_sum / max(n, 1)}
+    res = {"items": items, "l2": l2_sum / max(n, 1)}
+    if loss_fn is not None:
+        res["loss"] = loss_sum / max(n, 1)
+    return res
 
 
 def score(rec: dict, task_name: str) -> dict:

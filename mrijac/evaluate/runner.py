@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..train.checkpoint import load_model
 from ..train.tasks import make_task

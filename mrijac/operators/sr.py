@@ -1,7 +1,6 @@
 """Super-resolution degradation: blur with a kernel, then keep every ``factor``-th pixel."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -5,7 +5,6 @@ Unknown keys are errors that list the valid ones.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields

@@ -299,12 +299,12 @@ class Trainer:
 
     def validate(self) -> dict:
         c = self.cfg.train
-        rec = reconstruct(self.model, self.task, self.task.loader("val", False), self.device)
+        rec = reconstruct(self.model, self.task, self.task.loader("val", False), self.device,
+                          loss_fn=self.loss_fn)
         s = score(rec, self.task.name)
         tr = reconstruct(self.model, self.task, self._loader(10_000 + self.epoch), self.device,
                          max_batches=c.ge_batches or None)
-        val_loss = self._val_loss()
-        out = {"val_loss": val_loss, "val_l2": rec["l2"], "train_l2": tr["l2"],
+        out = {"val_loss": rec["loss"], "val_l2": rec["l2"], "train_l2": tr["l2"],
                "ge": abs(rec["l2"] - tr["l2"])}
         for m, v in s["aggregate"].items():
             out[m] = v["mean"]
@@ -318,16 +318,6 @@ class Trainer:
             for k in ("sigma_ja", "sigma_j"):
                 out[f"val_{k}_mean"], out[f"val_{k}_max"] = js[k]["mean"], js[k]["max"]
         return out
-
-    @torch.no_grad()
-    def _val_loss(self) -> float:
-        self.model.eval()
-        tot, n = 0.0, 0
-        for batch in self.task.loader("val", False):
-            y, A, target, info = self.task.unpack(batch, self.device)
-            tot += self.loss_fn(self.model(y, A), target, info.get("max")).item() * len(y)
-            n += len(y)
-        return tot / max(n, 1)
 
     def fit(self) -> dict:
         """Train to ``optim.epochs``; returns the last history row.
