@@ -247,3 +247,28 @@ def test_mask_config_validation():
     assert m.shape == (32, 32)
     m = MaskConfig("gaussian1d", (4,), (0.1,)).sample((32, 32), (1, 2), 0)
     assert m.shape == (1, 32) and m.sum() == 8
+
+
+def test_coil_compression_keeps_the_operator_consistent(multi):
+    from mrijac.data.coil_compression import compress, compression_matrix
+    mask = MaskConfig("equispaced_fraction", (4,), (0.125,))
+    full = MRISliceDataset(multi / "train", "multicoil", mode="val", mask=mask)[0]
+    for n in (4, 2):
+        s = MRISliceDataset(multi / "train", "multicoil", mode="val", mask=mask,
+                            coil_compression=n)[0]
+        assert s.y.shape == (n, 48, 40) and s.sens_maps.shape == (n, 48, 40)
+        # same image through both operators: compressed k-space = Uᴴ (original k-space)
+        x = full.operator().random_input(batch=1)
+        with h5py.File(multi / "train" / s.fname) as hf:
+            k = torch.from_numpy(hf["kspace"][s.slice])
+        U = compression_matrix(k, n)
+        assert torch.allclose(s.operator()(x)[0], compress(full.operator()(x)[0], U), atol=1e-4)
+        if n == 4:  # all coils kept: a unitary change of coil basis, norms unchanged
+            assert torch.allclose(batch_norm2(s.operator()(x)), batch_norm2(full.operator()(x)),
+                                  rtol=1e-4)
+        kept = batch_norm2(s.y[None]) ** 2 / batch_norm2(full.y[None]) ** 2
+        assert kept > (0.999 if n == 4 else 0.8)
+    with pytest.raises(ValueError, match="exceeds its 4 coils"):
+        MRISliceDataset(multi / "train", "multicoil", coil_compression=6)[0]
+    with pytest.raises(ValueError, match="1 ≤ N ≤ 4"):
+        compression_matrix(torch.ones(4, 2, 2, dtype=torch.complex64), 0)

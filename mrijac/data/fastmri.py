@@ -25,6 +25,7 @@ from fastmri.data import SliceDataset
 
 from ..operators.masks import COLUMN_MASKS, MASK_TYPES, check_mask_params, make_mask
 from ..operators.mri import MultiCoilMRI, SingleCoilMRI, fft2c, ifft2c
+from .coil_compression import compress, compression_matrix
 from .coil_maps import CoilMapStore, default_maps_dir
 from .h5format import TARGET_KEYS, read_header
 
@@ -174,11 +175,13 @@ class MRISliceTransform:
             phase-encode columns and are cropped along the readout only.
         coil_maps: a :class:`CoilMapStore` (multi-coil).
         noise_sigma: extra complex Gaussian noise on the sampled k-space (E|n|² = σ²).
+        coil_compression: multi-coil only — SVD-compress to this many virtual coils (k-space
+            and coil maps alike, so the operator stays consistent); 0 or None: off.
     """
 
     def __init__(self, challenge: str, mask: MaskConfig | None = None, mode: str = "train",
                  crop_kspace: bool = False, coil_maps: CoilMapStore | None = None,
-                 noise_sigma: float = 0.0):
+                 noise_sigma: float = 0.0, coil_compression: int | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if challenge == "multicoil" and coil_maps is None:
@@ -186,6 +189,9 @@ class MRISliceTransform:
         self.challenge, self.mode, self.crop = challenge, mode, crop_kspace
         self.mask = mask or MaskConfig()
         self.coil_maps, self.noise_sigma = coil_maps, float(noise_sigma)
+        self.coil_compression = int(coil_compression or 0)
+        if self.coil_compression < 0:
+            raise ValueError(f"coil_compression must be >= 0, got {coil_compression}")
 
     def __call__(self, kspace, mask, target, attrs, fname, slice_num) -> MRISample:
         path = attrs.get("_path", fname)
@@ -196,6 +202,12 @@ class MRISliceTransform:
         maps = None
         if self.challenge == "multicoil":
             maps = torch.from_numpy(self.coil_maps.get(path, slice_num, tuple(kspace.shape)))
+        if maps is not None and self.coil_compression:
+            if self.coil_compression > k.shape[0]:
+                raise ValueError(f"{path}: coil_compression {self.coil_compression} exceeds its "
+                                 f"{k.shape[0]} coils")
+            U = compression_matrix(k, self.coil_compression)  # test files: sampled lines only
+            k, maps = compress(k, U), compress(maps, U)
         H, W = k.shape[-2:]
         if self.mode == "test":
             if mask is None:
@@ -248,7 +260,8 @@ class MRISliceDataset(SliceDataset):
         root: folder of fastMRI ``.h5`` volumes.  Entries that are not HDF5 files by suffix
             are skipped with a warning; broken HDF5 files raise ``ValueError`` naming them.
         challenge: ``"singlecoil"`` or ``"multicoil"``.
-        mode, mask, crop_kspace, noise_sigma: see :class:`MRISliceTransform`.
+        mode, mask, crop_kspace, noise_sigma, coil_compression: see
+            :class:`MRISliceTransform`.
         maps_dir: where multi-coil ESPIRiT maps live (default ``<root>_maps``); missing maps
             are computed on first use and cached (``data_prep/coil_maps.py`` precomputes).
         Other arguments are SliceDataset's.
@@ -257,7 +270,8 @@ class MRISliceDataset(SliceDataset):
     def __init__(self, root, challenge: str, mode: str = "train", mask: MaskConfig | None = None,
                  crop_kspace: bool = False, maps_dir=None, noise_sigma: float = 0.0,
                  use_dataset_cache: bool = False, sample_rate=None, volume_sample_rate=None,
-                 dataset_cache_file="dataset_cache.pkl", num_cols=None, raw_sample_filter=None):
+                 dataset_cache_file="dataset_cache.pkl", num_cols=None, raw_sample_filter=None,
+                 coil_compression: int | None = None):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: data folder not found")
@@ -267,7 +281,8 @@ class MRISliceDataset(SliceDataset):
         store = None
         if challenge == "multicoil":
             store = CoilMapStore(maps_dir or default_maps_dir(root))
-        transform = MRISliceTransform(challenge, mask, mode, crop_kspace, store, noise_sigma)
+        transform = MRISliceTransform(challenge, mask, mode, crop_kspace, store, noise_sigma,
+                                      coil_compression)
         super().__init__(root, challenge, transform, use_dataset_cache, sample_rate,
                          volume_sample_rate, dataset_cache_file, num_cols, raw_sample_filter)
         if not self.raw_samples:

@@ -48,7 +48,7 @@ def predict_folder(checkpoint, data, out, device: str = "auto", batch_size: int 
     d = cfg.data
     ds = MRISliceDataset(data, d.challenge, mode="test" if all(with_mask) else "val",
                          mask=MaskConfig(d.mask_type, tuple(d.accelerations), tuple(d.center_fractions)),
-                         crop_kspace=d.crop_kspace)
+                         crop_kspace=d.crop_kspace, coil_compression=d.coil_compression)
     bs = batch_size or (d.batch_size if d.crop_kspace else 1)
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate_mri)
     dev = next(model.parameters()).device

@@ -25,6 +25,7 @@ class DataConfig:
     center_fractions: list = field(default_factory=lambda: [0.08])
     crop_kspace: bool = True       # mri: crop to the reconstruction size before undersampling
     noise_sigma: float = 0.0       # mri: extra complex Gaussian k-space noise
+    coil_compression: int = 0      # mri multicoil: SVD to this many virtual coils (0: off)
     sample_rate: float = 1.0       # mri: fraction of training slices
     batch_size: int = 1
     num_workers: int = 0
@@ -255,6 +256,7 @@ def validate(cfg: Config) -> None:
     positive("data.batch_size", d.batch_size)
     positive("data.num_workers", d.num_workers, strict=False)
     positive("data.noise_sigma", d.noise_sigma, strict=False)
+    positive("data.coil_compression", d.coil_compression, strict=False)
     if not 0 < d.sample_rate <= 1:
         raise ValueError(f"config key data.sample_rate must be in (0, 1], got {d.sample_rate}")
     positive("data.eps", d.eps, strict=False)

@@ -73,7 +73,8 @@ class MRITask:
             self.datasets[split] = MRISliceDataset(
                 path, d.challenge, mode="train" if split == "train" else "val", mask=mask,
                 crop_kspace=d.crop_kspace, noise_sigma=d.noise_sigma,
-                sample_rate=d.sample_rate if split == "train" else None)
+                sample_rate=d.sample_rate if split == "train" else None,
+                coil_compression=d.coil_compression)
         first = next(iter(self.datasets.values()))[0]
         self.meta = {"crop": list(first.crop), "challenge": d.challenge}
         self.batch_size, self.workers = d.batch_size, d.num_workers
