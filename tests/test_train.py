@@ -1,4 +1,5 @@
 """Training: config, regularizers, checkpoints, resume, NaN stop, tasks, DDP (2 CPU processes)."""
+import math
 import os
 import socket
 import subprocess
@@ -206,3 +207,21 @@ def test_sigterm_mid_epoch_checkpoint_and_exact_resume(data, tmp_path, monkeypat
     b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "final.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"])
+
+
+def test_bf16_autocast_training_and_penalty_accuracy(data, tmp_path):
+    from mrijac.jacobian import spectral_norm
+    row = train(cfg_for(data, "reg.name=sja+sj", "train.precision=bf16", "optim.epochs=1"),
+                tmp_path / "bf16")
+    assert math.isfinite(row["train_loss"]) and row["train_penalty"] > 0
+    model, _, _ = load_model(tmp_path / "bf16" / "checkpoints" / "final.pt")
+    from mrijac.data import MRISliceDataset, collate_mri
+    b = collate_mri([MRISliceDataset(data / "val", "singlecoil", mode="val", crop_kspace=True)[i]
+                     for i in range(2)])
+    f = model.as_function(b.A)
+    ref = spectral_norm(f, b.y, b.A, n_iter=5, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = spectral_norm(f, b.y, b.A, n_iter=5, generator=torch.Generator().manual_seed(0))
+    assert ((low.float() - ref).abs() / ref).max() < 0.05  # bf16 has 8 bits of mantissa
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        cfg_for(data, "train.precision=fp8")

@@ -96,6 +96,7 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
+    precision: str = "32"          # 32 | bf16 | fp16 (autocast; fp16 on CUDA with a grad scaler)
     jac_stats_batches: int = 2     # validation batches for σ(J A), σ(J) each epoch
     jac_stats_iters: int = 10
     ge_batches: int = 8            # training batches re-evaluated for GE each epoch (0: all)
@@ -285,6 +286,7 @@ def validate(cfg: Config) -> None:
     positive("optim.weight_decay", o.weight_decay, strict=False)
     positive("optim.grad_clip", o.grad_clip, strict=False)
     choice("train.device", t.device, ("auto", "cpu", "cuda"))
+    choice("train.precision", str(t.precision), ("32", "bf16", "fp16"))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

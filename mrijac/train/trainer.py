@@ -140,6 +140,10 @@ class Trainer:
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
             if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
         self.warm, self.warm_mode = {}, r.warm_start
+        prec = str(cfg.train.precision)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+        self.scaler = torch.amp.GradScaler("cuda") if prec == "fp16" and \
+            self.device.type == "cuda" else None
         self.epoch, self.step, self.history = 0, 0, []
         self.resume_batch, self.partial = 0, None
         if self.ck is not None:
@@ -157,6 +161,7 @@ class Trainer:
                 "rng": rng_state(), "epoch": self.epoch, "step": self.step,
                 "jac": self.jac.state_dict() if self.jac else {},
                 "sw": self.sw.state_dict() if self.sw else {}, "warm": warm,
+                "scaler": self.scaler.state_dict() if self.scaler else {},
                 "history": self.history, "final": final,
                 "train_loss_eval": float("nan") if train_l2 is None else float(train_l2)}
 
@@ -169,6 +174,8 @@ class Trainer:
             self.jac.load_state_dict(ck["jac"])
         if self.sw and ck["sw"]:
             self.sw.load_state_dict(ck["sw"])
+        if self.scaler and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         self.warm = {(int(k) if k.isdigit() else k): v for k, v in ck["warm"].items()}
         self.epoch, self.step, self.history = ck["epoch"], ck["step"], list(ck["history"])
         self.resume_batch = int(ck.get("batch_in_epoch", 0))
@@ -247,12 +254,17 @@ class Trainer:
         self.model.train()
         f = self.model.as_function(A)
         stats, pen = {}, torch.zeros((), device=self.device)
-        if self.jac is not None and self.jac.active(self.step):
-            out, pen, stats = self.jac(self.model, y, A, step=self.step,
-                                       v0=self._warm_get(info, y), priority=self._priority(info))
-            self._warm_put(info, stats)
-        else:
-            out = f(y)
+        # mixed precision: network passes (tangents included) under autocast, losses in float32
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            if self.jac is not None and self.jac.active(self.step):
+                out, pen, stats = self.jac(self.model, y, A, step=self.step,
+                                           v0=self._warm_get(info, y),
+                                           priority=self._priority(info))
+                self._warm_put(info, stats)
+            else:
+                out = f(y)
+        out, pen = out.float(), pen.float()
         loss = self.loss_fn(out, target, info.get("max"))
         if stats and self.jac.needs_calibration:
             terms = {k: self._all_mean(v.detach()) for k, v in stats.items()
@@ -277,11 +289,19 @@ class Trainer:
                                  f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
                                  f"{keep}")
         self.opt.zero_grad(set_to_none=True)
-        total.backward()
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            total.backward()
         self._sync_grads()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.step += 1
         return {"loss": loss.item(), "penalty": float(pen.detach()) + float(wpen.detach()),
                 "sigma_ja": float(stats["sigma_ja"].mean()) if "sigma_ja" in stats else math.nan,
