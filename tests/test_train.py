@@ -225,3 +225,44 @@ def test_bf16_autocast_training_and_penalty_accuracy(data, tmp_path):
     assert ((low.float() - ref).abs() / ref).max() < 0.05  # bf16 has 8 bits of mantissa
     with pytest.raises(ValueError, match="train.precision must be one of"):
         cfg_for(data, "train.precision=fp8")
+
+
+def test_varnet_multicoil_training_with_penalty(tmp_path):
+    root = tmp_path / "mc"
+    write_synthetic_dataset(root, "brain", "multicoil", {"train": 1, "val": 1}, n_slices=2,
+                            kspace_shape=(32, 32), recon_size=(24, 24), num_coils=4,
+                            progress=False)
+    cfg = load_config(None, [f"data.root={root}", "data.challenge=multicoil", "model.name=varnet",
+                             "model.cascades=2", "model.chans=4", "model.num_pool_layers=2",
+                             "data.mask_type=equispaced_fraction", "data.center_fractions=[0.125]",
+                             "reg.name=sja+sj", "optim.epochs=1", "train.progress=false",
+                             "data.batch_size=2", "data.coil_compression=3",
+                             "train.jac_stats_iters=2"])
+    row = train(cfg, tmp_path / "run")
+    assert row["train_penalty"] > 0 and row["val_sigma_ja_mean"] > 0 and row["ssim"] > 0
+
+
+def test_out_of_memory_batches_are_skipped_then_stop(data, tmp_path, monkeypatch, capsys):
+    from mrijac.train.trainer import Interrupted
+    t = Trainer(cfg_for(data, "data.batch_size=1", "optim.epochs=1"), tmp_path / "r")
+    real, calls = t.train_step, {"n": 0}
+
+    def step(*a):
+        calls["n"] += 1
+        if calls["n"] in (2, 4, 5, 6):  # one isolated OOM, then three in a row
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*a)
+
+    monkeypatch.setattr(t, "train_step", step)
+    with pytest.raises(Interrupted, match="three CUDA out-of-memory errors in a row"):
+        t.fit()
+    assert capsys.readouterr().out.count("batch skipped") == 4
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["step"] == 2 and ck["batch_in_epoch"] == 6  # two real steps, six batches seen
+
+
+@pytest.mark.parametrize("mask", ["poisson", "gaussian1d"])
+def test_training_with_variable_density_masks(data, tmp_path, mask):
+    row = train(cfg_for(data, f"data.mask_type={mask}", "data.center_fractions=[0.16]",
+                        "reg.name=sja", "optim.epochs=1"), tmp_path / mask)
+    assert row["train_penalty"] > 0 and 0 < row["ssim"] <= 1

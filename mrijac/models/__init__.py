@@ -7,14 +7,16 @@ from .dncnn import DnCNN
 from .edsr import EDSR
 from .fcnet import FCNet
 from .reconstructor import Reconstructor, center_crop, safe_abs
+from .varnet import VarNetReconstructor
 from .wdsr import WDSR
 
-MODELS = ("unet", "dncnn", "fcnet", "edsr", "wdsr")
+MODELS = ("unet", "dncnn", "varnet", "fcnet", "edsr", "wdsr")
 
 
 def build_network(name: str, **kwargs):
     """Network by name: ``unet`` (fastmri's Unet), ``dncnn``, ``fcnet``, ``edsr``, ``wdsr``."""
-    table = {"unet": Unet, "dncnn": DnCNN, "fcnet": FCNet, "edsr": EDSR, "wdsr": WDSR}
+    table = {"unet": Unet, "dncnn": DnCNN, "fcnet": FCNet, "edsr": EDSR, "wdsr": WDSR,
+             "varnet": VarNetReconstructor}
     if name not in table:
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
     try:
@@ -23,5 +25,6 @@ def build_network(name: str, **kwargs):
         raise ValueError(f"bad arguments for model {name!r}: {err}") from None
 
 
-__all__ = ["Unet", "DnCNN", "FCNet", "EDSR", "WDSR", "Reconstructor", "build_network",
+__all__ = ["Unet", "DnCNN", "FCNet", "EDSR", "WDSR", "Reconstructor", "VarNetReconstructor",
+           "build_network",
            "center_crop", "safe_abs", "MODELS"]

@@ -46,9 +46,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "unet"         # unet | dncnn | fcnet | edsr | wdsr
-    chans: int = 32            # unet: first-level channels
-    num_pool_layers: int = 4   # unet
+    name: str = "unet"         # unet | dncnn | varnet | fcnet | edsr | wdsr
+    chans: int = 32            # unet: first-level channels; varnet: cascade U-Net channels
+    num_pool_layers: int = 4   # unet; varnet: cascade U-Net pools
+    cascades: int = 12         # varnet: unrolled cascades
     drop_prob: float = 0.0     # unet
     depth: int = 17            # dncnn
     features: int = 64         # dncnn, edsr (n_feats), wdsr (n_feats)

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..models import DnCNN, EDSR, FCNet, WDSR, Reconstructor, Unet
+from ..models import DnCNN, EDSR, FCNet, WDSR, Reconstructor, Unet, VarNetReconstructor
 
 
 def build_reconstructor(cfg, meta: dict) -> Reconstructor:
     """The reconstructor of ``cfg.model`` for a task described by ``meta`` (from the task)."""
     m = cfg.model
+    if cfg.task == "mri" and m.name == "varnet":
+        return VarNetReconstructor(tuple(meta["crop"]), m.cascades, m.chans, m.num_pool_layers)
     if cfg.task == "mri":
         ch = 2 if m.complex_to == "channels" else 1
         if m.name == "unet":
@@ -24,7 +26,7 @@ def build_reconstructor(cfg, meta: dict) -> Reconstructor:
             net = DnCNN(ch, ch, depth=m.depth, features=m.features, batchnorm=m.batchnorm)
         else:
             raise ValueError(f"config key model.name: {m.name!r} is not an MRI model "
-                             "(unet, dncnn)")
+                             "(unet, dncnn, varnet)")
         return Reconstructor(net, "adjoint", m.complex_to, tuple(meta["crop"]), m.normalize,
                              residual=m.residual)
     if cfg.task == "cs":
