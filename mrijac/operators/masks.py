@@ -71,12 +71,42 @@ def gaussian1d_mask(num_cols: int, acceleration: float, center_fraction: float =
 
 
 def poisson_mask(shape: tuple[int, int], acceleration: float, calib: tuple[int, int] = (16, 16),
-                 seed: int = 0) -> torch.Tensor:
-    """2-D variable-density Poisson-disc mask ``(H, W)`` from ``sigpy.mri.poisson``."""
+                 seed: int = 0, tol: float = 0.1, max_steps: int = 60) -> torch.Tensor:
+    """2-D variable-density Poisson-disc mask ``(H, W)`` (sigpy's sampler).
+
+    The same algorithm as ``sigpy.mri.poisson`` (bisection on the density slope around
+    sigpy's ``_poisson`` sampler, same seed -> same mask when it converges), but with at most
+    ``max_steps`` bisection steps: sigpy's own loop never ends when no slope meets ``tol``
+    (seen on small images); then the mask closest to the acceleration is returned.
+    """
+    from sigpy.mri.samp import _poisson
     check_mask_params(acceleration)
-    m = sigpy.mri.poisson(tuple(shape), acceleration, calib=tuple(calib), dtype=np.float32,
-                          seed=int(seed if seed is not None else 0))
-    return torch.from_numpy(np.ascontiguousarray(np.abs(m)).astype(np.float32))
+    ny, nx = shape
+    y, x = np.mgrid[:ny, :nx]
+    x = np.maximum(abs(x - nx / 2) - calib[-1] / 2, 0)
+    x /= max(x.max(), 1e-12)
+    y = np.maximum(abs(y - ny / 2) - calib[-2] / 2, 0)
+    y /= max(y.max(), 1e-12)
+    r = np.sqrt(x ** 2 + y ** 2)
+    lo, hi = 0.0, float(max(nx, ny))
+    best, best_err = None, np.inf
+    seed = int(seed if seed is not None else 0)
+    state = np.random.get_state()  # sigpy's sampler seeds NumPy's global RNG
+    try:
+        for _ in range(max_steps):
+            slope = (lo + hi) / 2
+            rx = np.clip((1 + r * slope) * nx / max(nx, ny), 1, None)
+            ry = np.clip((1 + r * slope) * ny / max(nx, ny), 1, None)
+            m = _poisson(nx, ny, 30, rx, ry, tuple(calib), seed) * (r < 1)
+            accel = nx * ny / max(m.sum(), 1)
+            if abs(accel - acceleration) < best_err:
+                best, best_err = m, abs(accel - acceleration)
+            if best_err < tol:
+                break
+            lo, hi = (slope, hi) if accel < acceleration else (lo, slope)
+    finally:
+        np.random.set_state(state)
+    return torch.from_numpy(np.ascontiguousarray(np.abs(best).reshape(shape)).astype(np.float32))
 
 
 def make_mask(kind: str, shape: tuple[int, int], acceleration: float,
