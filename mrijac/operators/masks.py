@@ -8,7 +8,6 @@ column masks, ``(H, W)`` for 2-D masks.
 from __future__ import annotations
 
 import numpy as np
-import sigpy.mri
 import torch
 from fastmri.data import subsample
 
