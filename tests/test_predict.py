@@ -39,8 +39,10 @@ def test_predict_test_files_and_round_trip_with_fastmri_evaluate(trained, tmp_pa
                               challenge="singlecoil", acquisition=None, acceleration=None)
     ref = fe.evaluate(args, "reconstruction_esc")
     val = lambda a: float(np.asarray(a).reshape(-1)[0])  # noqa: E731 (fastmri keeps arrays)
+    # per-volume values are bit-equal to fastmri's (test_evaluate); runstats, which aggregates
+    # them inside fastmri.evaluate, rounds at about float32 precision
     for m in ("ssim", "psnr", "nmse"):
-        assert ours["aggregate"][m]["mean"] == pytest.approx(val(ref.means()[m.upper()]), rel=1e-9)
+        assert ours["aggregate"][m]["mean"] == pytest.approx(val(ref.means()[m.upper()]), rel=1e-6)
         # runstats accumulates online (Welford): equal to rounding
         assert ours["aggregate"][m]["std"] == pytest.approx(val(ref.stddevs()[m.upper()]), rel=1e-6)
     assert (tmp_path / "ev" / "report.html").exists()

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import torch
 from fastmri.data import SliceDataset
+from fastmri.data.transforms import center_crop
 
 from ..operators.masks import COLUMN_MASKS, MASK_TYPES, check_mask_params, make_mask
 from ..operators.mri import MultiCoilMRI, SingleCoilMRI, fft2c, ifft2c
@@ -151,14 +152,7 @@ def zero_filled(y: torch.Tensor, multicoil: bool, crop: tuple) -> torch.Tensor:
     zf = ifft2c(y).abs()
     if multicoil:
         zf = zf.pow(2).sum(1).sqrt()
-    return _center_crop(zf, crop) if crop else zf
-
-
-def _center_crop(x, shape):
-    h, w = shape
-    H, W = x.shape[-2:]
-    t, l = (H - h) // 2, (W - w) // 2
-    return x[..., t:t + h, l:l + w]
+    return center_crop(zf, crop) if crop else zf
 
 
 class MRISliceTransform:
@@ -215,13 +209,13 @@ class MRISliceTransform:
             m = torch.from_numpy(np.asarray(mask)).float().reshape(1, W)
             num_low = int(attrs.get("num_low_frequency", 0))
             if self.crop and H > h:  # readout-only crop keeps the sampled columns exact
-                k = fft2c(_center_crop(ifft2c(k), (h, W)))
-                maps = None if maps is None else _center_crop(maps, (h, W))
+                k = fft2c(center_crop(ifft2c(k), (h, W)))
+                maps = None if maps is None else center_crop(maps, (h, W))
         else:
             if self.crop:
                 cw = min(w, W)
-                k = fft2c(_center_crop(ifft2c(k), (min(h, H), cw)))
-                maps = None if maps is None else _center_crop(maps, (min(h, H), cw))
+                k = fft2c(center_crop(ifft2c(k), (min(h, H), cw)))
+                maps = None if maps is None else center_crop(maps, (min(h, H), cw))
             H, W = k.shape[-2:]
             choice, seed = 0, None
             if self.mode == "train":
@@ -247,7 +241,7 @@ class MRISliceTransform:
         if target is not None:
             tgt = torch.from_numpy(np.asarray(target, dtype=np.float32))
             if tuple(tgt.shape) != crop:
-                tgt = _center_crop(tgt, crop)
+                tgt = center_crop(tgt, crop)
         mx = float(attrs["max"]) if "max" in attrs else \
             float(tgt.max()) if tgt is not None else float("nan")
         return MRISample(y.contiguous(), m, maps, tgt, crop, mx, fname, int(slice_num), num_low)

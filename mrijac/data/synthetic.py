@@ -14,30 +14,25 @@ from pathlib import Path
 
 import numpy as np
 import sigpy.mri
+import torch
+from fastmri.data.transforms import center_crop
 from tqdm.auto import tqdm
 
 from ..operators.masks import fastmri_mask
+from ..operators.mri import fft2c, ifft2c
 from .h5format import write_volume
 from .phantoms import phantom_volume
 
 ACQ = {"knee": "CORPD_FBK", "brain": "AXT2"}
 
 
-def _fft2c(x):
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"),
-                           axes=(-2, -1))
+def _fft2c(x: np.ndarray) -> np.ndarray:
+    """fastmri's centred orthonormal FFT (via :func:`mrijac.operators.fft2c`) on NumPy arrays."""
+    return fft2c(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
 
-def _ifft2c(k):
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"),
-                           axes=(-2, -1))
-
-
-def _crop(x, shape):
-    h, w = shape
-    H, W = x.shape[-2:]
-    t, l = (H - h) // 2, (W - w) // 2
-    return x[..., t:t + h, l:l + w]
+def _ifft2c(k: np.ndarray) -> np.ndarray:
+    return ifft2c(torch.from_numpy(np.ascontiguousarray(k))).numpy()
 
 
 def targets_from_kspace(kspace: np.ndarray, recon_size: tuple[int, int]) -> np.ndarray:
@@ -49,7 +44,7 @@ def targets_from_kspace(kspace: np.ndarray, recon_size: tuple[int, int]) -> np.n
     h, w = recon_size
     if h > H or w > W:  # fastMRI pads nothing: the recon must fit (brain files: H < 320 rare)
         raise ValueError(f"recon size {recon_size} is larger than the image {H}x{W}")
-    return _crop(mag, recon_size).astype(np.float32)
+    return np.asarray(center_crop(mag, recon_size), dtype=np.float32)
 
 
 def synth_volume(kind: str, challenge: str, n_slices: int, kspace_shape: tuple[int, int],

@@ -6,17 +6,18 @@ network, output transform), so ``J(y)`` is the Jacobian of what the user actuall
 from __future__ import annotations
 
 import torch
+from fastmri.data.transforms import center_crop as fastmri_center_crop
 from torch import nn
 
 
 def center_crop(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Centre crop of the last two axes to ``shape`` (fastmri's ``center_crop`` convention)."""
+    """Centre crop of the last two axes to ``shape`` (fastmri's ``center_crop``), with an error
+    that names both sizes."""
     h, w = shape
     H, W = x.shape[-2:]
     if h > H or w > W:
         raise ValueError(f"cannot crop {H}x{W} to {h}x{w}")
-    t, l = (H - h) // 2, (W - w) // 2
-    return x[..., t:t + h, l:l + w]
+    return fastmri_center_crop(x, (h, w))
 
 
 def safe_abs(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..evaluate.reconstruct import jacobian_stats, reconstruct, score
 from ..jacobian import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, config_from_dict, save_config
+from .config import Config, _flatten, config_from_dict, save_config
 from .losses import DataLoss
 from .tasks import build_reconstructor, make_task
 
@@ -92,8 +92,8 @@ class Trainer:
         if resume:
             self.ck = load_checkpoint(self.out / "checkpoints" / "last.pt")
             saved = config_from_dict(self.ck["config"])
-            diff = [k for k, v in _flat(cfg.to_dict()).items()
-                    if _flat(saved.to_dict()).get(k) != v and k not in ("optim.epochs",
+            diff = [k for k, v in _flatten(cfg.to_dict()).items()
+                    if _flatten(saved.to_dict()).get(k) != v and k not in ("optim.epochs",
                                                                          "train.progress")]
             if diff:
                 raise ValueError(f"--resume with a different config ({', '.join(diff)}); "
@@ -501,16 +501,6 @@ class Trainer:
 
 def _num(v):
     return v if isinstance(v, (int, float)) else math.nan
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and not prefix:
-            out.update(_flat(v, k + "."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def train(cfg: Config, out, resume: bool = False, overwrite: bool = False) -> dict:
