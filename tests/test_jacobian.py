@@ -128,17 +128,8 @@ def _param_grads(model):
                       for p in model.parameters()])
 
 
-def test_penalty_gradient_matches_explicit_norm_gradient():
-    """∇θ of the spectral penalty = ∇θ of λ1 max‖JA‖₂ + λ2 max‖J‖₂ computed with torch.func."""
-    f_, y, A, recon = mri_problem(B=3)
-    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, n_iter=400)
-    recon.zero_grad()
-    out, p, stats = pen(f_, y, A, generator=torch.Generator().manual_seed(0))
-    p.backward()
-    got = _param_grads(recon)
-    assert torch.allclose(out, f_(y))
-
-    params = {k: v.detach() for k, v in recon.named_parameters()}
+def _explicit_penalty(recon, y, A, l1, l2):
+    """``params -> λ1 max‖JA‖₂ + λ2 max‖J‖₂`` from explicit Jacobians (torch.func)."""
     M = operator_matrix(A)
     yr = torch.view_as_real(y)
 
@@ -152,12 +143,129 @@ def test_penalty_gradient_matches_explicit_norm_gradient():
             J = torch.func.jacrev(g)(yr[b].reshape(-1))
             sig_ja.append(torch.linalg.matrix_norm(J @ M[b], ord=2))
             sig_j.append(torch.linalg.matrix_norm(J, ord=2))
-        return 0.7 * torch.stack(sig_ja).max() + 0.3 * torch.stack(sig_j).max()
+        return l1 * torch.stack(sig_ja).max() + l2 * torch.stack(sig_j).max()
+    return penalty_of
 
+
+def _explicit_grad(recon, penalty_of):
+    params = {k: v.detach() for k, v in recon.named_parameters()}
     grads = torch.func.grad(penalty_of)(params)
-    ref = torch.cat([grads[k].reshape(-1) for k, _ in recon.named_parameters()])
+    return torch.cat([grads[k].reshape(-1) for k, _ in recon.named_parameters()]), params
+
+
+def test_penalty_gradient_matches_explicit_norm_gradient():
+    """∇θ of the spectral penalty = ∇θ of λ1 max‖JA‖₂ + λ2 max‖J‖₂ computed with torch.func."""
+    f_, y, A, recon = mri_problem(B=3)
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, n_iter=400)
+    recon.zero_grad()
+    out, p, stats = pen(f_, y, A, generator=torch.Generator().manual_seed(0))
+    p.backward()
+    got = _param_grads(recon)
+    assert torch.allclose(out, f_(y))
+    penalty_of = _explicit_penalty(recon, y, A, 0.7, 0.3)
+    ref, params = _explicit_grad(recon, penalty_of)
     assert torch.allclose(p.detach(), penalty_of(params), rtol=1e-6)
     assert (got - ref).norm() / ref.norm() < 1e-4
+
+
+def _right_singular_vectors(M, like):
+    """Top right singular vector of each real-view matrix ``M[b]``, packed like ``like``."""
+    V = torch.linalg.svd(M).Vh[:, 0]  # (B, in_real)
+    return torch.view_as_complex(V.reshape(*like.shape, 2).contiguous())
+
+
+def test_fd_penalty_value_and_gradient_at_the_singular_vectors():
+    """method='fd' started at the exact right singular vectors: value and ∇θ equal the
+    explicit λ1 max‖JA‖₂ + λ2 max‖J‖₂ (finite-difference error only), the batch output is
+    f(y), and the backward hands back the next power-iteration vectors Aᴴ Jᵀ u / ‖·‖."""
+    f_, y, A, recon = mri_problem(B=3)
+    JA, J = explicit_JA(f_, y, A), explicit_jacobian(f_, y)
+    x_like = A.adjoint(y)
+    v0 = {"v_ja": _right_singular_vectors(JA, x_like), "v_j": _right_singular_vectors(J, y)}
+    v0["v_ja"][2] = torch.randn_like(v0["v_ja"][2])  # a non-argmax sample far from converged
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd")
+    recon.zero_grad()
+    out, p, stats = pen(recon, y, A, v0=v0)
+    assert "v_ja" not in stats  # the vectors come with the backward pass
+    p.backward()
+    got = _param_grads(recon)
+    assert torch.allclose(out, f_(y), atol=1e-12)
+    penalty_of = _explicit_penalty(recon, y, A, 0.7, 0.3)
+    ref, params = _explicit_grad(recon, penalty_of)
+    assert torch.allclose(p.detach(), penalty_of(params), rtol=1e-6)
+    assert (got - ref).norm() / ref.norm() < 1e-4
+    # next vectors: one power-iteration step from v0, for every sample (argmax or not)
+    for name, M in (("v_ja", JA), ("v_j", J)):
+        v = torch.view_as_real(v0[name].reshape(3, -1)).reshape(3, -1)
+        u = torch.nn.functional.normalize((M @ v[..., None])[..., 0], dim=1)
+        w = torch.nn.functional.normalize((M.transpose(1, 2) @ u[..., None])[..., 0], dim=1)
+        got_v = torch.view_as_real(stats[name].reshape(3, -1)).reshape(3, -1)
+        assert torch.allclose(got_v, w, atol=1e-6), name
+    sig_ref = torch.linalg.matrix_norm(JA, ord=2)
+    assert int(sig_ref.argmax()) != 2
+    assert torch.allclose(stats["sigma_ja"][:2], sig_ref[:2], rtol=1e-6)
+
+
+def test_fd_penalty_converges_over_steps_and_on_argmax_samples():
+    """Warm-started from step to step, the fused estimate climbs to the explicit σ; with
+    ``samples=1`` the copy goes to the sample of largest priority only."""
+    f_, y, A, recon = mri_problem(B=3)
+    sig = torch.linalg.matrix_norm(explicit_JA(f_, y, A), ord=2)
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd")
+    v0, hist = None, []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        recon.zero_grad()
+        _, p, st = pen(recon, y, A, v0=v0, generator=g)
+        p.backward()
+        v0 = {"v_ja": st["v_ja"]}
+        hist.append(st["sigma_ja"])
+    hist = torch.stack(hist)
+    assert (hist <= sig * (1 + 1e-6)).all()  # a power-iteration estimate never overshoots
+    assert torch.allclose(hist[-1], sig, rtol=2e-3)
+    assert (hist[-1] - sig).abs().max() < (hist[0] - sig).abs().min()
+    part = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", samples=1)
+    _, p, st = part(recon, y, A, v0=v0, priority=torch.tensor([0.1, 0.2, 0.9]))
+    p.backward()
+    assert st["index"].tolist() == [2] and st["v_ja"].shape[0] == 1
+    assert torch.allclose(st["sigma_ja"], hist[-1][2:], rtol=1e-6)
+
+
+def test_fd_refuses_batchnorm_autocast_and_frobenius():
+    torch.manual_seed(0)
+    recon = Reconstructor(DnCNN(2, 2, depth=3, features=4, batchnorm=True))
+    A = SingleCoilMRI(torch.ones(8), (8, 8))
+    y = A(A.random_input(batch=2))
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd")
+    with pytest.raises(ValueError, match="BatchNorm"):
+        pen(recon, y, A)
+    recon.eval()
+    pen(recon, y, A)  # frozen statistics: per-sample again
+    with pytest.raises(ValueError, match="autocast"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pen(recon, y, A)
+    with pytest.raises(ValueError, match="spectral"):
+        JacobianPenalty("frobenius", lambda_ja=1.0, method="fd")
+    with pytest.raises(ValueError, match="fd_step"):
+        JacobianPenalty("spectral", lambda_ja=1.0, method="fd", fd_step=2.0)
+
+
+def test_alternate_terms():
+    """``alternate``: one term per penalised step, in turn, weighted × 2."""
+    f, y, A = mlp_problem()
+    pen = JacobianPenalty("spectral", lambda_ja=0.5, lambda_j=0.25, n_iter=30, alternate=True,
+                          every=2)
+    seen = []
+    for step in range(8):
+        _, p, st = pen(f, y, A, step=step)
+        if step % 2:
+            assert st == {}
+            continue
+        (t,) = [k[5:] for k in st if k.startswith("term_")]
+        seen.append(t)
+        lam = 0.5 if t == "ja" else 0.25
+        assert torch.allclose(p, 2 * 2 * lam * st[f"term_{t}"])
+    assert seen == ["ja", "j", "ja", "j"]
 
 
 def test_frobenius_penalty_gradient_unbiased():

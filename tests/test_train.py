@@ -72,8 +72,10 @@ def test_train_each_regularizer(data, tmp_path, reg):
         assert row["train_penalty"] > 0
 
 
-def test_resume_gives_the_same_weights(data, tmp_path):
-    over = ["reg.name=sja+sj", "reg.warm_start=sample", "optim.schedule=step", "optim.step_size=1"]
+@pytest.mark.parametrize("method", ["forward", "fd"])
+def test_resume_gives_the_same_weights(data, tmp_path, method):
+    over = ["reg.name=sja+sj", "reg.warm_start=sample", "optim.schedule=step", "optim.step_size=1",
+            f"reg.method={method}"]
     train(cfg_for(data, *over), tmp_path / "full")
     train(cfg_for(data, *over, "optim.epochs=1"), tmp_path / "part")
     t = Trainer(cfg_for(data, *over), tmp_path / "part", resume=True)
@@ -181,6 +183,32 @@ def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
     sig = [v["sigma"] for k, v in t.warm.items()]
     # one sample per step, unseen samples first: every step adds a new slice
     assert len(sig) == t.step == 4 and all(float(s) > 0 for s in sig)
+
+
+@pytest.mark.parametrize("extra", [[], ["reg.samples=1"]])
+def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, extra):
+    """reg.method=fd with alternating terms: penalised, every sample's vectors stored after
+    the backward pass (unit norm, in the spaces of J A and J), σ recorded for priorities."""
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.method=fd", "reg.alternate=true",
+                        "data.batch_size=4", *extra), tmp_path / "r")
+    row = t.fit()
+    assert row["train_penalty"] > 0 and math.isfinite(row["train_sigma_ja"])
+    assert math.isfinite(row["train_sigma_j"])  # both terms got their turn
+    entries = [v for k, v in t.warm.items()]
+    # full batch: every slice penalised; one sample per step: unseen slices first
+    assert len(entries) == (min(8, t.step) if extra else 8)
+    for e in entries:
+        for name in [n for n in e if n.startswith("v_")]:
+            assert abs(float(torch.linalg.vector_norm(e[name])) - 1) < 1e-5
+        assert float(e["sigma"]) > 0
+    assert all(e["v_ja"].shape == (32, 32) for e in entries if "v_ja" in e)  # image space
+    assert all(e["v_j"].shape[-1] == 32 for e in entries if "v_j" in e)  # k-space (f's input)
+    assert any("v_ja" in e for e in entries) and any("v_j" in e for e in entries)
+    for bad, msg in [(["reg.name=fja+fj"], "spectral penalties"),
+                     (["train.precision=bf16"], "needs train.precision=32"),
+                     (["reg.fd_step=1.5"], "reg.fd_step")]:
+        with pytest.raises(ValueError, match=msg):
+            cfg_for(data, "reg.name=sja+sj", "reg.method=fd", *bad)
 
 
 def test_sigterm_mid_epoch_checkpoint_and_exact_resume(data, tmp_path, monkeypatch):

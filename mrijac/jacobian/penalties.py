@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .finite_diff import OTHERS_WEIGHT, _stack_ops, check_fd_network, fd_power_step
 from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
+from .products import METHODS
 
 KINDS = ("spectral", "frobenius")
 
@@ -45,10 +47,18 @@ class JacobianPenalty:
             ``"auto"`` picks it on the first batch with :func:`auto_lambda` (call
             :meth:`calibrate`).
         n_iter: power iterations (spectral); n_proj: random projections (Frobenius).
-        method: ``"forward"`` (forward-mode AD, works for InstanceNorm U-Nets) or
-            ``"double_vjp"``.
+        method: ``"forward"`` (forward-mode AD, works for InstanceNorm U-Nets),
+            ``"double_vjp"``, or ``"fd"`` (spectral only: one power iteration per step fused
+            with the training pass — finite-difference JVP on a perturbed copy of each
+            penalised sample, VJP from the training backward, right singular vectors
+            ``v_ja``/``v_j`` carried between steps; see :mod:`mrijac.jacobian.finite_diff`).
+            With ``"fd"`` the next vectors appear in ``stats`` once the caller has run
+            ``backward`` on the penalty.
         every: apply the penalty every ``every`` steps (pass ``step``); the penalty is then
             multiplied by ``every`` so that its average weight is unchanged.
+        alternate: with both terms, penalise only one per penalised step, ``J A`` and ``J`` in
+            turn, each weighted ×2 (the average weight is unchanged; half the cost).
+        fd_step: relative step ``h`` of the finite differences (default ``3·√ε``).
         gamma: γ of the automatic λ.
         warm_start_vectors: return the next left singular vectors (``stats["u_ja"]``,
             ``"u_j"``, output space) for reuse as ``v0`` — free: they are the final tangents.
@@ -63,9 +73,17 @@ class JacobianPenalty:
 
     def __init__(self, kind: str = "spectral", lambda_ja=0.0, lambda_j=0.0, n_iter: int = 1,
                  n_proj: int = 1, method: str = "forward", every: int = 1, gamma: float = 20.0,
-                 warm_start_vectors: bool = True, samples: int | None = None):
+                 warm_start_vectors: bool = True, samples: int | None = None,
+                 alternate: bool = False, fd_step: float | None = None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if method not in METHODS + ("fd",):
+            raise ValueError(f"method must be one of {METHODS + ('fd',)}, got {method!r}")
+        if method == "fd" and kind != "spectral":
+            raise ValueError("method='fd' is for the spectral penalty; the Frobenius penalty "
+                             "takes 'forward' or 'double_vjp'")
+        if fd_step is not None and not 0 < float(fd_step) < 1:
+            raise ValueError(f"fd_step must be in (0, 1), got {fd_step}")
         if int(every) < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.kind = kind
@@ -77,6 +95,8 @@ class JacobianPenalty:
         if samples is not None and (int(samples) < 1 or kind != "spectral"):
             raise ValueError(f"samples must be >= 1 and needs kind='spectral', got {samples}")
         self.samples = None if samples is None else int(samples)
+        self.alternate = bool(alternate)
+        self.fd_step = None if fd_step is None else float(fd_step)
 
     @property
     def terms(self) -> list[str]:
@@ -90,6 +110,18 @@ class JacobianPenalty:
     def active(self, step: int | None) -> bool:
         return bool(self.terms) and (step is None or step % self.every == 0)
 
+    def terms_at(self, step: int | None) -> list[str]:
+        """Terms penalised at ``step`` (one of the two in turn with ``alternate``)."""
+        terms = self.terms
+        if self.alternate and len(terms) == 2 and step is not None:
+            return [terms[(step // self.every) % 2]]
+        return terms
+
+    @property
+    def factor(self) -> int:
+        """Weight of a penalised step: ``every`` (× 2 with ``alternate`` and both terms)."""
+        return self.every * (2 if self.alternate and len(self.terms) == 2 else 1)
+
     def __call__(self, f, y: torch.Tensor, A=None, step: int | None = None,
                  v0: dict | None = None, generator: torch.Generator | None = None,
                  priority: torch.Tensor | None = None):
@@ -100,35 +132,69 @@ class JacobianPenalty:
         fn = module.as_function(A) if module is not None else f
         if not self.active(step):
             return fn(y), y.new_zeros((), dtype=y.real.dtype), {}
+        terms = self.terms_at(step)
         B = y.shape[0]
-        if self.samples is not None and self.samples < B:
-            if module is None:
-                raise ValueError("JacobianPenalty(samples=…) needs a module with as_function(A) "
-                                 "(a Reconstructor), not a plain callable")
-            return self._subset(module, y, A, v0, generator, priority)
-        return self._full(fn, y, A, v0, generator)
+        subset = self.samples is not None and self.samples < B
+        if subset and module is None:
+            raise ValueError("JacobianPenalty(samples=…) needs a module with as_function(A) "
+                             "(a Reconstructor), not a plain callable")
+        if self.method == "fd":
+            return self._fd(module, fn, y, A, terms, v0, generator,
+                            self._order(y, priority)[:self.samples] if subset else None)
+        if subset:
+            return self._subset(module, y, A, terms, v0, generator, priority)
+        return self._full(fn, y, A, terms, v0, generator)
 
-    def _subset(self, module, y, A, v0, generator, priority):
-        B, k = y.shape[0], self.samples
+    @staticmethod
+    def _order(y, priority):
+        B = y.shape[0]
         if priority is None:
-            order = torch.arange(B, device=y.device)  # the loader already shuffled the batch
-        else:
-            order = torch.argsort(torch.as_tensor(priority, device=y.device).reshape(B),
-                                  descending=True)
+            return torch.arange(B, device=y.device)  # the loader already shuffled the batch
+        return torch.argsort(torch.as_tensor(priority, device=y.device).reshape(B),
+                             descending=True)
+
+    def _fd(self, module, fn, y, A, terms, v0, generator, idx):
+        check_fd_network(module if module is not None else fn)
+        sub = (lambda op: op) if idx is None else (
+            lambda op: None if op is None else op.select(idx))
+        A_sel = sub(A)
+        ops = [A_sel if t == "ja" else None for t in terms]
+        fn_all = fn if idx is None else module.as_function(_stack_ops(A, idx, len(terms)))
+        fn_sel = fn if idx is None else module.as_function(A_sel)
+        vs = None
+        if v0 is not None:
+            vs = [v0.get(f"v_{t}") for t in terms]
+            vs = [None if v is None else (v if idx is None else v[idx]) for v in vs]
+        stats: dict = {}
+        out, surr, sig = fd_power_step(
+            fn_all, y, ops, idx, vs, self.fd_step, self.n_iter - 1, fn_sel, generator,
+            sink=stats if self.warm_start_vectors else None, names=[f"v_{t}" for t in terms])
+        for k, t in enumerate(terms):
+            stats[f"sigma_{t}"] = sig[k]
+            # value max_b σ̂_b; the other copies get a gradient of weight OTHERS_WEIGHT so that
+            # the backward also hands them their VJP (their vectors advance too); that biases
+            # ∇θ by OTHERS_WEIGHT·Σ_b ∇σ_b, far below float32 resolution of the step
+            stats[f"term_{t}"] = surr[k].max() + OTHERS_WEIGHT * (surr[k] - surr[k].detach()).sum()
+        if idx is not None:
+            stats["index"] = idx
+        return out, self.weighted(stats), stats
+
+    def _subset(self, module, y, A, terms, v0, generator, priority):
+        B, k = y.shape[0], self.samples
+        order = self._order(y, priority)
         idx, rest = order[:k], order[k:]
         sub = lambda op, i: None if op is None else op.select(i)  # noqa: E731
         A_idx = sub(A, idx)
         v0_idx = None if v0 is None else {n: v[idx] for n, v in v0.items() if v is not None}
-        out_idx, pen, stats = self._full(module.as_function(A_idx), y[idx], A_idx, v0_idx,
-                                         generator)
+        out_idx, pen, stats = self._full(module.as_function(A_idx), y[idx], A_idx, terms,
+                                         v0_idx, generator)
         out_rest = module.as_function(sub(A, rest))(y[rest])
         inv = torch.empty_like(order)
         inv[order] = torch.arange(B, device=order.device)
         stats["index"] = idx
         return torch.cat([out_idx, out_rest])[inv], pen, stats
 
-    def _full(self, f, y, A, v0, generator):
-        terms = self.terms
+    def _full(self, f, y, A, terms, v0, generator):
         ops = [A if t == "ja" else None for t in terms]
         stats = {}
         if self.kind == "spectral":
@@ -151,7 +217,7 @@ class JacobianPenalty:
         return out, self.weighted(stats), stats
 
     def weighted(self, stats: dict) -> torch.Tensor:
-        """``Σ_t λ_t · term_t`` (× ``every``); auto λ that are not calibrated yet count as 0."""
+        """``Σ_t λ_t · term_t`` (× :attr:`factor`); auto λ not calibrated yet count as 0."""
         total = 0.0
         for t in self.terms:
             lam = getattr(self, f"lambda_{t}")
@@ -160,13 +226,13 @@ class JacobianPenalty:
         if not torch.is_tensor(total):
             ref = next((v for v in stats.values() if torch.is_tensor(v)), None)
             return torch.zeros(()) if ref is None else ref.new_zeros(())
-        return total * self.every
+        return total * self.factor
 
     def calibrate(self, loss: float, stats: dict) -> dict:
         """Set every ``"auto"`` λ from the unregularized ``loss`` and this batch's terms."""
         chosen = {}
         for t in self.terms:
-            if getattr(self, f"lambda_{t}") == "auto":
+            if getattr(self, f"lambda_{t}") == "auto" and f"term_{t}" in stats:
                 lam = auto_lambda(float(loss), float(stats[f"term_{t}"].detach()), self.gamma)
                 setattr(self, f"lambda_{t}", lam)
                 chosen[f"lambda_{t}"] = lam

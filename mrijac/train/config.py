@@ -74,11 +74,13 @@ class RegConfig:
     lambda_w: float = 1e-4        # wd / sw weight
     n_iter: int = 1               # spectral: power iterations
     n_proj: int = 1               # Frobenius: random projections
-    method: str = "forward"       # forward | double_vjp
+    method: str = "forward"       # forward | double_vjp | fd (spectral: fused finite differences)
     every: int = 1                # apply the Jacobian penalty every k steps (scaled by k)
     gamma: float = 20.0           # auto λ: λ = 10^floor(log10(loss/penalty)) / γ
     warm_start: str = "sample"    # none | batch | sample: reuse singular vectors
     samples: int = 0              # spectral: graph only for the k samples of largest σ (0: all)
+    alternate: bool = False       # sja+sj / fja+fj: one term per penalised step, in turn (×2)
+    fd_step: float = 0.0          # method=fd: relative finite-difference step (0: 3·sqrt(eps))
 
 
 @dataclass
@@ -274,7 +276,15 @@ def validate(cfg: Config) -> None:
     positive("reg.every", r.every)
     positive("reg.samples", r.samples, strict=False)
     positive("reg.gamma", r.gamma)
-    choice("reg.method", r.method, ("forward", "double_vjp"))
+    choice("reg.method", r.method, ("forward", "double_vjp", "fd"))
+    if r.method == "fd" and r.name not in ("sj", "sja", "sja+sj"):
+        raise ValueError(f"reg.method=fd is for the spectral penalties (sj, sja, sja+sj), not "
+                         f"reg.name={r.name}")
+    if r.method == "fd" and str(t.precision) != "32":
+        raise ValueError(f"reg.method=fd (finite differences) needs train.precision=32, not "
+                         f"{t.precision}")
+    if not 0 <= r.fd_step < 1:
+        raise ValueError(f"config key reg.fd_step must be in [0, 1), got {r.fd_step}")
     choice("reg.warm_start", r.warm_start, ("none", "batch", "sample"))
     if "ja" in r.name and r.lambda_ja == 0:
         raise ValueError(f"reg.name={r.name} needs reg.lambda_ja > 0 or 'auto'")

@@ -134,7 +134,8 @@ class Trainer:
                                        r.method, r.every, r.gamma,
                                        warm_start_vectors=r.warm_start != "none"
                                        and kind == "spectral",
-                                       samples=(r.samples or None) if kind == "spectral" else None)
+                                       samples=(r.samples or None) if kind == "spectral" else None,
+                                       alternate=r.alternate, fd_step=r.fd_step or None)
         self.sw = WeightSpectralPenalty(self.model, r.lambda_w, seed=cfg.train.seed) \
             if r.name == "sw" else None
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
@@ -193,13 +194,14 @@ class Trainer:
             return {k: t.to(self.device) for k, t in v.items()} if ok else None
         vs = [self.warm.get(k) for k in info["keys"]]
         known = [v for v in vs if v is not None]
-        if not known or (len(known) < len(vs) and not self.jac.samples):
+        if not known or (len(known) < len(vs) and not (self.jac.samples or
+                                                       self.jac.method == "fd")):
             return None
-        names = [n for n in known[0] if n.startswith("u_")]
-        # with a penalty on part of the batch, samples not seen yet start from random vectors
-        fill = lambda n: torch.randn_like(known[0][n])  # noqa: E731
-        return {n: torch.stack([v[n] if v is not None else fill(n) for v in vs]).to(self.device)
-                for n in names}
+        names = sorted({n for v in known for n in v if n.startswith(("u_", "v_"))})
+        like = {n: next(v[n] for v in known if n in v) for n in names}
+        # samples not seen yet (or a term not penalised yet) start from random vectors
+        pick = lambda v, n: v[n] if v is not None and n in v else torch.randn_like(like[n])  # noqa: E731
+        return {n: torch.stack([pick(v, n) for v in vs]).to(self.device) for n in names}
 
     def _priority(self, info):
         """Last σ estimate per sample (unseen samples first), for ``reg.samples``."""
@@ -209,18 +211,19 @@ class Trainer:
                              for k in info["keys"]])
 
     def _warm_put(self, info, stats):
-        vec = {k: v.detach() for k, v in stats.items() if k.startswith("u_")}
+        vec = {k: v.detach() for k, v in stats.items() if k.startswith(("u_", "v_"))}
         if not vec or self.warm_mode == "none":
             return
         if self.warm_mode == "batch" or info.get("keys") is None:
             if "index" in stats:  # vectors of part of the batch: no batch-shaped warm start
                 return
-            self.warm["batch"] = {k: v.cpu() for k, v in vec.items()}
+            self.warm["batch"] = {**self.warm.get("batch", {}), **{k: v.cpu() for k, v in vec.items()}}
             return
         sig = torch.stack([stats[k] for k in ("sigma_ja", "sigma_j") if k in stats]).amax(0)
         index = stats.get("index", torch.arange(len(info["keys"])))
         for i, b in enumerate(index.tolist()):
-            entry = {k: v[i].cpu() for k, v in vec.items()}
+            entry = dict(self.warm.get(info["keys"][b], {}))  # alternate: one term at a time
+            entry.update({k: v[i].cpu() for k, v in vec.items()})
             entry["sigma"] = sig[i].cpu()
             self.warm[info["keys"][b]] = entry
         size = sum(t.numel() * t.element_size() for d in self.warm.values() for t in d.values())
@@ -261,7 +264,6 @@ class Trainer:
                 out, pen, stats = self.jac(self.model, y, A, step=self.step,
                                            v0=self._warm_get(info, y),
                                            priority=self._priority(info))
-                self._warm_put(info, stats)
             else:
                 out = f(y)
         out, pen = out.float(), pen.float()
@@ -294,6 +296,8 @@ class Trainer:
             self.scaler.unscale_(self.opt)
         else:
             total.backward()
+        if stats:  # after backward: method=fd gets its next vectors from that pass
+            self._warm_put(info, stats)
         self._sync_grads()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)

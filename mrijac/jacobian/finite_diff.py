@@ -1,0 +1,146 @@
+"""Power iteration fused with the training pass: finite-difference JVP, VJP from the backward.
+
+One training step of the spectral penalty with ``method="fd"`` costs one extra sample's forward
+and backward per penalised sample and term, in the *same* batched pass as the data loss:
+
+* the batch is ``cat([y, y_S + t·d_ja, y_S + t·d_j])`` — the measurements, then a perturbed
+  copy of the selected samples ``S`` per term, with ``d = A v`` (``J A`` term) or ``d = v``
+  (``J`` term), ``v`` the stored unit right singular vector of the sample (warm start) and
+  ``t = h ||y_b|| / ||d_b||`` a relative step;
+* the JVP is the forward difference ``J d ≈ (f(y + t d) − f(y)) / t``, so
+  ``σ̂ = ||J d||`` and ``û = J d / σ̂``;
+* the penalty is the surrogate ``s_b = ⟨û_b, (f(y_b + t d_b) − f(y_b)) / t⟩`` (value σ̂, gradient
+  ``⟨û, ∂(J d)/∂θ⟩`` — the gradient of σ at a singular pair), maximised over the batch;
+* the backward pass of the total loss, which training runs anyway, gives each copy the input
+  gradient ``∝ Jᵀ û`` — the VJP half of the power iteration — from which
+  ``v ← Aᴴ Jᵀ û / ||·||`` is the next warm start (a tensor hook fills it in).  Only the arg-max
+  copy carries the penalty's weight; the others enter with weight ``OTHERS_WEIGHT`` (1e-6), just
+  to receive their VJPs.
+
+So each penalised step is one power iteration (n = 1, warm), carried across steps, at the cost of
+``|S|·K`` more samples in the batch instead of a forward-mode pass plus a VJP over the whole
+batch.  The difference quotient has error ``O(t)`` (``O(t)`` smooth curvature, ReLU kinks
+crossed) plus rounding ``O(ε_mach / t)``; the default ``h = 3·√ε_mach`` (≈ 1e-3 in float32,
+4.5e-8 in float64) balances them.  Requires float32 or float64 passes (no autocast) and a
+network whose samples do not interact (InstanceNorm yes; BatchNorm in training mode no).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..operators.base import batch_norm2
+from .norms import _adj, _apply, _normalize, _random_input
+from .products import _to_real, jvp, vjp
+
+OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
+
+
+def default_step(dtype: torch.dtype) -> float:
+    """``3·√ε`` of the real dtype: 1.0e-3 (float32), 4.5e-8 (float64)."""
+    return 3.0 * torch.finfo(dtype).eps ** 0.5
+
+
+def check_fd_network(model) -> None:
+    """Refuse what makes the stacked copies interact or the differences meaningless."""
+    if isinstance(model, nn.Module):
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
+                raise ValueError(f"method='fd' stacks perturbed copies of samples into the batch, "
+                                 f"but {name or 'the model'} is a BatchNorm in training mode whose "
+                                 "batch statistics would mix them: use a network without "
+                                 "BatchNorm (model.batchnorm=false) or method='forward'")
+    if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+        raise ValueError("method='fd' (finite differences) needs float32/float64 passes, not "
+                         "autocast (train.precision=bf16/fp16): use method='forward'")
+
+
+def _real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``⟨a_b, b_b⟩`` of the real views, per sample ``(B,)``."""
+    a, b = _to_real(a), _to_real(b)
+    return (a * b).reshape(a.shape[0], -1).sum(1)
+
+
+def _stack_ops(A, idx: torch.Tensor | None, copies: int):
+    """Operator for ``cat([y, y[idx] × copies])`` (``idx`` None: the whole batch)."""
+    if A is None or A.batch_size == 1:
+        return A
+    if idx is None:
+        return A  # a (1 + copies)·B batch reads as stacked copies of A's samples
+    return type(A).cat([A] + [A.select(idx)] * copies)
+
+
+def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
+                  v0: list | None = None, h: float | None = None, n_pre: int = 0,
+                  fn_sel=None, generator: torch.Generator | None = None,
+                  sink: dict | None = None, names: list | None = None):
+    """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
+
+    Args:
+        fn_all: ``f`` on the stacked batch ``(B + K·S, …)`` (closes over the stacked operator).
+        y: measurements ``(B, …)``; ops: K operators restricted to the selected samples (or
+            ``None`` for the identity, i.e. ``||J||``); idx: the ``S`` selected samples or
+            ``None`` (all, ``S = B``).
+        v0: K unit right singular vectors ``(S, …)`` in the input space of ``A_k`` (warm start)
+            or ``None`` entries (random).
+        h: relative finite-difference step (default :func:`default_step`).
+        n_pre: extra exact power iterations (forward-mode JVP + VJP, no graph) before the
+            fused step, on ``fn_sel`` (``f`` on the selected samples).
+        sink, names: if given, the backward pass of anything that depends on the surrogates
+            stores the next unit right singular vectors ``(S, …)`` as ``sink[names[k]]``
+            (copies that received no gradient — not the arg-max — keep their vector).
+    Returns:
+        ``(out, surrogates, sigmas)``: ``out = f(y)`` ``(B, …)`` with graph; K
+        differentiable ``(S,)`` surrogates (value ``σ̂``); K detached ``(S,)`` ``σ̂``.
+    """
+    K, B = len(ops), y.shape[0]
+    y = y.detach()
+    ys = y if idx is None else y[idx]
+    S = ys.shape[0]
+    rdt = y.real.dtype
+    h = default_step(rdt) if h is None else float(h)
+    vs = []
+    for k, op in enumerate(ops):
+        v = None if v0 is None else v0[k]
+        if v is None:
+            v = _random_input(op, ys, generator)
+        vs.append(_normalize(v.detach().to(ys.device)))
+    for _ in range(n_pre):
+        Y = torch.cat([ys] * K) if K > 1 else ys
+        _, t = jvp(fn_sel, Y, torch.cat([_apply(op, v) for op, v in zip(ops, vs)]), "forward")
+        _, g, _ = vjp(fn_sel, Y, _normalize(t))
+        vs = [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(S))]
+    dirs = [_apply(op, v) for op, v in zip(ops, vs)]
+    steps = []
+    for d in dirs:
+        scale = batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
+        steps.append(h * scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny))
+    bshape = lambda s: s.view(-1, *[1] * (ys.dim() - 1))  # noqa: E731
+    Xc = torch.cat([ys + bshape(s).to(ys.dtype) * d for s, d in zip(steps, dirs)])
+    Xc = Xc.detach().requires_grad_()
+    with torch.enable_grad():
+        out_all = fn_all(torch.cat([y, Xc]))
+    out, out1 = out_all[:B], out_all[B:]
+    out0 = out if idx is None else out[idx]
+    surrogates, sigmas = [], []
+    for k in range(K):
+        o1 = out1[k * S:(k + 1) * S]
+        step = steps[k].to(rdt).view(-1, *[1] * (o1.dim() - 1))
+        diff = (o1 - out0) / step
+        sig = batch_norm2(diff.detach())
+        u = _normalize(diff.detach())
+        surrogates.append(_real_dot(u, diff))
+        sigmas.append(sig)
+    if sink is not None:
+        def hook(g, ops=ops, vs=vs):
+            for k, (op, gk) in enumerate(zip(ops, g.detach().split(S))):
+                w = _adj(op, gk)
+                nrm = batch_norm2(w)
+                ok = (nrm > 0) & torch.isfinite(nrm)
+                new = w / nrm.clamp_min(torch.finfo(rdt).tiny).view(-1, *[1] * (w.dim() - 1))
+                keep = ok.view(-1, *[1] * (w.dim() - 1))
+                sink[names[k]] = torch.where(keep, new, vs[k]).detach()
+        Xc.register_hook(hook)
+    return out, surrogates, sigmas
+
+
