@@ -43,6 +43,17 @@ def rows_for(model: str, quick: bool) -> list[dict]:
              {"reg": "sja+sj", "n": 1, "warm": True, "samples": 1},
              {"reg": "sja+sj", "n": 1, "warm": True, "samples": 1, "every": 4},
              {"reg": "fja+fj", "n": 1}]
+    # fused finite-difference power iteration (method="fd", warm by construction)
+    rows += [{"reg": "sja", "n": n, "method": "fd"} for n in ns]
+    rows += [{"reg": "sja+sj", "n": 1, "method": "fd"},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "samples": 1},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True, "samples": 1},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "samples": 1, "recompute": True},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True, "samples": 1,
+              "recompute": True},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1}]
     if not model.startswith("unet"):  # double backward through InstanceNorm is impossible
         rows += [{"reg": "sja", "n": n, "method": "double_vjp"} for n in ns]
     else:
@@ -58,6 +69,12 @@ def label(r: dict) -> str:
         s = "sja+sj explicit J (batch J)"
     if r.get("method") == "double_vjp":
         s += " double-vjp"
+    if r.get("method") == "fd":
+        s += " fd (fused)"
+    if r.get("alternate"):
+        s += " alternate"
+    if r.get("recompute"):
+        s += " recompute"
     if r.get("warm"):
         s += " warm"
     if r.get("every", 1) > 1:
@@ -109,10 +126,32 @@ def run_row(spec: dict) -> dict:
         kind = "spectral" if reg.startswith("s") else "frobenius"
         pen = JacobianPenalty(kind, 1e-3, 1e-3 if "+" in reg else 0.0, spec.get("n", 1), 1,
                               spec.get("method", "forward"), spec.get("every", 1),
-                              warm_start_vectors=spec.get("warm", False),
-                              samples=spec.get("samples"))
+                              warm_start_vectors=spec.get("warm", False) or
+                              spec.get("method") == "fd",
+                              samples=spec.get("samples"), alternate=spec.get("alternate", False),
+                              recompute=spec.get("recompute", False))
     Am = operator_matrix(A.to(dtype=torch.float32), dtype=torch.float32) if reg == "explicit" else None
-    state = {"v0": None, "step": 0}
+    state = {"v0": None, "step": 0, "sigma": None}
+    fd = spec.get("method") == "fd"
+    warm = spec.get("warm", False) or fd
+
+    def merge_warm(state, stats):
+        """Per-sample store, as the trainer keeps it: vectors and last σ per sample."""
+        idx = stats.get("index", torch.arange(batch, device=dev))
+        v0 = dict(state["v0"] or {})
+        for k, v in stats.items():
+            if k.startswith(("u_", "v_")):
+                full = v0.get(k)
+                if full is None:
+                    full = torch.randn((batch, *v.shape[1:]), dtype=v.dtype, device=dev)
+                full = full.clone()
+                full[idx] = v
+                v0[k] = full
+        sig = state["sigma"] if state["sigma"] is not None else torch.full((batch,), float("inf"))
+        sig = sig.clone()
+        s_new = torch.stack([stats[k] for k in ("sigma_ja", "sigma_j") if k in stats]).amax(0)
+        sig[idx.cpu()] = s_new.cpu()
+        return v0, sig
 
     def step():
         f = model.as_function(A)
@@ -124,13 +163,14 @@ def run_row(spec: dict) -> dict:
             p = 1e-3 * (torch.linalg.matrix_norm(J @ Am[0], ord=2).max()
                         + torch.linalg.matrix_norm(J, ord=2).max())
         else:
-            out, p, stats = pen(model if spec.get("samples") else f, y, A, step=state["step"],
-                                v0=state["v0"] if spec.get("warm") else None)
-            if spec.get("warm") and stats:
-                state["v0"] = {k: v for k, v in stats.items() if k.startswith("u_")}
+            out, p, stats = pen(model if spec.get("samples") or fd else f, y, A,
+                                step=state["step"], v0=state["v0"] if warm else None,
+                                priority=state["sigma"])
         loss = (out - x).reshape(batch, -1).norm(dim=1).mean() + p
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if warm and reg not in ("plain", "explicit") and stats:  # fd: vectors come with backward
+            state["v0"], state["sigma"] = merge_warm(state, stats)
         opt.step()
         state["step"] += 1
 
@@ -176,6 +216,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
+    ap.add_argument("--only", help="run only rows whose label contains this text (and plain)")
     ap.add_argument("--out")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -190,6 +231,8 @@ def main():
     for m in models:
         base = None
         for r in rows_for(m, a.quick):
+            if a.only and r["reg"] != "plain" and a.only not in label(r):
+                continue
             spec = dict(r, model=m, device=a.device)
             t0 = time.time()
             res = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)],

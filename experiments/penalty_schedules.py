@@ -1,8 +1,12 @@
 """Two claims about cheaper penalties, measured on the synthetic MRI task (demo-size U-Net):
 
-1. penalty every 4 steps (scaled by 4) vs every step: final validation PSNR and time per epoch;
-2. warm-started singular vectors: in the second epoch, the n = 1 warm estimate of σ(J A) that
-   training uses, against a cold n = 10 estimate on the same measurements (distribution).
+1. penalty every 4 steps (scaled by 4) vs every step: final validation PSNR and time per epoch,
+   for the forward-mode penalty on the whole batch and for the fused finite-difference penalty
+   on the arg-max sample per term (``reg.method=fd reg.samples=1``);
+2. warm-started singular vectors: from the second epoch on, the n = 1 warm estimate of σ(J A)
+   that training uses, against a cold n = 10 estimate on the same measurements
+   (distribution), for the forward-mode penalty (left vectors) and ``reg.method=fd`` (right
+   vectors, whole batch).
 
     python experiments/penalty_schedules.py [--epochs 6] [--quick]
 """
@@ -32,6 +36,12 @@ def config(data, *over):
                               "train.ge_batches=2", *over])
 
 
+METHODS = {"forward": [], "fd": ["reg.method=fd", "reg.samples=1"]}
+METHOD_TITLES = {"forward": "forward mode, whole batch", "fd": "fd (fused), arg-max sample per term"}
+WARM = {"forward": [], "fd": ["reg.method=fd"]}
+WARM_TITLES = {"forward": "forward mode (left vectors)", "fd": "fd (fused, right vectors)"}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)
@@ -48,70 +58,82 @@ def main():
         write_synthetic_dataset(data, "knee", "singlecoil", {"train": vols, "val": 4}, 8,
                                 (80, 64), (64, 64), progress=False)
         # 1. every step vs every 4 steps (same seed, same data order), plain training beside
-        for every in (0, 1, 4):
-            over = ["reg.name=none"] if every == 0 else [f"reg.every={every}"]
-            t = Trainer(config(data, f"optim.epochs={epochs}", *over), Path(tmp) / f"every{every}")
+        runs = [("plain", ["reg.name=none"])]
+        for meth, extra in METHODS.items():
+            runs += [(f"{meth}_every{k}", [*extra, f"reg.every={k}"]) for k in (1, 4)]
+        for name, over in runs:
+            t = Trainer(config(data, f"optim.epochs={epochs}", *over), Path(tmp) / name)
             t0 = time.time()
             row = t.fit()
-            res[f"every{every}"] = {"psnr": row["psnr"], "ssim": row["ssim"], "ge": row["ge"],
-                                    "epoch_time": float(np.mean([h["epoch_time"] for h in t.history])),
-                                    "total_s": time.time() - t0}
-            print(f"every {every}: {res[f'every{every}']}", flush=True)
-        # 2. warm n=1 vs cold n=10, measured during epochs 2 and `epochs` (training goes on)
-        t = Trainer(config(data, "optim.epochs=1", "reg.warm_start=sample"), Path(tmp) / "warm")
-        t.fit()
+            res[name] = {"psnr": row["psnr"], "ssim": row["ssim"], "ge": row["ge"],
+                         "epoch_time": float(np.mean([h["epoch_time"] for h in t.history])),
+                         "total_s": time.time() - t0}
+            print(f"{name}: {res[name]}", flush=True)
+        # 2. warm n=1 vs cold n=10, measured during epochs 2.. (training goes on)
         rels = {}
-        for epoch in range(1, epochs):
-            warm, cold = [], []
-            for batch in t._loader(epoch):
-                y, A, target, info = t.task.unpack(batch, t.device)
-                t.model.train()
-                ref = spectral_norm(t.model.as_function(A), y, A, n_iter=10,
-                                    generator=torch.Generator().manual_seed(0))
-                v0 = t._warm_get(info, y)
-                rec, pen, stats = t.jac(t.model, y, A, v0=v0)
-                t._warm_put(info, stats)
-                warm.append(stats["sigma_ja"].cpu())
-                cold.append(ref.cpu())
-                loss = t.loss_fn(rec, target) + pen
-                t.opt.zero_grad()
-                loss.backward()
-                t.opt.step()
-            rels[epoch + 1] = ((torch.cat(warm) - torch.cat(cold)) / torch.cat(cold)).numpy()
-    res["warm_vs_cold"] = {e: {"n": int(r.size), "median_rel": float(np.median(r)),
-                               "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
-                               "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),
-                               "min_rel": float(r.min()), "max_rel": float(r.max())}
-                           for e, r in rels.items()}
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for e in (2, epochs):
-        ax.hist(rels[e] * 100, bins=30, alpha=0.6, label=f"epoch {e}")
-    ax.legend()
-    ax.axvline(-2, color="k", ls="--")
-    ax.axvline(2, color="k", ls="--")
-    ax.set_xlabel("(σ warm n=1 − σ cold n=10) / σ cold n=10  [%]")
-    ax.set_ylabel("samples")
-    ax.set_title("per-sample warm start (left singular vectors)")
+        for meth, extra in WARM.items():
+            t = Trainer(config(data, "optim.epochs=1", "reg.warm_start=sample", *extra),
+                        Path(tmp) / f"warm_{meth}")
+            t.fit()
+            rels[meth] = {}
+            for epoch in range(1, epochs):
+                warm, cold = [], []
+                for batch in t._loader(epoch):
+                    y, A, target, info = t.task.unpack(batch, t.device)
+                    t.model.train()
+                    ref = spectral_norm(t.model.as_function(A), y, A, n_iter=10,
+                                        generator=torch.Generator().manual_seed(0))
+                    rec, pen, stats = t.jac(t.model, y, A, v0=t._warm_get(info, y),
+                                            step=t.step)
+                    loss = t.loss_fn(rec, target) + pen
+                    t.opt.zero_grad()
+                    loss.backward()
+                    t._warm_put(info, stats)
+                    t.opt.step()
+                    t.step += 1
+                    warm.append(stats["sigma_ja"].cpu())
+                    cold.append(ref.cpu())
+                rels[meth][epoch + 1] = ((torch.cat(warm) - torch.cat(cold)) / torch.cat(cold)).numpy()
+    res["warm_vs_cold"] = {m: {e: {"n": int(r.size), "median_rel": float(np.median(r)),
+                                   "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
+                                   "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),
+                                   "min_rel": float(r.min()), "max_rel": float(r.max())}
+                               for e, r in rm.items()} for m, rm in rels.items()}
+    fig, axes = plt.subplots(1, len(rels), figsize=(5 * len(rels), 3), squeeze=False)
+    for ax, (m, rm) in zip(axes[0], rels.items()):
+        for e in (2, epochs):
+            ax.hist(rm[e] * 100, bins=30, alpha=0.6, label=f"epoch {e}")
+        ax.legend()
+        ax.axvline(-2, color="k", ls="--")
+        ax.axvline(2, color="k", ls="--")
+        ax.set_xlabel("(σ warm n=1 − σ cold n=10) / σ cold n=10  [%]")
+        ax.set_ylabel("samples")
+        ax.set_title(WARM_TITLES[m])
     _save(fig, out / "warm_start_hist.png")
-    e0, e1, e4 = res["every0"], res["every1"], res["every4"]
+    e0 = res["plain"]
     wl = res["warm_vs_cold"]
     md = ["# Cheaper penalty schedules (synthetic MRI, U-Net 16 ch, sja+sj, n = 1)", "",
           f"{vols} training volumes × 8 slices, 64×64, batch 4, {epochs} epochs, CPU. Epoch "
           "time includes the per-epoch validation (the same for every row).", "",
-          "| schedule | final val PSNR (dB) | SSIM | GE | s/epoch | time × plain |",
-          "|---|---|---|---|---|---|",
-          f"| no penalty | {e0['psnr']:.3f} | {e0['ssim']:.4f} | {e0['ge']:.3f} | {e0['epoch_time']:.1f} | 1.00 |",
-          f"| every step | {e1['psnr']:.3f} | {e1['ssim']:.4f} | {e1['ge']:.3f} | {e1['epoch_time']:.1f} | "
-          f"{e1['epoch_time'] / e0['epoch_time']:.2f} |",
-          f"| every 4 steps (×4) | {e4['psnr']:.3f} | {e4['ssim']:.4f} | {e4['ge']:.3f} | {e4['epoch_time']:.1f} | "
-          f"{e4['epoch_time'] / e0['epoch_time']:.2f} |", "",
-          f"PSNR difference (every 4 − every step): {e4['psnr'] - e1['psnr']:+.3f} dB.", "",
-          "## Warm start: σ(J A) from n = 1 warm vs a cold n = 10 estimate on the same batch", "",
-          "| epoch | samples | median (warm − cold)/cold | within 2 % | within 5 % | range |",
-          "|---|---|---|---|---|---|"] + [
-          f"| {e} | {w['n']} | {w['median_rel'] * 100:+.2f} % | {w['frac_within_2pct'] * 100:.0f} % | "
+          "| penalty | schedule | final val PSNR (dB) | SSIM | GE | s/epoch | time × plain |",
+          "|---|---|---|---|---|---|---|",
+          f"| none | | {e0['psnr']:.3f} | {e0['ssim']:.4f} | {e0['ge']:.3f} | {e0['epoch_time']:.1f} | 1.00 |"]
+    for m in METHODS:
+        for k in (1, 4):
+            r = res[f"{m}_every{k}"]
+            md.append(f"| {METHOD_TITLES[m]} | {'every step' if k == 1 else 'every 4 steps (×4)'} | "
+                      f"{r['psnr']:.3f} | {r['ssim']:.4f} | {r['ge']:.3f} | {r['epoch_time']:.1f} | "
+                      f"{r['epoch_time'] / e0['epoch_time']:.2f} |")
+    md.append("")
+    for m in METHODS:
+        d = res[f"{m}_every4"]["psnr"] - res[f"{m}_every1"]["psnr"]
+        md.append(f"PSNR difference (every 4 − every step), {METHOD_TITLES[m]}: {d:+.3f} dB.  ")
+    md += ["", "## Warm start: σ(J A) from n = 1 warm vs a cold n = 10 estimate on the same batch", "",
+           "| penalty | epoch | samples | median (warm − cold)/cold | within 2 % | within 5 % | range |",
+           "|---|---|---|---|---|---|---|"] + [
+          f"| {WARM_TITLES[m]} | {e} | {w['n']} | {w['median_rel'] * 100:+.2f} % | {w['frac_within_2pct'] * 100:.0f} % | "
           f"{w['frac_within_5pct'] * 100:.0f} % | {w['min_rel'] * 100:+.1f} % to {w['max_rel'] * 100:+.1f} % |"
-          for e, w in wl.items()] + ["",
+          for m, wm in wl.items() for e, w in wm.items()] + ["",
           "![warm-start distribution](warm_start_hist.png)", "",
           f"Command: `python experiments/penalty_schedules.py{' --quick' if a.quick else f' --epochs {epochs}'}`"]
     (out / "penalty_schedules.md").write_text("\n".join(md) + "\n")

@@ -174,7 +174,8 @@ def _right_singular_vectors(M, like):
     return torch.view_as_complex(V.reshape(*like.shape, 2).contiguous())
 
 
-def test_fd_penalty_value_and_gradient_at_the_singular_vectors():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fd_penalty_value_and_gradient_at_the_singular_vectors(recompute):
     """method='fd' started at the exact right singular vectors: value and ∇θ equal the
     explicit λ1 max‖JA‖₂ + λ2 max‖J‖₂ (finite-difference error only), the batch output is
     f(y), and the backward hands back the next power-iteration vectors Aᴴ Jᵀ u / ‖·‖."""
@@ -183,7 +184,8 @@ def test_fd_penalty_value_and_gradient_at_the_singular_vectors():
     x_like = A.adjoint(y)
     v0 = {"v_ja": _right_singular_vectors(JA, x_like), "v_j": _right_singular_vectors(J, y)}
     v0["v_ja"][2] = torch.randn_like(v0["v_ja"][2])  # a non-argmax sample far from converged
-    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd")
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd",
+                          recompute=recompute)
     recon.zero_grad()
     out, p, stats = pen(recon, y, A, v0=v0)
     assert "v_ja" not in stats  # the vectors come with the backward pass
@@ -224,11 +226,14 @@ def test_fd_penalty_converges_over_steps_and_on_argmax_samples():
     assert (hist <= sig * (1 + 1e-6)).all()  # a power-iteration estimate never overshoots
     assert torch.allclose(hist[-1], sig, rtol=2e-3)
     assert (hist[-1] - sig).abs().max() < (hist[0] - sig).abs().min()
-    part = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", samples=1)
-    _, p, st = part(recon, y, A, v0=v0, priority=torch.tensor([0.1, 0.2, 0.9]))
-    p.backward()
-    assert st["index"].tolist() == [2] and st["v_ja"].shape[0] == 1
-    assert torch.allclose(st["sigma_ja"], hist[-1][2:], rtol=1e-6)
+    for recompute in (False, True):
+        part = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", samples=1,
+                               recompute=recompute)
+        out, p, st = part(recon, y, A, v0=v0, priority=torch.tensor([0.1, 0.2, 0.9]))
+        p.backward()
+        assert st["index"].tolist() == [2] and st["v_ja"].shape[0] == 1
+        assert torch.allclose(st["sigma_ja"], hist[-1][2:], rtol=1e-6)
+        assert torch.allclose(out, f_(y), atol=1e-12)
 
 
 def test_fd_refuses_batchnorm_autocast_and_frobenius():

@@ -185,7 +185,7 @@ def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
     assert len(sig) == t.step == 4 and all(float(s) > 0 for s in sig)
 
 
-@pytest.mark.parametrize("extra", [[], ["reg.samples=1"]])
+@pytest.mark.parametrize("extra", [[], ["reg.samples=1", "reg.fd_recompute=true"]])
 def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, extra):
     """reg.method=fd with alternating terms: penalised, every sample's vectors stored after
     the backward pass (unit norm, in the spaces of J A and J), σ recorded for priorities."""

@@ -70,10 +70,19 @@ def _stack_ops(A, idx: torch.Tensor | None, copies: int):
     return type(A).cat([A] + [A.select(idx)] * copies)
 
 
+def _copies_op(A, idx: torch.Tensor | None, copies: int):
+    """Operator for ``cat([y[idx]] × copies)`` (``idx`` None: the whole batch)."""
+    if A is None or A.batch_size == 1 or idx is None:
+        return A
+    sel = A.select(idx)
+    return sel if copies == 1 else type(A).cat([sel] * copies)
+
+
 def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
                   v0: list | None = None, h: float | None = None, n_pre: int = 0,
                   fn_sel=None, generator: torch.Generator | None = None,
-                  sink: dict | None = None, names: list | None = None):
+                  sink: dict | None = None, names: list | None = None,
+                  recompute: tuple | None = None):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
     Args:
@@ -86,6 +95,11 @@ def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
         h: relative finite-difference step (default :func:`default_step`).
         n_pre: extra exact power iterations (forward-mode JVP + VJP, no graph) before the
             fused step, on ``fn_sel`` (``f`` on the selected samples).
+        recompute: ``(fn, fn_copies)`` — ``f`` on the batch and on the copies: instead of one
+            stacked pass, the copies run first under activation checkpointing, so that the
+            backward pass reaches them only after the batch's activations are freed and then
+            recomputes theirs: peak memory of the larger of the two passes, for one more
+            forward of the copies.
         sink, names: if given, the backward pass of anything that depends on the surrogates
             stores the next unit right singular vectors ``(S, …)`` as ``sink[names[k]]``
             (copies that received no gradient — not the arg-max — keep their vector).
@@ -119,8 +133,13 @@ def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
     Xc = torch.cat([ys + bshape(s).to(ys.dtype) * d for s, d in zip(steps, dirs)])
     Xc = Xc.detach().requires_grad_()
     with torch.enable_grad():
-        out_all = fn_all(torch.cat([y, Xc]))
-    out, out1 = out_all[:B], out_all[B:]
+        if recompute is None:
+            out_all = fn_all(torch.cat([y, Xc]))
+            out, out1 = out_all[:B], out_all[B:]
+        else:
+            from torch.utils.checkpoint import checkpoint
+            out1 = checkpoint(recompute[1], Xc, use_reentrant=False)
+            out = recompute[0](y)
     out0 = out if idx is None else out[idx]
     surrogates, sigmas = [], []
     for k in range(K):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .finite_diff import OTHERS_WEIGHT, _stack_ops, check_fd_network, fd_power_step
+from .finite_diff import OTHERS_WEIGHT, _copies_op, _stack_ops, check_fd_network, fd_power_step
 from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
 from .products import METHODS
@@ -59,6 +59,10 @@ class JacobianPenalty:
         alternate: with both terms, penalise only one per penalised step, ``J A`` and ``J`` in
             turn, each weighted ×2 (the average weight is unchanged; half the cost).
         fd_step: relative step ``h`` of the finite differences (default ``3·√ε``).
+        recompute: ``method="fd"``: checkpoint the perturbed copies (run first, activations
+            recomputed in the backward pass after the batch's are freed) — peak memory of the
+            plain step when the copies are no more than the batch, for one more forward of
+            the copies.
         gamma: γ of the automatic λ.
         warm_start_vectors: return the next left singular vectors (``stats["u_ja"]``,
             ``"u_j"``, output space) for reuse as ``v0`` — free: they are the final tangents.
@@ -74,7 +78,8 @@ class JacobianPenalty:
     def __init__(self, kind: str = "spectral", lambda_ja=0.0, lambda_j=0.0, n_iter: int = 1,
                  n_proj: int = 1, method: str = "forward", every: int = 1, gamma: float = 20.0,
                  warm_start_vectors: bool = True, samples: int | None = None,
-                 alternate: bool = False, fd_step: float | None = None):
+                 alternate: bool = False, fd_step: float | None = None,
+                 recompute: bool = False):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if method not in METHODS + ("fd",):
@@ -97,6 +102,7 @@ class JacobianPenalty:
         self.samples = None if samples is None else int(samples)
         self.alternate = bool(alternate)
         self.fd_step = None if fd_step is None else float(fd_step)
+        self.recompute = bool(recompute)
 
     @property
     def terms(self) -> list[str]:
@@ -161,6 +167,9 @@ class JacobianPenalty:
         ops = [A_sel if t == "ja" else None for t in terms]
         fn_all = fn if idx is None else module.as_function(_stack_ops(A, idx, len(terms)))
         fn_sel = fn if idx is None else module.as_function(A_sel)
+        rec = None
+        if self.recompute:
+            rec = (fn, fn if module is None else module.as_function(_copies_op(A, idx, len(terms))))
         vs = None
         if v0 is not None:
             vs = [v0.get(f"v_{t}") for t in terms]
@@ -168,7 +177,8 @@ class JacobianPenalty:
         stats: dict = {}
         out, surr, sig = fd_power_step(
             fn_all, y, ops, idx, vs, self.fd_step, self.n_iter - 1, fn_sel, generator,
-            sink=stats if self.warm_start_vectors else None, names=[f"v_{t}" for t in terms])
+            sink=stats if self.warm_start_vectors else None, names=[f"v_{t}" for t in terms],
+            recompute=rec)
         for k, t in enumerate(terms):
             stats[f"sigma_{t}"] = sig[k]
             # value max_b σ̂_b; the other copies get a gradient of weight OTHERS_WEIGHT so that

@@ -135,7 +135,8 @@ class Trainer:
                                        warm_start_vectors=r.warm_start != "none"
                                        and kind == "spectral",
                                        samples=(r.samples or None) if kind == "spectral" else None,
-                                       alternate=r.alternate, fd_step=r.fd_step or None)
+                                       alternate=r.alternate, fd_step=r.fd_step or None,
+                                       recompute=r.fd_recompute)
         self.sw = WeightSpectralPenalty(self.model, r.lambda_w, seed=cfg.train.seed) \
             if r.name == "sw" else None
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
