@@ -216,7 +216,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
-    ap.add_argument("--only", help="run only rows whose label contains this text (and plain)")
+    ap.add_argument("--only", help="run only rows whose label contains one of these "
+                    "comma-separated texts (and plain)")
     ap.add_argument("--out")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -231,7 +232,8 @@ def main():
     for m in models:
         base = None
         for r in rows_for(m, a.quick):
-            if a.only and r["reg"] != "plain" and a.only not in label(r):
+            if a.only and r["reg"] != "plain" and not any(
+                    t in label(r) for t in a.only.split(",")):
                 continue
             spec = dict(r, model=m, device=a.device)
             t0 = time.time()

@@ -70,7 +70,7 @@ def main():
                          "total_s": time.time() - t0}
             print(f"{name}: {res[name]}", flush=True)
         # 2. warm n=1 vs cold n=10, measured during epochs 2.. (training goes on)
-        rels = {}
+        rels, conv = {}, {}
         for meth, extra in WARM.items():
             t = Trainer(config(data, "optim.epochs=1", "reg.warm_start=sample", *extra),
                         Path(tmp) / f"warm_{meth}")
@@ -81,8 +81,19 @@ def main():
                 for batch in t._loader(epoch):
                     y, A, target, info = t.task.unpack(batch, t.device)
                     t.model.train()
-                    ref = spectral_norm(t.model.as_function(A), y, A, n_iter=10,
-                                        generator=torch.Generator().manual_seed(0))
+                    f = t.model.as_function(A)
+                    g0 = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+                    ref = spectral_norm(f, y, A, n_iter=10, generator=g0())
+                    if meth == "forward" and epoch == 1:  # how flat is the top of the spectrum?
+                        c30 = spectral_norm(f, y, A, n_iter=30, generator=g0())
+                        u0 = t._warm_get(info, y)["u_ja"]
+                        for key, est in [("cold n=1", lambda: spectral_norm(f, y, A, 1, generator=g0())),
+                                         ("cold n=3", lambda: spectral_norm(f, y, A, 3, generator=g0())),
+                                         ("cold n=10", lambda: ref),
+                                         ("warm n=1", lambda: spectral_norm(f, y, A, 1, u0=u0)),
+                                         ("warm n=2", lambda: spectral_norm(f, y, A, 2, u0=u0)),
+                                         ("warm n=3", lambda: spectral_norm(f, y, A, 3, u0=u0))]:
+                            conv.setdefault(key, []).append((est() / c30 - 1).cpu())
                     rec, pen, stats = t.jac(t.model, y, A, v0=t._warm_get(info, y),
                                             step=t.step)
                     loss = t.loss_fn(rec, target) + pen
@@ -94,6 +105,7 @@ def main():
                     warm.append(stats["sigma_ja"].cpu())
                     cold.append(ref.cpu())
                 rels[meth][epoch + 1] = ((torch.cat(warm) - torch.cat(cold)) / torch.cat(cold)).numpy()
+    res["vs_cold_n30"] = {k: float(torch.cat(v).median()) for k, v in conv.items()}
     res["warm_vs_cold"] = {m: {e: {"n": int(r.size), "median_rel": float(np.median(r)),
                                    "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
                                    "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),
@@ -134,6 +146,10 @@ def main():
           f"| {WARM_TITLES[m]} | {e} | {w['n']} | {w['median_rel'] * 100:+.2f} % | {w['frac_within_2pct'] * 100:.0f} % | "
           f"{w['frac_within_5pct'] * 100:.0f} % | {w['min_rel'] * 100:+.1f} % to {w['max_rel'] * 100:+.1f} % |"
           for m, wm in wl.items() for e, w in wm.items()] + ["",
+          "How flat the top of the spectrum is (forward mode, epoch 2): median of σ(J A) "
+          "estimates relative to a cold n = 30 estimate on the same batch.", "",
+          "| " + " | ".join(res["vs_cold_n30"]) + " |", "|" + "---|" * len(res["vs_cold_n30"]),
+          "| " + " | ".join(f"{v * 100:+.1f} %" for v in res["vs_cold_n30"].values()) + " |", "",
           "![warm-start distribution](warm_start_hist.png)", "",
           f"Command: `python experiments/penalty_schedules.py{' --quick' if a.quick else f' --epochs {epochs}'}`"]
     (out / "penalty_schedules.md").write_text("\n".join(md) + "\n")

@@ -36,6 +36,7 @@ def demo_config(data: Path, reg: str, quick: bool):
         "task=mri", f"name=unet_{reg.replace('+', '_')}", f"data.root={data}",
         # 4× random Cartesian; 16 % centre lines (10 of 64 columns; fastMRI's 8 % of 368 is 29)
         "data.mask_type=random", "data.accelerations=[4]", "data.center_fractions=[0.16]",
+        "data.num_workers=0",  # tiny in-memory-sized data: loader processes cost more than they save
         f"data.batch_size={s['batch']}", "model.name=unet", f"model.chans={s['chans']}",
         f"model.num_pool_layers={s['pools']}", "model.residual=true", "optim.lr=0.001",
         f"optim.epochs={s['epochs']}",

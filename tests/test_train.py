@@ -15,6 +15,7 @@ from mrijac.train.config import load_config, save_config, valid_keys
 from mrijac.train.trainer import NonFiniteError, Trainer, train
 
 BASE = ["model.chans=4", "model.num_pool_layers=2", "data.batch_size=2", "optim.epochs=2",
+        "data.num_workers=0",
         "train.progress=false", "train.jac_stats_batches=1", "train.jac_stats_iters=2",
         "train.ge_batches=1"]
 

@@ -53,7 +53,8 @@ class JacobianPenalty:
             penalised sample, VJP from the training backward, right singular vectors
             ``v_ja``/``v_j`` carried between steps; see :mod:`mrijac.jacobian.finite_diff`).
             With ``"fd"`` the next vectors appear in ``stats`` once the caller has run
-            ``backward`` on the penalty.
+            ``backward`` on the penalty; samples without a vector (``v0`` missing, or marked
+            by a boolean ``v0["cold"]`` ``(B,)``) first get one exact power iteration.
         every: apply the penalty every ``every`` steps (pass ``step``); the penalty is then
             multiplied by ``every`` so that its average weight is unchanged.
         alternate: with both terms, penalise only one per penalised step, ``J A`` and ``J`` in
@@ -174,9 +175,14 @@ class JacobianPenalty:
         if v0 is not None:
             vs = [v0.get(f"v_{t}") for t in terms]
             vs = [None if v is None else (v if idx is None else v[idx]) for v in vs]
+        cold = v0 is None or any(v is None for v in vs) or (
+            v0.get("cold") is not None and bool(v0["cold"].reshape(-1)[
+                slice(None) if idx is None else idx].any()))
+        # a first visit starts from one exact iteration: as good as forward mode's n = 1
+        n_pre = max(self.n_iter - 1, 1 if cold else 0)
         stats: dict = {}
         out, surr, sig = fd_power_step(
-            fn_all, y, ops, idx, vs, self.fd_step, self.n_iter - 1, fn_sel, generator,
+            fn_all, y, ops, idx, vs, self.fd_step, n_pre, fn_sel, generator,
             sink=stats if self.warm_start_vectors else None, names=[f"v_{t}" for t in terms],
             recompute=rec)
         for k, t in enumerate(terms):

@@ -28,7 +28,7 @@ class DataConfig:
     coil_compression: int = 0      # mri multicoil: SVD to this many virtual coils (0: off)
     sample_rate: float = 1.0       # mri: fraction of training slices
     batch_size: int = 1
-    num_workers: int = 0
+    num_workers: int = -1          # loader processes; -1: min(4, cpu_count - 1)
     # cs (MNIST)
     mnist_dir: str = ""
     q: int = 160
@@ -259,7 +259,9 @@ def validate(cfg: Config) -> None:
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
             raise ValueError(f"config key data.center_fractions: each must be in (0, 1], got {c!r}")
     positive("data.batch_size", d.batch_size)
-    positive("data.num_workers", d.num_workers, strict=False)
+    if d.num_workers < -1:
+        raise ValueError(f"config key data.num_workers must be >= 0, or -1 for automatic, got "
+                         f"{d.num_workers}")
     positive("data.noise_sigma", d.noise_sigma, strict=False)
     positive("data.coil_compression", d.coil_compression, strict=False)
     if not 0 < d.sample_rate <= 1:

@@ -5,11 +5,19 @@ Every task yields batches as ``(y, A, target, info)`` (data flows one way: datas
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from ..models import DnCNN, EDSR, FCNet, WDSR, Reconstructor, Unet, VarNetReconstructor
+
+
+def resolve_workers(n: int) -> int:
+    """``data.num_workers``: ``-1`` (default) means ``min(4, cpu_count − 1)`` loader processes."""
+    if n >= 0:
+        return int(n)
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def build_reconstructor(cfg, meta: dict) -> Reconstructor:
@@ -79,7 +87,7 @@ class MRITask:
                 coil_compression=d.coil_compression)
         first = next(iter(self.datasets.values()))[0]
         self.meta = {"crop": list(first.crop), "challenge": d.challenge}
-        self.batch_size, self.workers = d.batch_size, d.num_workers
+        self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def loader(self, split, shuffle, generator=None, sampler=None):
         from ..data import collate_mri
@@ -117,7 +125,7 @@ class CSTask:
         idx = {"train": range(d.n_train), "val": range(d.n_train, n)}
         self.datasets = {s: _IndexedDataset(torch.utils.data.Subset(full, idx[s])) for s in splits}
         self.meta = {"q": d.q, "p": full.x.shape[1]}
-        self.batch_size, self.workers = d.batch_size, d.num_workers
+        self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def loader(self, split, shuffle, generator=None, sampler=None):
         return torch.utils.data.DataLoader(self.datasets[split], batch_size=self.batch_size,
@@ -146,7 +154,7 @@ class SRTask:
                                              d.patches_per_image, cfg.train.seed)
         self.A = next(iter(self.datasets.values())).A
         self.meta = {"factor": d.factor}
-        self.batch_size, self.workers = d.batch_size, d.num_workers
+        self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def loader(self, split, shuffle, generator=None, sampler=None):
         bs = self.batch_size if split == "train" else 1  # full images differ in size

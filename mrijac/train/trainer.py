@@ -28,7 +28,7 @@ HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_s
                   "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ssim", "psnr", "nmse",
                   "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
                   "val_sigma_j_mean", "val_sigma_j_max", "lambda_ja", "lambda_j", "data_wait_frac",
-                  "epoch_time"]
+                  "step_time", "epoch_time"]
 
 
 class NonFiniteError(RuntimeError):
@@ -202,7 +202,10 @@ class Trainer:
         like = {n: next(v[n] for v in known if n in v) for n in names}
         # samples not seen yet (or a term not penalised yet) start from random vectors
         pick = lambda v, n: v[n] if v is not None and n in v else torch.randn_like(like[n])  # noqa: E731
-        return {n: torch.stack([pick(v, n) for v in vs]).to(self.device) for n in names}
+        out = {n: torch.stack([pick(v, n) for v in vs]).to(self.device) for n in names}
+        out["cold"] = torch.tensor([v is None or any(n not in v for n in names) for v in vs],
+                                   device=self.device)
+        return out
 
     def _priority(self, info):
         """Last σ estimate per sample (unseen samples first), for ``reg.samples``."""
@@ -423,6 +426,7 @@ class Trainer:
                        "lr": self.opt.param_groups[0]["lr"], "train_loss": sums["loss"] / max(n, 1),
                        "train_penalty": sums["penalty"] / max(n, 1),
                        "data_wait_frac": wait / max(wait + busy, 1e-12),
+                       "step_time": busy / max(n, 1),
                        "train_sigma_ja": float(np.mean(sums["sigma_ja"])) if sums["sigma_ja"] else math.nan,
                        "train_sigma_j": float(np.mean(sums["sigma_j"])) if sums["sigma_j"] else math.nan}
                 if self.jac:
