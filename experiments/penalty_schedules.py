@@ -30,7 +30,7 @@ from mrijac.train.trainer import Trainer
 
 def config(data, *over):
     return load_config(None, [f"data.root={data}", "model.chans=16", "model.num_pool_layers=3",
-                              "model.residual=true", "data.batch_size=4",
+                              "model.residual=true", "data.batch_size=4", "data.num_workers=0",
                               "data.center_fractions=[0.16]", "reg.name=sja+sj", "reg.n_iter=1",
                               "train.progress=false", "train.jac_stats_batches=1",
                               "train.ge_batches=2", *over])
