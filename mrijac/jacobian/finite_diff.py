@@ -19,9 +19,10 @@ and backward per penalised sample and term, in the *same* batched pass as the da
 
 So each penalised step is one power iteration (n = 1, warm), carried across steps, at the cost of
 ``|S|·K`` more samples in the batch instead of a forward-mode pass plus a VJP over the whole
-batch.  The difference quotient has error ``O(t)`` (``O(t)`` smooth curvature, ReLU kinks
-crossed) plus rounding ``O(ε_mach / t)``; the default ``h = 3·√ε_mach`` (≈ 1e-3 in float32,
-4.5e-8 in float64) balances them.  Requires float32 or float64 passes (no autocast) and a
+batch.  A sample without a stored vector first gets one exact (forward-mode) iteration, so that
+first estimates — and the automatic λ — match forward mode's n = 1.  The difference quotient has
+error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
+``h = 3·√ε_mach`` (≈ 1e-3 in float32, 4.5e-8 in float64) balances them.  Requires float32 or float64 passes (no autocast) and a
 network whose samples do not interact (InstanceNorm yes; BatchNorm in training mode no).
 """
 from __future__ import annotations
