@@ -217,13 +217,15 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
     ap.add_argument("--only", help="run only rows whose label contains one of these "
-                    "comma-separated texts (and plain)")
+                    "comma-separated texts ('=TEXT': is exactly TEXT), and plain")
     ap.add_argument("--out")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.row:
         print("RESULT " + json.dumps(run_row(json.loads(a.row))))
         return
+    if a.models and any(m not in MODELS for m in a.models.split(",")):
+        ap.error(f"--models: choose from {', '.join(MODELS)}")
     models = a.models.split(",") if a.models else (
         QUICK_MODELS if a.quick else (list(MODELS) if a.device == "cuda" else
                                       ["fc", "dncnn5_64", "dncnn17_128", "unet_128"]))
@@ -233,7 +235,8 @@ def main():
         base = None
         for r in rows_for(m, a.quick):
             if a.only and r["reg"] != "plain" and not any(
-                    t in label(r) for t in a.only.split(",")):
+                    label(r) == t[1:] if t.startswith("=") else t in label(r)
+                    for t in a.only.split(",")):
                 continue
             spec = dict(r, model=m, device=a.device)
             t0 = time.time()
@@ -271,7 +274,8 @@ def main():
         else:
             lines.append(f"| {r['model']} | {MODELS[r['model']][2]} | {r['label']} | fails: {r['error']} | | | |")
     cmd = "python experiments/bench_jacobian.py" + (" --quick" if a.quick else "") + \
-        (f" --device {a.device}" if a.device != "cpu" else "") + (f" --models {a.models}" if a.models else "")
+        (f" --device {a.device}" if a.device != "cpu" else "") + (f" --models {a.models}" if a.models else "") + \
+        (f" --only '{a.only}'" if a.only else "")
     lines += ["", f"Command: `{cmd}`"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
