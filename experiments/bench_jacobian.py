@@ -53,18 +53,28 @@ def rows_for(model: str, quick: bool) -> list[dict]:
              {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True, "samples": 1,
               "recompute": True},
              {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1}]
+             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1},
+             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1, "hold": True}]
     if not model.startswith("unet"):  # double backward through InstanceNorm is impossible
         rows += [{"reg": "sja", "n": n, "method": "double_vjp"} for n in ns]
     else:
         rows += [{"reg": "sja", "n": 1, "method": "double_vjp"}]  # recorded as failing
     if model == "fc":
         rows += [{"reg": "explicit"}]
+    if model.startswith("dncnn") and _has_deepinv():  # optional peer row
+        rows += [{"reg": "deepinv", "n": n} for n in ns]
     return rows
+
+
+def _has_deepinv() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("deepinv") is not None
 
 
 def label(r: dict) -> str:
     s = r["reg"] if r["reg"] in ("plain", "explicit") else f"{r['reg']} n={r.get('n', 1)}"
+    if r["reg"] == "deepinv":
+        s = f"deepinv JacobianSpectralNorm (J of the net) n={r['n']}"
     if r["reg"] == "explicit":
         s = "sja+sj explicit J (batch J)"
     if r.get("method") == "double_vjp":
@@ -75,6 +85,8 @@ def label(r: dict) -> str:
         s += " alternate"
     if r.get("recompute"):
         s += " recompute"
+    if r.get("hold"):
+        s += " hold"
     if r.get("warm"):
         s += " warm"
     if r.get("every", 1) > 1:
@@ -122,14 +134,17 @@ def run_row(spec: dict) -> dict:
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     reg = spec["reg"]
     pen = None
-    if reg not in ("plain", "explicit"):
+    if reg == "deepinv":
+        from deepinv.loss.regularisers import JacobianSpectralNorm
+        jsn = JacobianSpectralNorm(max_iter=spec["n"], tol=0.0, eval_mode=False)
+    elif reg not in ("plain", "explicit"):
         kind = "spectral" if reg.startswith("s") else "frobenius"
         pen = JacobianPenalty(kind, 1e-3, 1e-3 if "+" in reg else 0.0, spec.get("n", 1), 1,
                               spec.get("method", "forward"), spec.get("every", 1),
                               warm_start_vectors=spec.get("warm", False) or
                               spec.get("method") == "fd",
                               samples=spec.get("samples"), alternate=spec.get("alternate", False),
-                              recompute=spec.get("recompute", False))
+                              recompute=spec.get("recompute", False), hold=spec.get("hold", False))
     Am = operator_matrix(A.to(dtype=torch.float32), dtype=torch.float32) if reg == "explicit" else None
     state = {"v0": None, "step": 0, "sigma": None}
     fd = spec.get("method") == "fd"
@@ -157,6 +172,10 @@ def run_row(spec: dict) -> dict:
         f = model.as_function(A)
         if reg == "plain":
             out, p = f(y), 0.0
+        elif reg == "deepinv":  # its double-backward power iteration on the network's input
+            xin = model.image_input(y, A).detach().requires_grad_()
+            out_net = model.net(xin)
+            out, p = out_net.norm(dim=1), 1e-3 * jsn(out_net, xin)
         elif reg == "explicit":
             out = f(y)
             J = explicit_jacobian_graph(f, y)
@@ -166,9 +185,16 @@ def run_row(spec: dict) -> dict:
             out, p, stats = pen(model if spec.get("samples") or fd else f, y, A,
                                 step=state["step"], v0=state["v0"] if warm else None,
                                 priority=state["sigma"])
-        loss = (out - x).reshape(batch, -1).norm(dim=1).mean() + p
+        data = (out - x).reshape(batch, -1).norm(dim=1).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if spec.get("hold") and torch.is_tensor(p) and p.requires_grad:  # as the trainer does
+            p.backward(retain_graph=True)
+            state["held"] = [q.grad.detach().clone() for q in model.parameters()]
+            data.backward()
+        else:
+            (data + p).backward()
+            for q, g in zip(model.parameters(), state.get("held") or []):
+                q.grad = q.grad + g
         if warm and reg not in ("plain", "explicit") and stats:  # fd: vectors come with backward
             state["v0"], state["sigma"] = merge_warm(state, stats)
         opt.step()

@@ -1,14 +1,15 @@
 """Two claims about cheaper penalties, measured on the synthetic MRI task (demo-size U-Net):
 
-1. penalty every 4 steps (scaled by 4) vs every step: final validation PSNR and time per epoch,
-   for the forward-mode penalty on the whole batch and for the fused finite-difference penalty
-   on the arg-max sample per term (``reg.method=fd reg.samples=1``);
+1. penalty every 4 steps (scaled by 4, or with its gradient held in between) vs every step:
+   final validation PSNR (several seeds) and time per epoch, for the forward-mode penalty on the
+   whole batch and for the fused finite-difference penalty on the arg-max sample per term
+   (``reg.method=fd reg.samples=1``);
 2. warm-started singular vectors: from the second epoch on, the n = 1 warm estimate of σ(J A)
    that training uses, against a cold n = 10 estimate on the same measurements
    (distribution), for the forward-mode penalty (left vectors) and ``reg.method=fd`` (right
    vectors, whole batch).
 
-    python experiments/penalty_schedules.py [--epochs 6] [--quick]
+    python experiments/penalty_schedules.py [--epochs 6] [--quick] [--seeds 3] [--reuse-warm]
 """
 from __future__ import annotations
 
@@ -37,8 +38,26 @@ def config(data, *over):
 
 METHODS = {"forward": [], "fd": ["reg.method=fd", "reg.samples=1"]}
 METHOD_TITLES = {"forward": "forward mode, whole batch", "fd": "fd (fused), arg-max sample per term"}
+SCHEDULES = {"every1": ["reg.every=1"], "every4": ["reg.every=4"],
+             "every4hold": ["reg.every=4", "reg.every_mode=hold"]}
+SCHEDULE_TITLES = {"every1": "every step", "every4": "every 4 steps (×4)",
+                   "every4hold": "every 4 steps, gradient held (reg.every_mode=hold)"}
 WARM = {"forward": [], "fd": ["reg.method=fd"]}
 WARM_TITLES = {"forward": "forward mode (left vectors)", "fd": "fd (fused, right vectors)"}
+
+
+def warm_histogram(rels, epochs, path):
+    fig, axes = plt.subplots(1, len(rels), figsize=(5 * len(rels), 3), squeeze=False)
+    for ax, (m, rm) in zip(axes[0], rels.items()):
+        for e in (2, epochs):
+            ax.hist(rm[e] * 100, bins=30, alpha=0.6, label=f"epoch {e}")
+        ax.legend()
+        ax.axvline(-2, color="k", ls="--")
+        ax.axvline(2, color="k", ls="--")
+        ax.set_xlabel("(σ warm n=1 − σ cold n=10) / σ cold n=10  [%]")
+        ax.set_ylabel("samples")
+        ax.set_title(WARM_TITLES[m])
+    _save(fig, path)
 
 
 def main():
@@ -46,6 +65,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="8 training volumes, 3 epochs")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds for the schedules")
+    ap.add_argument("--reuse-warm", action="store_true",
+                    help="skip part 2: keep the warm-start results of the last run in --out")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     epochs = 3 if a.quick else a.epochs
@@ -61,7 +82,7 @@ def main():
         # several seeds: the final PSNR of this small task moves by a few 0.1 dB between seeds
         runs = [("plain", ["reg.name=none"])]
         for meth, extra in METHODS.items():
-            runs += [(f"{meth}_every{k}", [*extra, f"reg.every={k}"]) for k in (1, 4)]
+            runs += [(f"{meth}_{k}", [*extra, *sched]) for k, sched in SCHEDULES.items()]
         per_seed = {name: [] for name, _ in runs}
         for seed in range(a.seeds):
             for name, over in runs:
@@ -77,13 +98,14 @@ def main():
             res[name]["psnr_std"] = float(np.std([r["psnr"] for r in rs]))
             res[name]["per_seed"] = rs
         for meth in METHODS:
-            d = [b["psnr"] - a_["psnr"] for a_, b in zip(per_seed[f"{meth}_every1"],
-                                                         per_seed[f"{meth}_every4"])]
-            res[f"{meth}_every4_minus_every1"] = {"mean": float(np.mean(d)), "std": float(np.std(d)),
-                                                  "per_seed": d}
+            for k in list(SCHEDULES)[1:]:
+                d = [b["psnr"] - a_["psnr"] for a_, b in zip(per_seed[f"{meth}_every1"],
+                                                             per_seed[f"{meth}_{k}"])]
+                res[f"{meth}_{k}_minus_every1"] = {"mean": float(np.mean(d)), "std": float(np.std(d)),
+                                                   "per_seed": d}
         # 2. warm n=1 vs cold n=10, measured during epochs 2.. (training goes on)
         rels, conv = {}, {}
-        for meth, extra in WARM.items():
+        for meth, extra in ({} if a.reuse_warm else WARM).items():
             t = Trainer(config(data, "optim.epochs=1", "reg.warm_start=sample", *extra),
                         Path(tmp) / f"warm_{meth}")
             t.fit()
@@ -117,23 +139,17 @@ def main():
                     warm.append(stats["sigma_ja"].cpu())
                     cold.append(ref.cpu())
                 rels[meth][epoch + 1] = ((torch.cat(warm) - torch.cat(cold)) / torch.cat(cold)).numpy()
-    res["vs_cold_n30"] = {k: float(torch.cat(v).median()) for k, v in conv.items()}
-    res["warm_vs_cold"] = {m: {e: {"n": int(r.size), "median_rel": float(np.median(r)),
-                                   "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
-                                   "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),
-                                   "min_rel": float(r.min()), "max_rel": float(r.max())}
-                               for e, r in rm.items()} for m, rm in rels.items()}
-    fig, axes = plt.subplots(1, len(rels), figsize=(5 * len(rels), 3), squeeze=False)
-    for ax, (m, rm) in zip(axes[0], rels.items()):
-        for e in (2, epochs):
-            ax.hist(rm[e] * 100, bins=30, alpha=0.6, label=f"epoch {e}")
-        ax.legend()
-        ax.axvline(-2, color="k", ls="--")
-        ax.axvline(2, color="k", ls="--")
-        ax.set_xlabel("(σ warm n=1 − σ cold n=10) / σ cold n=10  [%]")
-        ax.set_ylabel("samples")
-        ax.set_title(WARM_TITLES[m])
-    _save(fig, out / "warm_start_hist.png")
+    if a.reuse_warm:  # part 2 from the last full run (its histogram stays as it is)
+        old = json.loads((out / "penalty_schedules.json").read_text())
+        res["vs_cold_n30"], res["warm_vs_cold"] = old["vs_cold_n30"], old["warm_vs_cold"]
+    else:
+        res["vs_cold_n30"] = {k: float(torch.cat(v).median()) for k, v in conv.items()}
+        res["warm_vs_cold"] = {m: {e: {"n": int(r.size), "median_rel": float(np.median(r)),
+                                       "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
+                                       "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),
+                                       "min_rel": float(r.min()), "max_rel": float(r.max())}
+                                   for e, r in rm.items()} for m, rm in rels.items()}
+        warm_histogram(rels, epochs, out / "warm_start_hist.png")
     e0 = res["plain"]
     wl = res["warm_vs_cold"]
     md = ["# Cheaper penalty schedules (synthetic MRI, U-Net 16 ch, sja+sj, n = 1)", "",
@@ -145,18 +161,19 @@ def main():
           f"| none | | {e0['psnr']:.3f} ± {e0['psnr_std']:.3f} | {e0['ssim']:.4f} | {e0['ge']:.3f} | "
           f"{e0['epoch_time']:.1f} | 1.00 |"]
     for m in METHODS:
-        for k in (1, 4):
-            r = res[f"{m}_every{k}"]
-            md.append(f"| {METHOD_TITLES[m]} | {'every step' if k == 1 else 'every 4 steps (×4)'} | "
+        for k in SCHEDULES:
+            r = res[f"{m}_{k}"]
+            md.append(f"| {METHOD_TITLES[m]} | {SCHEDULE_TITLES[k]} | "
                       f"{r['psnr']:.3f} ± {r['psnr_std']:.3f} | {r['ssim']:.4f} | {r['ge']:.3f} | "
                       f"{r['epoch_time']:.1f} | "
                       f"{r['epoch_time'] / e0['epoch_time']:.2f} |")
     md.append("")
     for m in METHODS:
-        d = res[f"{m}_every4_minus_every1"]
-        md.append(f"PSNR difference (every 4 − every step, same seed), {METHOD_TITLES[m]}: "
-                  f"{d['mean']:+.3f} ± {d['std']:.3f} dB (per seed: "
-                  f"{', '.join(f'{x:+.3f}' for x in d['per_seed'])}).  ")
+        for k in list(SCHEDULES)[1:]:
+            d = res[f"{m}_{k}_minus_every1"]
+            md.append(f"PSNR difference ({SCHEDULE_TITLES[k]} − every step, same seed), "
+                      f"{METHOD_TITLES[m]}: {d['mean']:+.3f} ± {d['std']:.3f} dB (per seed: "
+                      f"{', '.join(f'{x:+.3f}' for x in d['per_seed'])}).  ")
     md += ["", "## Warm start: σ(J A) from n = 1 warm vs a cold n = 10 estimate on the same batch", "",
            "| penalty | epoch | samples | median (warm − cold)/cold | within 2 % | within 5 % | range |",
            "|---|---|---|---|---|---|---|"] + [
@@ -169,7 +186,8 @@ def main():
           "| " + " | ".join(f"{v * 100:+.1f} %" for v in res["vs_cold_n30"].values()) + " |", "",
           "![warm-start distribution](warm_start_hist.png)", "",
           f"Command: `python experiments/penalty_schedules.py{' --quick' if a.quick else f' --epochs {epochs}'}"
-          f"{f' --seeds {a.seeds}' if a.seeds != 3 else ''}`"]
+          f"{f' --seeds {a.seeds}' if a.seeds != 3 else ''}{' --reuse-warm' if a.reuse_warm else ''}`"
+          + (" (the warm-start part comes from the previous full run)" if a.reuse_warm else "")]
     (out / "penalty_schedules.md").write_text("\n".join(md) + "\n")
     (out / "penalty_schedules.json").write_text(json.dumps(res, indent=1))
     print("\n".join(md))

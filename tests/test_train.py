@@ -73,10 +73,11 @@ def test_train_each_regularizer(data, tmp_path, reg):
         assert row["train_penalty"] > 0
 
 
-@pytest.mark.parametrize("method", ["forward", "fd"])
-def test_resume_gives_the_same_weights(data, tmp_path, method):
+@pytest.mark.parametrize("extra", [["reg.method=forward"],
+                                   ["reg.method=fd", "reg.every=3", "reg.every_mode=hold"]])
+def test_resume_gives_the_same_weights(data, tmp_path, extra):
     over = ["reg.name=sja+sj", "reg.warm_start=sample", "optim.schedule=step", "optim.step_size=1",
-            f"reg.method={method}"]
+            *extra]
     train(cfg_for(data, *over), tmp_path / "full")
     train(cfg_for(data, *over, "optim.epochs=1"), tmp_path / "part")
     t = Trainer(cfg_for(data, *over), tmp_path / "part", resume=True)
@@ -87,6 +88,34 @@ def test_resume_gives_the_same_weights(data, tmp_path, method):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="--resume with a different config"):
         Trainer(cfg_for(data, *over, "optim.lr=0.1"), tmp_path / "part", resume=True)
+
+
+def test_every_k_hold_reapplies_the_penalty_gradient(data, tmp_path):
+    """reg.every_mode=hold: between penalised steps the gradient is the data gradient plus the
+    held penalty gradient of the last penalised step (not scaled by k)."""
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.every=2", "reg.every_mode=hold",
+                        "reg.lambda_ja=0.1", "reg.lambda_j=0.1"), tmp_path / "r")
+    assert t.jac.factor == 1
+    it = iter(t._loader(0))
+    y, A, target, info = t.task.unpack(next(it), t.device)
+    t.train_step(y, A, target, info)  # step 0: penalised
+    held = [g.clone() for g in t.held]
+    assert sum(float(g.norm()) for g in held) > 0
+    y, A, target, info = t.task.unpack(next(it), t.device)
+    seen = {}
+    real_step = t.opt.step
+
+    def spy():
+        seen["grad"] = [p.grad.clone() for p in t.model.parameters()]
+        real_step()
+    t.opt.step = spy
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.train_step(y, A, target, info)  # step 1: not penalised, held gradient added
+    t.model.load_state_dict(before)
+    t.model.zero_grad()
+    t.loss_fn(t.model(y, A), target, info.get("max")).backward()
+    for p, g, h in zip(t.model.parameters(), seen["grad"], held):
+        assert torch.allclose(g, p.grad + h, atol=1e-6)
 
 
 def test_refuses_existing_run_and_nothing_to_resume(data, tmp_path):

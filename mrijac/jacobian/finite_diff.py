@@ -159,7 +159,10 @@ def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
                 ok = (nrm > 0) & torch.isfinite(nrm)
                 new = w / nrm.clamp_min(torch.finfo(rdt).tiny).view(-1, *[1] * (w.dim() - 1))
                 keep = ok.view(-1, *[1] * (w.dim() - 1))
-                sink[names[k]] = torch.where(keep, new, vs[k]).detach()
+                # a second backward pass over the same graph (e.g. data loss after the
+                # penalty) hands zeros: keep what an earlier pass found
+                prev = sink.get(names[k], vs[k])
+                sink[names[k]] = torch.where(keep, new, prev).detach()
         Xc.register_hook(hook)
     return out, surrogates, sigmas
 

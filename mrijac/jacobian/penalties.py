@@ -60,6 +60,10 @@ class JacobianPenalty:
         alternate: with both terms, penalise only one per penalised step, ``J A`` and ``J`` in
             turn, each weighted ×2 (the average weight is unchanged; half the cost).
         fd_step: relative step ``h`` of the finite differences (default ``3·√ε``).
+        hold: with ``every > 1``, the caller re-applies the gradient of the last penalised step
+            on the steps in between (see :class:`~mrijac.train.trainer.Trainer`), so the
+            penalty is not multiplied by ``every``; the gradient then has the same size every
+            step (Adam's moments are not driven by ×k spikes).
         recompute: ``method="fd"``: checkpoint the perturbed copies (run first, activations
             recomputed in the backward pass after the batch's are freed) — peak memory of the
             plain step when the copies are no more than the batch, for one more forward of
@@ -80,7 +84,7 @@ class JacobianPenalty:
                  n_proj: int = 1, method: str = "forward", every: int = 1, gamma: float = 20.0,
                  warm_start_vectors: bool = True, samples: int | None = None,
                  alternate: bool = False, fd_step: float | None = None,
-                 recompute: bool = False):
+                 recompute: bool = False, hold: bool = False):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if method not in METHODS + ("fd",):
@@ -104,6 +108,7 @@ class JacobianPenalty:
         self.alternate = bool(alternate)
         self.fd_step = None if fd_step is None else float(fd_step)
         self.recompute = bool(recompute)
+        self.hold = bool(hold)
 
     @property
     def terms(self) -> list[str]:
@@ -126,8 +131,8 @@ class JacobianPenalty:
 
     @property
     def factor(self) -> int:
-        """Weight of a penalised step: ``every`` (× 2 with ``alternate`` and both terms)."""
-        return self.every * (2 if self.alternate and len(self.terms) == 2 else 1)
+        """Weight of a penalised step: ``every`` (1 with ``hold``), × 2 with ``alternate``."""
+        return (1 if self.hold else self.every) * (2 if self.alternate and len(self.terms) == 2 else 1)
 
     def __call__(self, f, y: torch.Tensor, A=None, step: int | None = None,
                  v0: dict | None = None, generator: torch.Generator | None = None,

@@ -76,6 +76,7 @@ class RegConfig:
     n_proj: int = 1               # Frobenius: random projections
     method: str = "forward"       # forward | double_vjp | fd (spectral: fused finite differences)
     every: int = 1                # apply the Jacobian penalty every k steps (scaled by k)
+    every_mode: str = "scale"     # scale: ×k on penalised steps | hold: reuse its gradient between
     gamma: float = 20.0           # auto λ: λ = 10^floor(log10(loss/penalty)) / γ
     warm_start: str = "sample"    # none | batch | sample: reuse singular vectors
     samples: int = 0              # spectral: graph only for the k samples of largest σ (0: all)
@@ -280,6 +281,7 @@ def validate(cfg: Config) -> None:
     positive("reg.samples", r.samples, strict=False)
     positive("reg.gamma", r.gamma)
     choice("reg.method", r.method, ("forward", "double_vjp", "fd"))
+    choice("reg.every_mode", r.every_mode, ("scale", "hold"))
     if r.method == "fd" and r.name not in ("sj", "sja", "sja+sj"):
         raise ValueError(f"reg.method=fd is for the spectral penalties (sj, sja, sja+sj), not "
                          f"reg.name={r.name}")

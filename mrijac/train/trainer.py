@@ -136,12 +136,14 @@ class Trainer:
                                        and kind == "spectral",
                                        samples=(r.samples or None) if kind == "spectral" else None,
                                        alternate=r.alternate, fd_step=r.fd_step or None,
-                                       recompute=r.fd_recompute)
+                                       recompute=r.fd_recompute,
+                                       hold=r.every_mode == "hold" and r.every > 1)
         self.sw = WeightSpectralPenalty(self.model, r.lambda_w, seed=cfg.train.seed) \
             if r.name == "sw" else None
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
             if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
         self.warm, self.warm_mode = {}, r.warm_start
+        self.held = None  # reg.every_mode=hold: the last penalty gradient, unscaled
         prec = str(cfg.train.precision)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
         self.scaler = torch.amp.GradScaler("cuda") if prec == "fp16" and \
@@ -163,6 +165,8 @@ class Trainer:
                 "rng": rng_state(), "epoch": self.epoch, "step": self.step,
                 "jac": self.jac.state_dict() if self.jac else {},
                 "sw": self.sw.state_dict() if self.sw else {}, "warm": warm,
+                "held": None if self.held is None else
+                [None if g is None else g.cpu() for g in self.held],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "history": self.history, "final": final,
                 "train_loss_eval": float("nan") if train_l2 is None else float(train_l2)}
@@ -179,6 +183,9 @@ class Trainer:
         if self.scaler and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         self.warm = {(int(k) if k.isdigit() else k): v for k, v in ck["warm"].items()}
+        held = ck.get("held")
+        self.held = None if held is None else [None if g is None else g.to(self.device)
+                                               for g in held]
         self.epoch, self.step, self.history = ck["epoch"], ck["step"], list(ck["history"])
         self.resume_batch = int(ck.get("batch_in_epoch", 0))
         self.partial = ck.get("partial")
@@ -295,11 +302,23 @@ class Trainer:
                                  f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
                                  f"{keep}")
         self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.opt)
+        scale = self.scaler.scale if self.scaler is not None else (lambda t: t)
+        hold = self.jac is not None and self.jac.hold
+        if hold and stats and pen.requires_grad:  # a penalised step: keep its gradient
+            scale(pen).backward(retain_graph=True)
+            s = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+            self.held = [None if p.grad is None else p.grad.detach() / s
+                         for p in self.model.parameters()]
+            scale(loss + wpen).backward()
         else:
-            total.backward()
+            scale(total).backward()
+            if hold and self.held is not None:  # between penalised steps: the held gradient
+                s = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+                for p, g in zip(self.model.parameters(), self.held):
+                    if g is not None:
+                        p.grad = g * s if p.grad is None else p.grad + g * s
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         if stats:  # after backward: method=fd gets its next vectors from that pass
             self._warm_put(info, stats)
         self._sync_grads()
