@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from _report import write_report
+
 MODELS = {
     # name: (network, image size or p, batch)
     "fc": ("fcnet", 784, 100),
@@ -323,10 +325,7 @@ def main():
         (f" --device {a.device}" if a.device != "cpu" else "") + (f" --models {a.models}" if a.models else "") + \
         (f" --only '{a.only}'" if a.only else "")
     lines += ["", f"Command: `{cmd}`"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out, results, lines)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes ``results/data_wait_<challenge>_<device>.md/.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from _report import write_report
 from mrijac.data import write_synthetic_dataset
 from mrijac.train.config import load_config
 from mrijac.train.tasks import resolve_workers
@@ -79,14 +79,11 @@ def main():
     md += [f"| {r['reg']} | {r['workers']}{' (default)' if r['workers'] == -1 else ''} | "
            f"{r['resolved_workers']} | {r['step_s']:.3f} | {r['data_wait_frac'] * 100:.1f} % |"
            for r in res]
-    cmd = f"python experiments/data_wait.py --challenge {a.challenge}" + \
+    cmd = f"python experiments/data_wait.py --challenge {a.challenge} --slices {a.slices}" + \
         (f" --device {a.device}" if a.device != "auto" else "")
     md += ["", f"Command: `{cmd}`"]
     out = Path(a.out) / f"data_wait_{a.challenge}_{dev.type}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_report(out, res, md)
 
 
 if __name__ == "__main__":

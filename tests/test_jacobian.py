@@ -250,6 +250,27 @@ def test_fd_penalty_converges_over_steps_and_on_argmax_samples():
         assert torch.allclose(out, f_(y), atol=1e-12)
 
 
+def test_fd_in_float32_matches_forward_mode_jvp():
+    """The default relative step in float32: the fused σ̂ = ‖J A v‖ agrees with the forward-mode
+    JVP of the same vector to 0.5 % on a U-Net (InstanceNorm) reconstructor (a step of 1e-3
+    misses by 1.2 %, 1e-6 by 17 %)."""
+    from fastmri.models import Unet
+    torch.manual_seed(0)
+    recon = Reconstructor(Unet(2, 2, chans=8, num_pool_layers=2))
+    mask = torch.zeros(2, 1, 32)
+    mask[..., 12:20] = 1
+    mask[0, ..., ::3] = 1
+    mask[1, ..., 1::4] = 1
+    A = SingleCoilMRI(mask, (32, 32))
+    y = A(A.random_input())
+    v = torch.nn.functional.normalize(A.random_input().reshape(2, -1), dim=1).reshape(2, 32, 32)
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd")
+    _, p, st = pen(recon, y, A, v0={"v_ja": v.clone(), "cold": torch.zeros(2, dtype=torch.bool)})
+    _, t = jvp(recon.as_function(A), y, A(v))
+    ref = t.reshape(2, -1).norm(dim=1)
+    assert torch.allclose(st["sigma_ja"], ref, rtol=5e-3)
+
+
 def test_fd_refuses_batchnorm_autocast_and_frobenius():
     torch.manual_seed(0)
     recon = Reconstructor(DnCNN(2, 2, depth=3, features=4, batchnorm=True))

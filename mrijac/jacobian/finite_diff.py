@@ -22,7 +22,8 @@ So each penalised step is one power iteration (n = 1, warm), carried across step
 batch.  A sample without a stored vector first gets one exact (forward-mode) iteration, so that
 first estimates — and the automatic λ — match forward mode's n = 1.  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
-``h = 3·√ε_mach`` (≈ 1e-3 in float32, 4.5e-8 in float64) balances them.  Requires float32 or float64 passes (no autocast) and a
+``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
+:func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
 network whose samples do not interact (InstanceNorm yes; BatchNorm in training mode no).
 """
 from __future__ import annotations
@@ -38,8 +39,12 @@ OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to
 
 
 def default_step(dtype: torch.dtype) -> float:
-    """``3·√ε`` of the real dtype: 1.0e-3 (float32), 4.5e-8 (float64)."""
-    return 3.0 * torch.finfo(dtype).eps ** 0.5
+    """``0.3·√ε`` of the real dtype: 1.0e-4 (float32), 4.5e-9 (float64).
+
+    Measured on a fastmri U-Net reconstructor in float32 (relative error of ‖J A v‖ against
+    forward mode): h = 1e-2 → 2–3 %, 1e-3 → 0.2–1.2 % (kinks and curvature), 1e-4 → 0.02–0.1 %,
+    1e-5 → 0.2–0.6 % (rounding)."""
+    return 0.3 * torch.finfo(dtype).eps ** 0.5
 
 
 def check_fd_network(model) -> None:

@@ -59,7 +59,8 @@ class JacobianPenalty:
             multiplied by ``every`` so that its average weight is unchanged.
         alternate: with both terms, penalise only one per penalised step, ``J A`` and ``J`` in
             turn, each weighted ×2 (the average weight is unchanged; half the cost).
-        fd_step: relative step ``h`` of the finite differences (default ``3·√ε``).
+        fd_step: relative step ``h`` of the finite differences (default ``0.3·√ε``, 1e-4 in
+            float32).
         hold: with ``every > 1``, the caller re-applies the gradient of the last penalised step
             on the steps in between (see :class:`~mrijac.train.trainer.Trainer`), so the
             penalty is not multiplied by ``every``; the gradient then has the same size every

@@ -81,7 +81,7 @@ class RegConfig:
     warm_start: str = "sample"    # none | batch | sample: reuse singular vectors
     samples: int = 0              # spectral: graph only for the k samples of largest σ (0: all)
     alternate: bool = False       # sja+sj / fja+fj: one term per penalised step, in turn (×2)
-    fd_step: float = 0.0          # method=fd: relative finite-difference step (0: 3·sqrt(eps))
+    fd_step: float = 0.0          # method=fd: relative finite-difference step (0: 0.3·sqrt(eps))
     fd_recompute: bool = False    # method=fd: checkpoint the perturbed copies (less memory)
 
 
