@@ -67,28 +67,21 @@ def _real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(1)
 
 
-def _stack_ops(A, idx: torch.Tensor | None, copies: int):
-    """Operator for ``cat([y, y[idx] × copies])`` (``idx`` None: the whole batch)."""
-    if A is None or A.batch_size == 1:
-        return A
-    if idx is None:
-        return A  # a (1 + copies)·B batch reads as stacked copies of A's samples
-    return type(A).cat([A] + [A.select(idx)] * copies)
-
-
-def _copies_op(A, idx: torch.Tensor | None, copies: int):
-    """Operator for ``cat([y[idx]] × copies)`` (``idx`` None: the whole batch)."""
+def _stacked_op(A, idx: torch.Tensor | None, copies: int, with_batch: bool):
+    """Operator for ``cat([y] + [y[idx]] × copies)`` (``with_batch``) or ``cat([y[idx]] ×
+    copies)``; an operator of batch B reads a k·B batch as stacked copies, so ``idx=None``
+    (all samples) and shared operators need nothing."""
     if A is None or A.batch_size == 1 or idx is None:
         return A
     sel = A.select(idx)
-    return sel if copies == 1 else type(A).cat([sel] * copies)
+    parts = ([A] if with_batch else []) + [sel] * copies
+    return parts[0] if len(parts) == 1 else type(A).cat(parts)
 
 
-def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
+def fd_power_step(make_fn, y: torch.Tensor, A, with_A: list[bool], idx: torch.Tensor | None,
                   v0: list | None = None, h: float | None = None, n_pre: int = 0,
-                  fn_sel=None, generator: torch.Generator | None = None,
-                  sink: dict | None = None, names: list | None = None,
-                  recompute: tuple | None = None):
+                  generator: torch.Generator | None = None, sink: dict | None = None,
+                  names: list | None = None, recompute: bool = False):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
     Args:
@@ -100,9 +93,8 @@ def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
             or ``None`` entries (random).
         h: relative finite-difference step (default :func:`default_step`).
         n_pre: extra exact power iterations (forward-mode JVP + VJP, no graph) before the
-            fused step, on ``fn_sel`` (``f`` on the selected samples).
-        recompute: ``(fn, fn_copies)`` — ``f`` on the batch and on the copies: instead of one
-            stacked pass, the copies run first under activation checkpointing, so that the
+            fused step, on the selected samples.
+        recompute: instead of one stacked pass, the copies run first under activation checkpointing, so that the
             backward pass reaches them only after the batch's activations are freed and then
             recomputes theirs: peak memory of the larger of the two passes, for one more
             forward of the copies.
@@ -113,9 +105,11 @@ def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
         ``(out, surrogates, sigmas)``: ``out = f(y)`` ``(B, …)`` with graph; K
         differentiable ``(S,)`` surrogates (value ``σ̂``); K detached ``(S,)`` ``σ̂``.
     """
-    K, B = len(ops), y.shape[0]
+    K, B = len(with_A), y.shape[0]
     y = y.detach()
     ys = y if idx is None else y[idx]
+    A_sel = A if A is None or idx is None else A.select(idx)
+    ops = [A_sel if w else None for w in with_A]
     S = ys.shape[0]
     rdt = y.real.dtype
     h = default_step(rdt) if h is None else float(h)
@@ -125,27 +119,26 @@ def fd_power_step(fn_all, y: torch.Tensor, ops: list, idx: torch.Tensor | None,
         if v is None:
             v = _random_input(op, ys, generator)
         vs.append(_normalize(v.detach().to(ys.device)))
+    fn_sel = make_fn(A_sel)
     for _ in range(n_pre):
         Y = torch.cat([ys] * K) if K > 1 else ys
         _, t = jvp(fn_sel, Y, torch.cat([_apply(op, v) for op, v in zip(ops, vs)]), "forward")
         _, g, _ = vjp(fn_sel, Y, _normalize(t))
         vs = [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(S))]
     dirs = [_apply(op, v) for op, v in zip(ops, vs)]
-    steps = []
-    for d in dirs:
-        scale = batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
-        steps.append(h * scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny))
+    scale = h * batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
+    steps = [scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny) for d in dirs]
     bshape = lambda s: s.view(-1, *[1] * (ys.dim() - 1))  # noqa: E731
     Xc = torch.cat([ys + bshape(s).to(ys.dtype) * d for s, d in zip(steps, dirs)])
     Xc = Xc.detach().requires_grad_()
     with torch.enable_grad():
-        if recompute is None:
-            out_all = fn_all(torch.cat([y, Xc]))
+        if not recompute:
+            out_all = make_fn(_stacked_op(A, idx, K, True))(torch.cat([y, Xc]))
             out, out1 = out_all[:B], out_all[B:]
         else:
             from torch.utils.checkpoint import checkpoint
-            out1 = checkpoint(recompute[1], Xc, use_reentrant=False)
-            out = recompute[0](y)
+            out1 = checkpoint(make_fn(_stacked_op(A, idx, K, False)), Xc, use_reentrant=False)
+            out = make_fn(A)(y)
     out0 = out if idx is None else out[idx]
     surrogates, sigmas = [], []
     for k in range(K):

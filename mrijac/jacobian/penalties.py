@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .finite_diff import OTHERS_WEIGHT, _copies_op, _stack_ops, check_fd_network, fd_power_step
+from .finite_diff import OTHERS_WEIGHT, check_fd_network, fd_power_step
 from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
 from .products import METHODS
@@ -168,15 +168,7 @@ class JacobianPenalty:
 
     def _fd(self, module, fn, y, A, terms, v0, generator, idx):
         check_fd_network(module if module is not None else fn)
-        sub = (lambda op: op) if idx is None else (
-            lambda op: None if op is None else op.select(idx))
-        A_sel = sub(A)
-        ops = [A_sel if t == "ja" else None for t in terms]
-        fn_all = fn if idx is None else module.as_function(_stack_ops(A, idx, len(terms)))
-        fn_sel = fn if idx is None else module.as_function(A_sel)
-        rec = None
-        if self.recompute:
-            rec = (fn, fn if module is None else module.as_function(_copies_op(A, idx, len(terms))))
+        make_fn = module.as_function if module is not None else (lambda op: fn)
         vs = None
         if v0 is not None:
             vs = [v0.get(f"v_{t}") for t in terms]
@@ -188,9 +180,9 @@ class JacobianPenalty:
         n_pre = max(self.n_iter - 1, 1 if cold else 0)
         stats: dict = {}
         out, surr, sig = fd_power_step(
-            fn_all, y, ops, idx, vs, self.fd_step, n_pre, fn_sel, generator,
+            make_fn, y, A, [t == "ja" for t in terms], idx, vs, self.fd_step, n_pre, generator,
             sink=stats if self.warm_start_vectors else None, names=[f"v_{t}" for t in terms],
-            recompute=rec)
+            recompute=self.recompute)
         for k, t in enumerate(terms):
             stats[f"sigma_{t}"] = sig[k]
             # value max_b σ̂_b; the other copies get a gradient of weight OTHERS_WEIGHT so that
