@@ -1,7 +1,8 @@
 """Cost of the Jacobian penalties per training step, as ratios to plain training.
 
 Every row is one training step (forward, loss + penalty, backward, Adam step) on a fixed batch,
-timed after warm-up (median of the measured steps) in a fresh process, with its peak memory:
+timed after warm-up (rows penalising part of the batch warm up until every sample has been
+visited once) (median of the measured steps) in a fresh process, with its peak memory:
 CUDA ``max_memory_allocated`` above what the set-up holds, or on CPU the growth of the
 process's peak resident size (VmHWM) over the resident size after the set-up.
 Ratios are against the ``plain`` row of the same model in the same run.
@@ -99,6 +100,12 @@ def label(r: dict) -> str:
 
 
 # --- one row, in its own process ---------------------------------------------------------------
+def _clear_peak():
+    """Reset the process's peak resident size (VmHWM) to the current one (Linux)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 def _rss_kib(field="VmRSS"):
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -112,6 +119,7 @@ def run_row(spec: dict) -> dict:
     from mrijac.jacobian import JacobianPenalty, operator_matrix
     from mrijac.models import DnCNN, FCNet, Reconstructor, Unet
     from mrijac.operators import GaussianCS, SingleCoilMRI, make_mask
+    from mrijac.train.warm import WarmStore
 
     torch.manual_seed(0)
     dev = torch.device(spec["device"])
@@ -148,27 +156,11 @@ def run_row(spec: dict) -> dict:
                               samples=spec.get("samples"), alternate=spec.get("alternate", False),
                               recompute=spec.get("recompute", False), hold=spec.get("hold", False))
     Am = operator_matrix(A.to(dtype=torch.float32), dtype=torch.float32) if reg == "explicit" else None
-    state = {"v0": None, "step": 0, "sigma": None}
+    state = {"step": 0}
+    keys = list(range(batch))
+    store = WarmStore("sample")  # the trainer's per-sample store: vectors and last σ
     fd = spec.get("method") == "fd"
     warm = spec.get("warm", False) or fd
-
-    def merge_warm(state, stats):
-        """Per-sample store, as the trainer keeps it: vectors and last σ per sample."""
-        idx = stats.get("index", torch.arange(batch, device=dev))
-        v0 = dict(state["v0"] or {})
-        for k, v in stats.items():
-            if k.startswith(("u_", "v_")):
-                full = v0.get(k)
-                if full is None:
-                    full = torch.randn((batch, *v.shape[1:]), dtype=v.dtype, device=dev)
-                full = full.clone()
-                full[idx] = v
-                v0[k] = full
-        sig = state["sigma"] if state["sigma"] is not None else torch.full((batch,), float("inf"))
-        sig = sig.clone()
-        s_new = torch.stack([stats[k] for k in ("sigma_ja", "sigma_j") if k in stats]).amax(0)
-        sig[idx.cpu()] = s_new.cpu()
-        return v0, sig
 
     def step():
         f = model.as_function(A)
@@ -185,8 +177,9 @@ def run_row(spec: dict) -> dict:
                         + torch.linalg.matrix_norm(J, ord=2).max())
         else:
             out, p, stats = pen(model if spec.get("samples") or fd else f, y, A,
-                                step=state["step"], v0=state["v0"] if warm else None,
-                                priority=state["sigma"])
+                                step=state["step"],
+                                v0=store.get(keys, batch, dev, partial_ok=True) if warm else None,
+                                priority=store.priority(keys) if spec.get("samples") else None)
         data = (out - x).reshape(batch, -1).norm(dim=1).mean()
         opt.zero_grad(set_to_none=True)
         if spec.get("hold") and torch.is_tensor(p) and p.requires_grad:  # as the trainer does
@@ -198,7 +191,7 @@ def run_row(spec: dict) -> dict:
             for q, g in zip(model.parameters(), state.get("held") or []):
                 q.grad = q.grad + g
         if warm and reg not in ("plain", "explicit") and stats:  # fd: vectors come with backward
-            state["v0"], state["sigma"] = merge_warm(state, stats)
+            store.put(keys, stats)
         opt.step()
         state["step"] += 1
 
@@ -216,11 +209,18 @@ def run_row(spec: dict) -> dict:
             base = torch.cuda.memory_allocated()
         else:
             base = _rss_kib() * 1024
+        # warm-up; with a penalty on part of the batch, until every sample has had its first
+        # (cold) visit, so that the measured steps are the steady state
+        warmup = 1 if reg == "explicit" else 2 + (-(-batch // spec["samples"]) if
+                                                  spec.get("samples") and warm else 0)
         if spec.get("memory_only"):  # CPU memory run: see _memory_env
+            for _ in range(warmup):
+                step()
+            _clear_peak()  # the steady state, as for the timing
             for _ in range(max(2, spec.get("every", 1))):
                 step()
             return {"peak_bytes": max(_rss_kib("VmHWM") * 1024 - base, 0)}
-        for _ in range(1 if reg == "explicit" else 2):
+        for _ in range(warmup):
             step()
         sync()
         times = []

@@ -324,3 +324,20 @@ def test_training_with_variable_density_masks(data, tmp_path, mask):
     row = train(cfg_for(data, f"data.mask_type={mask}", "data.center_fractions=[0.16]",
                         "reg.name=sja", "optim.epochs=1"), tmp_path / mask)
     assert row["train_penalty"] > 0 and 0 < row["ssim"] <= 1
+
+
+def test_warm_store_keeps_per_sample_vectors_and_falls_back_to_batch():
+    from mrijac.train.warm import WarmStore
+    store = WarmStore("sample", limit_bytes=3 * (4 * 4 + 4))  # three samples: v (4 floats) + σ
+    v = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
+    store.put(["a", "b"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 3.0])})
+    got = store.get(["b", "c"], 2, "cpu", partial_ok=True)
+    assert torch.equal(got["v_ja"][0], v[1]) and got["cold"].tolist() == [False, True]
+    assert store.get(["b", "c"], 2, "cpu") is None  # unknown samples: all cold
+    assert store.priority(["a", "b", "c"]).tolist() == [1.0, 3.0, float("inf")]
+    store.put(["a"], {"v_ja": v[:1], "sigma_ja": torch.tensor([2.0])})  # replaces, no growth
+    assert store.nbytes == 2 * (4 * 4 + 4) and store.mode == "sample"
+    store.put(["c", "d"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 1.0])})
+    assert store.mode == "batch" and len(store) == 0  # over the limit
+    store.put(["e", "f"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 1.0])})
+    assert torch.equal(store.get(None, 2, "cpu")["v_ja"], v)

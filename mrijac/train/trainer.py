@@ -19,11 +19,11 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config, _flatten, config_from_dict, save_config
 from .losses import DataLoss
 from .tasks import build_reconstructor, make_task
+from .warm import WarmStore
 
 JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
             "sja+sj": ("spectral", True, True), "fj": ("frobenius", False, True),
             "fja": ("frobenius", True, False), "fja+fj": ("frobenius", True, True)}
-WARM_LIMIT_BYTES = 1 << 30
 HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_sigma_ja",
                   "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ssim", "psnr", "nmse",
                   "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
@@ -142,7 +142,8 @@ class Trainer:
             if r.name == "sw" else None
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
             if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
-        self.warm, self.warm_mode = {}, r.warm_start
+        self.warm = WarmStore(r.warm_start) if self.jac is not None and \
+            self.jac.kind == "spectral" and r.warm_start != "none" else None
         self.held = None  # reg.every_mode=hold: the last penalty gradient, unscaled
         prec = str(cfg.train.precision)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
@@ -157,14 +158,14 @@ class Trainer:
 
     # --- state -----------------------------------------------------------------------------
     def _payload(self, final=False, train_l2=None) -> dict:
-        warm = {str(k): {n: t.cpu() for n, t in v.items()} for k, v in self.warm.items()}
         return {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
                 "model_meta": dict(self.task.meta, task=self.cfg.task),
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched else {},
                 "rng": rng_state(), "epoch": self.epoch, "step": self.step,
                 "jac": self.jac.state_dict() if self.jac else {},
-                "sw": self.sw.state_dict() if self.sw else {}, "warm": warm,
+                "sw": self.sw.state_dict() if self.sw else {},
+                "warm": self.warm.state_dict() if self.warm is not None else {},
                 "held": None if self.held is None else
                 [None if g is None else g.cpu() for g in self.held],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
@@ -182,7 +183,8 @@ class Trainer:
             self.sw.load_state_dict(ck["sw"])
         if self.scaler and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
-        self.warm = {(int(k) if k.isdigit() else k): v for k, v in ck["warm"].items()}
+        if self.warm is not None:
+            self.warm.load_state_dict(ck["warm"])
         held = ck.get("held")
         self.held = None if held is None else [None if g is None else g.to(self.device)
                                                for g in held]
@@ -194,54 +196,20 @@ class Trainer:
 
     # --- warm-started singular vectors ------------------------------------------------------
     def _warm_get(self, info, y):
-        if self.warm_mode == "none" or not self.jac or self.jac.kind != "spectral":
+        if self.warm is None:
             return None
-        if self.warm_mode == "batch" or info.get("keys") is None:
-            v = self.warm.get("batch")
-            ok = v is not None and all(t.shape[0] == y.shape[0] for t in v.values())
-            return {k: t.to(self.device) for k, t in v.items()} if ok else None
-        vs = [self.warm.get(k) for k in info["keys"]]
-        known = [v for v in vs if v is not None]
-        if not known or (len(known) < len(vs) and not (self.jac.samples or
-                                                       self.jac.method == "fd")):
-            return None
-        names = sorted({n for v in known for n in v if n.startswith(("u_", "v_"))})
-        like = {n: next(v[n] for v in known if n in v) for n in names}
-        # samples not seen yet (or a term not penalised yet) start from random vectors
-        pick = lambda v, n: v[n] if v is not None and n in v else torch.randn_like(like[n])  # noqa: E731
-        out = {n: torch.stack([pick(v, n) for v in vs]).to(self.device) for n in names}
-        out["cold"] = torch.tensor([v is None or any(n not in v for n in names) for v in vs],
-                                   device=self.device)
-        return out
+        return self.warm.get(info.get("keys"), y.shape[0], self.device,
+                             partial_ok=bool(self.jac.samples) or self.jac.method == "fd")
 
     def _priority(self, info):
         """Last σ estimate per sample (unseen samples first), for ``reg.samples``."""
-        if not (self.jac and self.jac.samples) or info.get("keys") is None:
+        if not (self.jac and self.jac.samples) or self.warm is None or info.get("keys") is None:
             return None
-        return torch.tensor([float(self.warm[k]["sigma"]) if k in self.warm else float("inf")
-                             for k in info["keys"]])
+        return self.warm.priority(info["keys"])
 
     def _warm_put(self, info, stats):
-        vec = {k: v.detach() for k, v in stats.items() if k.startswith(("u_", "v_"))}
-        if not vec or self.warm_mode == "none":
-            return
-        if self.warm_mode == "batch" or info.get("keys") is None:
-            if "index" in stats:  # vectors of part of the batch: no batch-shaped warm start
-                return
-            self.warm["batch"] = {**self.warm.get("batch", {}), **{k: v.cpu() for k, v in vec.items()}}
-            return
-        sig = torch.stack([stats[k] for k in ("sigma_ja", "sigma_j") if k in stats]).amax(0)
-        index = stats.get("index", torch.arange(len(info["keys"])))
-        for i, b in enumerate(index.tolist()):
-            entry = dict(self.warm.get(info["keys"][b], {}))  # alternate: one term at a time
-            entry.update({k: v[i].cpu() for k, v in vec.items()})
-            entry["sigma"] = sig[i].cpu()
-            self.warm[info["keys"][b]] = entry
-        size = sum(t.numel() * t.element_size() for d in self.warm.values() for t in d.values())
-        if size > WARM_LIMIT_BYTES:
-            tqdm.write(f"warm-start vectors exceed {WARM_LIMIT_BYTES >> 20} MiB: switching to "
-                       "one vector per batch (reg.warm_start=batch)")
-            self.warm, self.warm_mode = {}, "batch"
+        if self.warm is not None:
+            self.warm.put(info.get("keys"), stats)
 
     # --- steps ------------------------------------------------------------------------------
     def _all_mean(self, t: torch.Tensor) -> torch.Tensor:
