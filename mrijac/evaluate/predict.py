@@ -41,7 +41,10 @@ def predict_folder(checkpoint, data, out, device: str = "auto", batch_size: int 
     model, cfg, _ = load_model(checkpoint, resolve_device(device))
     if cfg.task != "mri":
         raise ValueError(f"predict reconstructs MRI volumes; this checkpoint is a {cfg.task} model")
-    with_mask = [("mask" in h5py.File(f, "r")) for f in files]
+    with_mask = []
+    for f in files:
+        with h5py.File(f, "r") as hf:
+            with_mask.append("mask" in hf)
     if any(with_mask) and not all(with_mask):
         raise ValueError(f"{data}: mixes files with and without their own 'mask'; put test and "
                          "validation files in separate folders")
