@@ -22,8 +22,8 @@ import torch
 
 from _report import write_report
 from mrijac.data import write_synthetic_dataset
-from mrijac.train.config import load_config
-from mrijac.train.tasks import resolve_workers
+from mrijac.config import load_config
+from mrijac.tasks import resolve_workers
 from mrijac.train.trainer import Trainer
 
 REGS = {"none": ["reg.name=none"],
@@ -58,7 +58,7 @@ def main():
                 over = [f"data.root={data}", f"data.challenge={a.challenge}", "data.batch_size=1",
                         f"data.num_workers={w}", "model.name=unet", "model.chans=32",
                         "model.num_pool_layers=4", "optim.epochs=1", "train.progress=false",
-                        "train.jac_stats_batches=0", "train.ge_batches=1",
+                        "train.ref_slices=0", "train.ge_batches=1",
                         f"train.device={a.device}", *REGS[reg]]
                 t = Trainer(load_config(None, over), Path(tmp) / f"run_{reg}_{w}".replace(" ", "_"))
                 row = t.fit()

@@ -24,7 +24,7 @@ import torch
 from mrijac.data import write_synthetic_dataset
 from mrijac.evaluate.figures import plt, _save
 from mrijac.jacobian import spectral_norm
-from mrijac.train.config import load_config
+from mrijac.config import load_config
 from mrijac.train.trainer import Trainer
 
 
@@ -32,7 +32,7 @@ def config(data, *over):
     return load_config(None, [f"data.root={data}", "model.chans=16", "model.num_pool_layers=3",
                               "model.residual=true", "data.batch_size=4", "data.num_workers=0",
                               "data.center_fractions=[0.16]", "reg.name=sja+sj", "reg.n_iter=1",
-                              "train.progress=false", "train.jac_stats_batches=1",
+                              "train.progress=false", "train.ref_slices=4",
                               "train.ge_batches=2", *over])
 
 

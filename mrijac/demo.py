@@ -18,8 +18,8 @@ from .data.synthetic import write_synthetic_dataset
 from .evaluate.compare import compare_runs
 from .evaluate.report import md_table
 from .evaluate.runner import evaluate_checkpoint
-from .train.config import load_config
-from .train.trainer import train
+from .config import load_config
+from .train import train
 
 SETTINGS = {
     False: dict(volumes={"train": 24, "val": 4, "test": 1}, slices=8, kspace=(80, 64),
@@ -41,7 +41,7 @@ def demo_config(data: Path, reg: str, quick: bool):
         f"model.num_pool_layers={s['pools']}", "model.residual=true", "optim.lr=0.001",
         f"optim.epochs={s['epochs']}",
         f"reg.name={reg}", "reg.n_iter=1", "reg.lambda_ja=auto", "reg.lambda_j=auto",
-        "train.jac_stats_batches=1", "train.ge_batches=4"])
+        "train.ref_slices=4", "train.ge_batches=4"])
 
 
 def run_demo(out="mrijac-demo", quick: bool = False, overwrite: bool = False) -> dict:

@@ -8,9 +8,9 @@ from fastmri import evaluate as fe
 
 from mrijac.data import MRISliceDataset, collate_mri, write_synthetic_dataset
 from mrijac.evaluate.compare import compare_runs
-from mrijac.evaluate.metrics import aggregate, image_metrics, volume_metrics
+from mrijac.metrics import aggregate, image_metrics, volume_metrics
 from mrijac.evaluate.runner import evaluate_checkpoint
-from mrijac.train.config import load_config
+from mrijac.config import load_config
 from mrijac.train.trainer import train
 
 

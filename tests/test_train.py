@@ -10,13 +10,13 @@ import torch
 import yaml
 
 from mrijac.data import write_synthetic_dataset
-from mrijac.train.checkpoint import load_checkpoint, load_model, save_checkpoint
-from mrijac.train.config import load_config, save_config, valid_keys
+from mrijac.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mrijac.config import load_config, save_config, valid_keys
 from mrijac.train.trainer import NonFiniteError, Trainer, train
 
 BASE = ["model.chans=4", "model.num_pool_layers=2", "data.batch_size=2", "optim.epochs=2",
         "data.num_workers=0",
-        "train.progress=false", "train.jac_stats_batches=1", "train.jac_stats_iters=2",
+        "train.progress=false", "train.ref_slices=2", "train.ref_max_iter=8",
         "train.ge_batches=1"]
 
 
@@ -178,8 +178,8 @@ def test_cs_and_sr_tasks(shared_data, tmp_path):
                             f"data.val_dir={shared_data / 'sr/Set5'}", "data.patch=24",
                             "data.patches_per_image=2", "data.batch_size=5", "model.name=edsr",
                             "model.n_resblocks=1", "model.features=8", "reg.name=sja",
-                            "optim.epochs=1", "train.progress=false", "train.jac_stats_iters=2",
-                            "train.jac_stats_batches=1"])
+                            "optim.epochs=1", "train.progress=false", "train.ref_max_iter=8",
+                            "train.ref_slices=2"])
     row = train(sr, tmp_path / "sr")
     assert row["psnr"] > 0 and row["val_sigma_ja_mean"] > 0
 
@@ -295,7 +295,7 @@ def test_varnet_multicoil_training_with_penalty(tmp_path):
                              "data.mask_type=equispaced_fraction", "data.center_fractions=[0.125]",
                              "reg.name=sja+sj", "optim.epochs=1", "train.progress=false",
                              "data.batch_size=2", "data.coil_compression=3",
-                             "train.jac_stats_iters=2"])
+                             "train.ref_max_iter=8"])
     row = train(cfg, tmp_path / "run")
     assert row["train_penalty"] > 0 and row["val_sigma_ja_mean"] > 0 and row["ssim"] > 0
 

@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 
 from ..data.fastmri import H5_SUFFIXES
 from ..data.h5format import TARGET_KEYS
-from ..train.checkpoint import load_model
-from ..train.trainer import resolve_device
-from .metrics import aggregate, volume_metrics
+from ..checkpoint import load_model
+from ..runtime import resolve_device
+from ..metrics import aggregate, volume_metrics
 from .report import md_table, staged_dir, write_csv, write_json, write_report
 
 
@@ -124,7 +124,7 @@ def reconstruct_kspace(model, kspace, mask, sens_maps=None, device: str = "cpu",
 
     Args:
         model: a checkpoint path, or a :class:`~mrijac.models.Reconstructor` (e.g. from
-            :func:`mrijac.train.checkpoint.load_model`).
+            :func:`mrijac.checkpoint.load_model`).
         kspace: one slice ``(H, W)`` / ``(C, H, W)`` or a volume ``(S, H, W)`` /
             ``(S, C, H, W)``, complex (already undersampled).
         mask: ``(W,)`` column mask or ``(H, W)`` mask (the same for every slice).

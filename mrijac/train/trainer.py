@@ -4,21 +4,23 @@ from __future__ import annotations
 import csv
 import math
 import os
-import random
 import shutil
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..evaluate.reconstruct import jacobian_stats, reconstruct, score
+from ..inference import jacobian_stats, reconstruct, score
 from ..jacobian import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, _flatten, config_from_dict, save_config
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..config import Config, _flatten, config_from_dict, save_config
+from ..runtime import resolve_device, seed_everything
 from .losses import DataLoss
-from .tasks import build_reconstructor, make_task
+from ..jacobian.reference import reference_sigma
+from ..tasks import build_reconstructor, fixed_batches, make_task
 from .warm import WarmStore
 
 JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
@@ -27,8 +29,10 @@ JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
 HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_sigma_ja",
                   "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ssim", "psnr", "nmse",
                   "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
-                  "val_sigma_j_mean", "val_sigma_j_max", "lambda_ja", "lambda_j", "data_wait_frac",
-                  "step_time", "epoch_time"]
+                  "val_sigma_j_mean", "val_sigma_j_max", "train_ref_sigma_ja_mean",
+                  "train_ref_sigma_ja_max", "train_ref_sigma_j_mean", "train_ref_sigma_j_max",
+                  "est_ratio_ja", "est_ratio_j", "ref_residual", "ref_time", "lambda_ja",
+                  "lambda_j", "data_wait_frac", "step_time", "epoch_time"]
 
 
 class NonFiniteError(RuntimeError):
@@ -41,20 +45,6 @@ class Interrupted(RuntimeError):
     def __init__(self, msg, signum=None):
         super().__init__(msg)
         self.signum = signum
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key train.device is 'cuda' but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -145,6 +135,10 @@ class Trainer:
         self.warm = WarmStore(r.warm_start) if self.jac is not None and \
             self.jac.kind == "spectral" and r.warm_start != "none" else None
         self.held = None  # reg.every_mode=hold: the last penalty gradient, unscaled
+        # the reference σ: fixed probe batches per split, their Lanczos vectors (warm starts),
+        # and the last penalised (arg-max) samples with the estimate training used for them
+        self.probes, self.ref_warm = None, {}
+        self.penalised = deque(maxlen=2 * max(cfg.train.ref_slices, 1))
         prec = str(cfg.train.precision)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
         self.scaler = torch.amp.GradScaler("cuda") if prec == "fp16" and \
@@ -289,6 +283,7 @@ class Trainer:
             self.scaler.unscale_(self.opt)
         if stats:  # after backward: method=fd gets its next vectors from that pass
             self._warm_put(info, stats)
+            self._record_penalised(y, A, stats)
         self._sync_grads()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -301,6 +296,64 @@ class Trainer:
         return {"loss": loss.item(), "penalty": float(pen.detach()) + float(wpen.detach()),
                 "sigma_ja": float(stats["sigma_ja"].mean()) if "sigma_ja" in stats else math.nan,
                 "sigma_j": float(stats["sigma_j"].mean()) if "sigma_j" in stats else math.nan}
+
+    def _record_penalised(self, y, A, stats):
+        """Keep the sample that carried each term's penalty (the arg-max) with its estimate."""
+        if not self.cfg.train.ref_slices:
+            return
+        idx = stats.get("index")
+        for t in ("ja", "j"):
+            s = stats.get(f"sigma_{t}")
+            if s is None or not len(s):
+                continue
+            j = int(torch.argmax(s))
+            b = int(idx[j]) if idx is not None else j
+            op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
+            self.penalised.append((t, y[b:b + 1].detach(), op, float(s[j])))
+
+    def _estimate_ratios(self) -> dict:
+        """Median of (training-time σ estimate / reference σ now) over the recent arg-max
+        samples, per term: does the penalty aim at the true norm?"""
+        out = {}
+        c = self.cfg.train
+        g = torch.Generator().manual_seed(c.seed)
+        for t in ("ja", "j"):
+            rows = [r for r in self.penalised if r[0] == t]
+            if not rows:
+                continue
+            y = torch.cat([r[1] for r in rows])
+            ops = [r[2] for r in rows]
+            A = ops[0] if ops[0] is None or len(ops) == 1 else type(ops[0]).cat(ops)
+            self.model.eval()
+            ref = reference_sigma(self.model.as_function(A), y, A if t == "ja" else None,
+                                  c.ref_tol, c.ref_max_iter, generator=g)
+            est = torch.tensor([r[3] for r in rows], dtype=torch.float64)
+            out[f"est_ratio_{t}"] = float((est / ref.sigma.cpu().clamp_min(1e-30)).median())
+        return out
+
+    def _reference_rows(self) -> dict:
+        """Reference σ (Lanczos) on the fixed val and train probes, and estimate ratios."""
+        c = self.cfg.train
+        if not c.ref_slices:
+            return {}
+        t0 = time.perf_counter()
+        if self.probes is None:
+            self.probes = {s: [(y, A) for y, A, _, _ in
+                               fixed_batches(self.task, s, c.ref_slices, c.seed + 1, self.device)]
+                           for s in ("val", "train")}
+        out, resid = {}, []
+        for split, prefix in (("val", "val_"), ("train", "train_ref_")):
+            js = jacobian_stats(self.model, self.probes[split], c.ref_tol, c.ref_max_iter,
+                                seed=c.seed, warm=self.ref_warm.setdefault(split, {}))
+            if not js:
+                continue
+            for k in ("sigma_ja", "sigma_j"):
+                out[f"{prefix}{k}_mean"], out[f"{prefix}{k}_max"] = js[k]["mean"], js[k]["max"]
+            resid.append(js["max_residual"])
+        out.update(self._estimate_ratios())
+        out["ref_residual"] = max(resid) if resid else math.nan
+        out["ref_time"] = time.perf_counter() - t0
+        return out
 
     def _loader(self, epoch):
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1009 + epoch)
@@ -326,12 +379,7 @@ class Trainer:
         if "zero_filled" in s:
             for m, v in s["zero_filled"]["aggregate"].items():
                 out[f"zf_{m}"] = v["mean"]
-        if c.jac_stats_batches:
-            js = jacobian_stats(self.model, self.task, self.task.loader("val", False),
-                                self.device, c.jac_stats_batches, c.jac_stats_iters,
-                                seed=c.seed + self.epoch)
-            for k in ("sigma_ja", "sigma_j"):
-                out[f"val_{k}_mean"], out[f"val_{k}_max"] = js[k]["mean"], js[k]["max"]
+        out.update(self._reference_rows())
         return out
 
     def fit(self) -> dict:
@@ -491,6 +539,9 @@ class Trainer:
                 msg += f", {m.upper()} {row[m]:.4g}"
         if "val_sigma_ja_mean" in row:
             msg += f", σ(JA) {row['val_sigma_ja_mean']:.3g}, σ(J) {row['val_sigma_j_mean']:.3g}"
+        for t, name in (("ja", "σ(JA)"), ("j", "σ(J)")):
+            if f"est_ratio_{t}" in row:
+                msg += f", estimate/reference {name} {row[f'est_ratio_{t}']:.2f}"
         if self.cfg.train.progress:
             tqdm.write(msg)
 

@@ -102,8 +102,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
     precision: str = "32"          # 32 | bf16 | fp16 (autocast; fp16 on CUDA with a grad scaler)
-    jac_stats_batches: int = 2     # validation batches for σ(J A), σ(J) each epoch
-    jac_stats_iters: int = 10
+    ref_slices: int = 4            # probe slices (val and train) for the reference σ each epoch (0: off)
+    ref_tol: float = 1e-3          # reference σ: Lanczos relative residual tolerance
+    ref_max_iter: int = 60         # reference σ: cap on Lanczos steps
     ge_batches: int = 8            # training batches re-evaluated for GE each epoch (0: all)
     progress: bool = True
 
@@ -170,8 +171,16 @@ def _coerce(key: str, value, default):
     return value
 
 
+RENAMED = {"train.jac_stats_batches": "train.ref_slices (probe slices for the converged "
+                                      "reference σ, Lanczos)",
+           "train.jac_stats_iters": "train.ref_tol and train.ref_max_iter (the reference σ "
+                                    "runs to a tolerance, not a fixed number of iterations)"}
+
+
 def _set(cfg: Config, key: str, value) -> None:
     parts = key.split(".")
+    if key in RENAMED:
+        raise ValueError(f"config key {key} was replaced by {RENAMED[key]}")
     if key not in valid_keys():
         sec = parts[0] if parts[0] in _section_classes() else None
         choices = [k for k in valid_keys() if sec is None or k.startswith(sec + ".")]
@@ -220,8 +229,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(d: dict) -> Config:
+    """Config from a saved dictionary (a checkpoint's); keys of older versions that were
+    replaced are dropped (their defaults apply)."""
     cfg = Config()
     for k, v in _flatten(d).items():
+        if k in RENAMED:
+            continue
         _set(cfg, k, v)
     validate(cfg)
     return cfg
@@ -244,8 +257,8 @@ def validate(cfg: Config) -> None:
         if not (val > 0 if strict else val >= 0):
             raise ValueError(f"config key {key} must be {'>' if strict else '>='} 0, got {val!r}")
 
-    from ..models import MODELS
-    from ..operators.masks import MASK_TYPES
+    from .models import MODELS
+    from .operators.masks import MASK_TYPES
     choice("task", cfg.task, TASKS)
     d, m, r, o, t = cfg.data, cfg.model, cfg.reg, cfg.optim, cfg.train
     choice("data.challenge", d.challenge, ("singlecoil", "multicoil"))
@@ -301,13 +314,16 @@ def validate(cfg: Config) -> None:
     positive("optim.epochs", o.epochs)
     positive("optim.weight_decay", o.weight_decay, strict=False)
     positive("optim.grad_clip", o.grad_clip, strict=False)
+    positive("train.ref_slices", t.ref_slices, strict=False)
+    positive("train.ref_tol", t.ref_tol)
+    positive("train.ref_max_iter", t.ref_max_iter)
     choice("train.device", t.device, ("auto", "cpu", "cuda"))
     choice("train.precision", str(t.precision), ("32", "bf16", "fp16"))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from ..atomic import atomic_path
+    from .atomic import atomic_path
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

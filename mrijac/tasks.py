@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import DnCNN, EDSR, FCNet, WDSR, Reconstructor, Unet, VarNetReconstructor
+from .models import DnCNN, EDSR, FCNet, WDSR, Reconstructor, Unet, VarNetReconstructor
 
 
 def resolve_workers(n: int) -> int:
@@ -68,7 +68,7 @@ class MRITask:
     name = "mri"
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
-        from ..data import MaskConfig, MRISliceDataset
+        from .data import MaskConfig, MRISliceDataset
         d = cfg.data
         root = Path(d.root)
         if not d.root:
@@ -90,7 +90,7 @@ class MRITask:
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def loader(self, split, shuffle, generator=None, sampler=None):
-        from ..data import collate_mri
+        from .data import collate_mri
         return torch.utils.data.DataLoader(
             self.datasets[split], batch_size=self.batch_size, shuffle=shuffle and sampler is None,
             num_workers=self.workers, collate_fn=collate_mri, generator=generator,
@@ -108,7 +108,7 @@ class CSTask:
     name = "cs"
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
-        from ..data.mnist import MNISTCompressedSensing
+        from .data.mnist import MNISTCompressedSensing
         d = cfg.data
         if paths:
             d.mnist_dir = str(next(iter(paths.values())))
@@ -142,7 +142,7 @@ class SRTask:
     name = "sr"
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
-        from ..data.images import ImageFolderSR
+        from .data.images import ImageFolderSR
         d = cfg.data
         self.datasets = {}
         for s in splits:
@@ -171,3 +171,26 @@ class SRTask:
 def make_task(cfg, splits=("train", "val"), paths: dict | None = None):
     """The task of ``cfg.task`` with the datasets of ``splits`` (``paths`` overrides folders)."""
     return {"mri": MRITask, "cs": CSTask, "sr": SRTask}[cfg.task](cfg, splits, paths)
+
+
+def fixed_batches(task, split: str, n: int, seed: int, device) -> list:
+    """``n`` samples of ``split`` chosen once from ``seed`` — the same slices, masks and noise
+    every call — as unpacked batches ``[(y, A, target, info), …]`` on ``device``.
+
+    Used as probe sets (reference σ each validation epoch).  Training-mode randomness (masks,
+    patches) is drawn under a forked RNG seeded from ``seed``, so calling this changes no
+    global random state.
+    """
+    ds = task.datasets[split]
+    n = min(int(n), len(ds))
+    if n <= 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    idx = sorted(torch.randperm(len(ds), generator=g)[:n].tolist())
+    base = task.loader(split, False)
+    bs = base.batch_size or 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=bs,
+                                             collate_fn=base.collate_fn, num_workers=0)
+        return [task.unpack(b, device) for b in loader]

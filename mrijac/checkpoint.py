@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from .atomic import atomic_path
 
 FORMAT = "mrijac-checkpoint"
 VERSION = 1
