@@ -83,6 +83,9 @@ class RegConfig:
     alternate: bool = False       # sja+sj / fja+fj: one term per penalised step, in turn (×2)
     fd_step: float = 0.0          # method=fd: relative finite-difference step (0: 0.3·sqrt(eps))
     fd_recompute: bool = False    # method=fd: checkpoint the perturbed copies (less memory)
+    pool: int = 0                 # method=fd: track this many hardest training samples every step (0: off)
+    pool_refresh: int = 10        # pool: steps between candidate draws
+    pool_iters: int = 10          # pool: Lanczos steps per term to score a candidate
 
 
 @dataclass
@@ -304,6 +307,13 @@ def validate(cfg: Config) -> None:
     if not 0 <= r.fd_step < 1:
         raise ValueError(f"config key reg.fd_step must be in [0, 1), got {r.fd_step}")
     choice("reg.warm_start", r.warm_start, ("none", "batch", "sample"))
+    positive("reg.pool", r.pool, strict=False)
+    positive("reg.pool_refresh", r.pool_refresh)
+    positive("reg.pool_iters", r.pool_iters)
+    if r.pool and (r.method != "fd" or r.name not in ("sj", "sja", "sja+sj")):
+        raise ValueError(f"reg.pool (tracked samples) needs reg.method=fd and a spectral "
+                         f"penalty (sj, sja, sja+sj), got reg.method={r.method}, "
+                         f"reg.name={r.name}")
     if "ja" in r.name and r.lambda_ja == 0:
         raise ValueError(f"reg.name={r.name} needs reg.lambda_ja > 0 or 'auto'")
     if r.name in ("sj", "fj", "sja+sj", "fja+fj") and r.lambda_j == 0:

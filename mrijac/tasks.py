@@ -173,24 +173,28 @@ def make_task(cfg, splits=("train", "val"), paths: dict | None = None):
     return {"mri": MRITask, "cs": CSTask, "sr": SRTask}[cfg.task](cfg, splits, paths)
 
 
-def fixed_batches(task, split: str, n: int, seed: int, device) -> list:
-    """``n`` samples of ``split`` chosen once from ``seed`` — the same slices, masks and noise
-    every call — as unpacked batches ``[(y, A, target, info), …]`` on ``device``.
+def fetch(task, split: str, indices, seed: int, device) -> list:
+    """Samples ``indices`` of ``split`` as unpacked batches ``[(y, A, target, info), …]`` on
+    ``device`` (the task's batch size, or 1 where samples differ in size), drawn the same
+    way every call: training-mode randomness (masks, patches) comes from a forked RNG seeded
+    from ``seed``, so calling this changes no global random state."""
+    ds = task.datasets[split]
+    base = task.loader(split, False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(indices)),
+                                             batch_size=base.batch_size or 1,
+                                             collate_fn=base.collate_fn, num_workers=0)
+        return [task.unpack(b, device) for b in loader]
 
-    Used as probe sets (reference σ each validation epoch).  Training-mode randomness (masks,
-    patches) is drawn under a forked RNG seeded from ``seed``, so calling this changes no
-    global random state.
-    """
+
+def fixed_batches(task, split: str, n: int, seed: int, device) -> list:
+    """``n`` samples of ``split`` chosen once from ``seed`` (the same slices, masks and noise
+    every call) as unpacked batches (see :func:`fetch`) — the probe sets of the reference σ."""
     ds = task.datasets[split]
     n = min(int(n), len(ds))
     if n <= 0:
         return []
     g = torch.Generator().manual_seed(seed)
-    idx = sorted(torch.randperm(len(ds), generator=g)[:n].tolist())
-    base = task.loader(split, False)
-    bs = base.batch_size or 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=bs,
-                                             collate_fn=base.collate_fn, num_workers=0)
-        return [task.unpack(b, device) for b in loader]
+    return fetch(task, split, sorted(torch.randperm(len(ds), generator=g)[:n].tolist()), seed,
+                 device)

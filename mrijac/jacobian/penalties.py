@@ -137,10 +137,12 @@ class JacobianPenalty:
 
     def __call__(self, f, y: torch.Tensor, A=None, step: int | None = None,
                  v0: dict | None = None, generator: torch.Generator | None = None,
-                 priority: torch.Tensor | None = None):
+                 priority: torch.Tensor | None = None, index: torch.Tensor | None = None):
         """``(out, penalty, stats)``; ``f`` is a callable ``y -> x̂`` or a module with
         ``as_function(A)``.  With ``samples`` set, ``stats["index"]`` lists the samples whose
-        σ and vectors ``stats`` holds (in that order); ``priority`` ``(B,)`` ranks them."""
+        σ and vectors ``stats`` holds (in that order); ``priority`` ``(B,)`` ranks them.
+        ``index`` (``method="fd"``): penalise exactly these rows of the batch (e.g. tracked
+        samples appended after the data, see :class:`~mrijac.train.pool.TrackedPool`)."""
         module = f if callable(getattr(f, "as_function", None)) else None
         fn = module.as_function(A) if module is not None else f
         if not self.active(step):
@@ -151,9 +153,12 @@ class JacobianPenalty:
         if subset and module is None:
             raise ValueError("JacobianPenalty(samples=…) needs a module with as_function(A) "
                              "(a Reconstructor), not a plain callable")
+        if index is not None and self.method != "fd":
+            raise ValueError("JacobianPenalty(index=…) needs method='fd'")
         if self.method == "fd":
-            return self._fd(module, fn, y, A, terms, v0, generator,
-                            self._order(y, priority)[:self.samples] if subset else None)
+            if index is None and subset:
+                index = self._order(y, priority)[:self.samples]
+            return self._fd(module, fn, y, A, terms, v0, generator, index)
         if subset:
             return self._subset(module, y, A, terms, v0, generator, priority)
         return self._full(fn, y, A, terms, v0, generator)

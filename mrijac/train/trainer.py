@@ -21,6 +21,7 @@ from ..runtime import resolve_device, seed_everything
 from .losses import DataLoss
 from ..jacobian.reference import reference_sigma
 from ..tasks import build_reconstructor, fixed_batches, make_task
+from .pool import TrackedPool
 from .warm import WarmStore
 
 JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
@@ -132,7 +133,9 @@ class Trainer:
             if r.name == "sw" else None
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
             if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
-        self.warm = WarmStore(r.warm_start) if self.jac is not None and \
+        self.pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) \
+            if self.jac is not None and r.pool else None
+        self.warm = WarmStore(r.warm_start) if self.jac is not None and self.pool is None and \
             self.jac.kind == "spectral" and r.warm_start != "none" else None
         self.held = None  # reg.every_mode=hold: the last penalty gradient, unscaled
         # the reference σ: fixed probe batches per split, their Lanczos vectors (warm starts),
@@ -160,6 +163,7 @@ class Trainer:
                 "jac": self.jac.state_dict() if self.jac else {},
                 "sw": self.sw.state_dict() if self.sw else {},
                 "warm": self.warm.state_dict() if self.warm is not None else {},
+                "pool": self.pool.state_dict() if self.pool is not None else {},
                 "held": None if self.held is None else
                 [None if g is None else g.cpu() for g in self.held],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
@@ -179,6 +183,8 @@ class Trainer:
             self.scaler.load_state_dict(ck["scaler"])
         if self.warm is not None:
             self.warm.load_state_dict(ck["warm"])
+        if self.pool is not None:
+            self.pool.load_state_dict(ck.get("pool", {}), self.device)
         held = ck.get("held")
         self.held = None if held is None else [None if g is None else g.to(self.device)
                                                for g in held]
@@ -233,7 +239,16 @@ class Trainer:
         # mixed precision: network passes (tangents included) under autocast, losses in float32
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            if self.jac is not None and self.jac.active(self.step):
+            py, pA = y, A  # what the penalty saw (the pool appends its samples)
+            if self.jac is not None and self.jac.active(self.step) and self.pool is not None:
+                self.pool.maybe_refresh(self.model, self.task, self.jac.terms, self.step,
+                                        self.device)
+                py, pA, index, v0 = self.pool.extend(self.task, y, A, self.jac.terms,
+                                                     self.device)
+                out, pen, stats = self.jac(self.model, py, pA, step=self.step, v0=v0,
+                                           index=index)
+                out = out[:y.shape[0]]
+            elif self.jac is not None and self.jac.active(self.step):
                 out, pen, stats = self.jac(self.model, y, A, step=self.step,
                                            v0=self._warm_get(info, y),
                                            priority=self._priority(info))
@@ -282,8 +297,11 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         if stats:  # after backward: method=fd gets its next vectors from that pass
-            self._warm_put(info, stats)
-            self._record_penalised(y, A, stats)
+            if self.pool is not None:
+                self.pool.update(stats)
+            else:
+                self._warm_put(info, stats)
+            self._record_penalised(py, pA, stats)
         self._sync_grads()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
