@@ -167,7 +167,9 @@ def cmd_evaluate(a):
                             jac_batches=a.jac_batches)
     agg = r["aggregate"]
     print("  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in agg.items())
-          + f"  GE {r['ge']:.4g}")
+          + (f"  GE {r['ge']:.4g}" if r.get("ge") is not None else ""))
+    if r.get("ge") is None:
+        print(r["generalization"]["omitted"])
     print(f"report: {Path(a.out) / 'report.html'}")
 
 

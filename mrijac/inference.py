@@ -15,8 +15,9 @@ from .metrics import aggregate, image_metrics, volume_metrics
 @torch.no_grad()
 def reconstruct(model, task, loader, device, max_batches: int | None = None,
                 progress: bool = False, desc: str = "reconstruct", loss_fn=None) -> dict:
-    """Reconstruct every batch; returns ``{"items": [...], "l2": mean ℓ2 loss}`` (and
-    ``"loss"``, the mean of ``loss_fn(out, target, max)`` per sample, when given).
+    """Reconstruct every batch; returns ``{"items": [...], "l2": mean ℓ2 loss, "l2_values",
+    "rel_values": per-sample ℓ2 and relative error ‖f(y) − x‖/‖x‖}`` (and ``"loss"``, the
+    mean of ``loss_fn(out, target, max)`` per sample, when given).
 
     MRI items are volumes (slices gathered by file name, sorted by slice): ``name``, ``pred``,
     ``target``, ``zero_filled`` ``(S, h, w)`` float32 and ``maxval``.  CS/SR items are single
@@ -24,14 +25,16 @@ def reconstruct(model, task, loader, device, max_batches: int | None = None,
     """
     model.eval()
     vols = defaultdict(dict)
-    items, l2_sum, loss_sum, n = [], 0.0, 0.0, 0
+    items, l2s, rels, loss_sum, n = [], [], [], 0.0, 0
     for b, batch in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
         if max_batches and b >= max_batches:
             break
         y, A, target, info = task.unpack(batch, device)
         out = model(y, A)
         if target is not None:
-            l2_sum += (out - target).reshape(len(out), -1).norm(dim=1).sum().item()
+            err = (out - target).reshape(len(out), -1).norm(dim=1)
+            l2s += err.tolist()
+            rels += (err / target.reshape(len(out), -1).norm(dim=1).clamp_min(1e-30)).tolist()
             if loss_fn is not None:
                 loss_sum += loss_fn(out, target, info.get("max")).item() * len(out)
             n += len(out)
@@ -54,7 +57,8 @@ def reconstruct(model, task, loader, device, max_batches: int | None = None,
                       "target": None if tg[0] is None else np.stack(tg),
                       "zero_filled": np.stack([sl[k][2] for k in keys]),
                       "maxval": sl[keys[0]][3]})
-    res = {"items": items, "l2": l2_sum / max(n, 1)}
+    res = {"items": items, "l2": float(np.mean(l2s)) if l2s else 0.0, "l2_values": l2s,
+           "rel_values": rels}
     if loss_fn is not None:
         res["loss"] = loss_sum / max(n, 1)
     return res

@@ -39,13 +39,41 @@ def image_metrics(gt: np.ndarray, pred: np.ndarray, data_range: float = 1.0) -> 
             "nmse": float(np.linalg.norm(gt - pred) ** 2 / np.linalg.norm(gt) ** 2)}
 
 
-def aggregate(per_item: list[dict]) -> dict:
-    """``{metric: {"mean": …, "std": …}}`` over volumes; the sample standard deviation
-    (ddof 1, 0 for a single volume), as ``fastmri.evaluate.Metrics`` reports it."""
+def aggregate(per_item: list[dict], seed: int = 0) -> dict:
+    """``{metric: {"mean", "std", "ci95"}}`` over volumes: the sample standard deviation
+    (ddof 1, 0 for a single volume), as ``fastmri.evaluate.Metrics`` reports it, and a
+    bootstrap 95 % interval of the mean (:func:`bootstrap_ci`)."""
     out = {}
     for m in METRICS:
         vals = np.array([d[m] for d in per_item if m in d], dtype=np.float64)
         if len(vals):
             std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-            out[m] = {"mean": float(vals.mean()), "std": std}
+            out[m] = {"mean": float(vals.mean()), "std": std,
+                      "ci95": list(bootstrap_ci([vals], np.mean, seed=seed))}
     return out
+
+
+def bootstrap_ci(samples: list, stat, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(*samples)``, each sample resampled with
+    replacement independently (seeded).  NaN when a sample has fewer than 2 values."""
+    arrs = [np.asarray(s, dtype=np.float64).reshape(-1) for s in samples]
+    if any(len(a) < 2 for a in arrs):
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    reps = np.array([stat(*[a[rng.integers(0, len(a), len(a))] for a in arrs])
+                     for _ in range(n_boot)])
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def generalization_gap(test_losses, train_losses, seed: int = 0) -> dict:
+    """``GE = |mean(test) − mean(train)|`` of per-sample losses with its bootstrap 95 %
+    interval (test and training samples resampled independently)."""
+    te = np.asarray(test_losses, dtype=np.float64)
+    tr = np.asarray(train_losses, dtype=np.float64)
+    gap = lambda a, b: abs(a.mean() - b.mean())  # noqa: E731
+    return {"ge": float(gap(te, tr)) if len(te) and len(tr) else float("nan"),
+            "ci95": list(bootstrap_ci([te, tr], gap, seed=seed)),
+            "test": float(te.mean()) if len(te) else float("nan"),
+            "train": float(tr.mean()) if len(tr) else float("nan")}

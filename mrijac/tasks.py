@@ -173,11 +173,11 @@ def make_task(cfg, splits=("train", "val"), paths: dict | None = None):
     return {"mri": MRITask, "cs": CSTask, "sr": SRTask}[cfg.task](cfg, splits, paths)
 
 
-def fetch(task, split: str, indices, seed: int, device) -> list:
-    """Samples ``indices`` of ``split`` as unpacked batches ``[(y, A, target, info), …]`` on
-    ``device`` (the task's batch size, or 1 where samples differ in size), drawn the same
+def fixed_raw(task, split: str, indices, seed: int) -> list:
+    """Samples ``indices`` of ``split`` as collated (not yet unpacked) batches, drawn the same
     way every call: training-mode randomness (masks, patches) comes from a forked RNG seeded
-    from ``seed``, so calling this changes no global random state."""
+    from ``seed``, so calling this changes no global random state.  Batches hold the task's
+    batch size (1 where samples differ in size)."""
     ds = task.datasets[split]
     base = task.loader(split, False)
     with torch.random.fork_rng(devices=[]):
@@ -185,16 +185,25 @@ def fetch(task, split: str, indices, seed: int, device) -> list:
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(indices)),
                                              batch_size=base.batch_size or 1,
                                              collate_fn=base.collate_fn, num_workers=0)
-        return [task.unpack(b, device) for b in loader]
+        return list(loader)
+
+
+def seeded_indices(task, split: str, n: int, seed: int) -> list[int]:
+    """``n`` indices of ``split`` (all when ``n`` is 0 or larger), chosen once from ``seed``."""
+    size = len(task.datasets[split])
+    n = size if n <= 0 else min(int(n), size)
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(size, generator=g)[:n].tolist())
+
+
+def fetch(task, split: str, indices, seed: int, device) -> list:
+    """:func:`fixed_raw` unpacked: ``[(y, A, target, info), …]`` on ``device``."""
+    return [task.unpack(b, device) for b in fixed_raw(task, split, indices, seed)]
 
 
 def fixed_batches(task, split: str, n: int, seed: int, device) -> list:
     """``n`` samples of ``split`` chosen once from ``seed`` (the same slices, masks and noise
-    every call) as unpacked batches (see :func:`fetch`) — the probe sets of the reference σ."""
-    ds = task.datasets[split]
-    n = min(int(n), len(ds))
+    every call) as unpacked batches — the probe sets of the reference σ."""
     if n <= 0:
         return []
-    g = torch.Generator().manual_seed(seed)
-    return fetch(task, split, sorted(torch.randperm(len(ds), generator=g)[:n].tolist()), seed,
-                 device)
+    return fetch(task, split, seeded_indices(task, split, n, seed), seed, device)

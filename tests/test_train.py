@@ -74,14 +74,16 @@ def test_train_each_regularizer(data, tmp_path, reg):
 
 
 @pytest.mark.parametrize("extra", [["reg.method=forward"],
-                                   ["reg.method=fd", "reg.every=3", "reg.every_mode=hold"]])
+                                   ["reg.method=fd", "reg.every=3", "reg.every_mode=hold"],
+                                   ["reg.method=fd", "reg.pool=2", "reg.pool_refresh=2"]])
 def test_resume_gives_the_same_weights(data, tmp_path, extra):
     over = ["reg.name=sja+sj", "reg.warm_start=sample", "optim.schedule=step", "optim.step_size=1",
             *extra]
     train(cfg_for(data, *over), tmp_path / "full")
     train(cfg_for(data, *over, "optim.epochs=1"), tmp_path / "part")
     t = Trainer(cfg_for(data, *over), tmp_path / "part", resume=True)
-    assert t.epoch == 1 and t.warm  # state came back, warm-start vectors included
+    # state came back, warm-start vectors (or the tracked pool) included
+    assert t.epoch == 1 and (t.warm or t.pool.entries)
     t.fit()
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "final.pt")["model"]
     b = load_checkpoint(tmp_path / "part" / "checkpoints" / "final.pt")["model"]
@@ -239,6 +241,30 @@ def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, ext
                      (["reg.fd_step=1.5"], "reg.fd_step")]:
         with pytest.raises(ValueError, match=msg):
             cfg_for(data, "reg.name=sja+sj", "reg.method=fd", *bad)
+
+
+def test_pool_estimate_tracks_the_reference_sigma(data, tmp_path):
+    """reg.pool: the tracked samples' vectors advance every step, so the estimate the penalty
+    uses agrees with the converged (Lanczos) σ of the same sample and weights."""
+    from mrijac.jacobian import reference_sigma
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.method=fd", "reg.pool=1",
+                        "reg.pool_refresh=3", "reg.lambda_ja=0.1", "reg.lambda_j=0.1",
+                        "optim.epochs=4", "optim.lr=0.0003"), tmp_path / "r")
+    row = t.fit()
+    assert len(t.pool.entries) == 1 and t.warm is None
+    e = t.pool.entries[0]
+    y, A = t.pool.sample(t.task, e.index, t.device)
+    t.model.eval()
+    f = t.model.as_function(A)
+    ref = max(float(reference_sigma(f, y, op, tol=1e-6, max_iter=200).sigma[0])
+              for op in (A, None))
+    assert abs(e.sigma - ref) / ref < 0.05, (e.sigma, ref)
+    for k in ("est_ratio_ja", "est_ratio_j"):
+        assert 0.9 < row[k] < 1.1, row
+    for name, v in e.vectors.items():
+        assert abs(float(torch.linalg.vector_norm(v)) - 1) < 1e-5
+    with pytest.raises(ValueError, match="reg.pool"):
+        cfg_for(data, "reg.name=sja+sj", "reg.method=forward", "reg.pool=1")
 
 
 def test_sigterm_mid_epoch_checkpoint_and_exact_resume(data, tmp_path, monkeypatch):

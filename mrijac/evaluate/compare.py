@@ -9,7 +9,7 @@ from pathlib import Path
 from .figures import bars_figure, curves_figure
 from .report import md_table, staged_dir, write_csv, write_json, write_report
 
-COLUMNS = ["ssim", "psnr", "nmse", "ge", "test_loss", "train_loss", "sigma_ja_mean",
+COLUMNS = ["ssim", "psnr", "nmse", "ge", "rel_ge", "test_loss", "train_loss", "sigma_ja_mean",
            "sigma_ja_max", "sigma_j_mean", "sigma_j_max"]
 
 
@@ -38,7 +38,8 @@ def load_run(path) -> dict:
     if mj is not None:
         r = json.loads(mj.read_text())
         row = {"run": path.name, "regularizer": r.get("regularizer"),
-               "test_loss": r.get("test_loss"), "train_loss": r.get("train_loss"), "ge": r.get("ge")}
+               "test_loss": r.get("test_loss"), "train_loss": r.get("train_loss"), "ge": r.get("ge"),
+               "rel_ge": (r.get("generalization") or {}).get("rel_ge")}
         for m, v in r.get("aggregate", {}).items():
             row[m] = v["mean"]
         for k in ("sigma_ja", "sigma_j"):
@@ -53,7 +54,8 @@ def load_run(path) -> dict:
         raise ValueError(f"{path}: neither metrics.json (an evaluation) nor history.csv (a run)")
     last = hist[-1]
     row = {"run": path.name, "regularizer": "?", "test_loss": last.get("val_l2"),
-           "train_loss": last.get("train_l2"), "ge": last.get("ge"), "ssim": last.get("ssim"),
+           "train_loss": last.get("train_l2"), "ge": last.get("ge"), "rel_ge": last.get("rel_ge"),
+           "ssim": last.get("ssim"),
            "psnr": last.get("psnr"), "nmse": last.get("nmse"),
            "sigma_ja_mean": last.get("val_sigma_ja_mean"), "sigma_ja_max": last.get("val_sigma_ja_max"),
            "sigma_j_mean": last.get("val_sigma_j_mean"), "sigma_j_max": last.get("val_sigma_j_max")}

@@ -10,6 +10,7 @@ from ..checkpoint import load_model
 from ..tasks import make_task
 from ..runtime import resolve_device
 from .figures import curves_figure, reconstruction_figure
+from ..metrics import generalization_gap
 from ..inference import jacobian_stats, reconstruct, score
 from .report import fmt, md_table, staged_dir, write_csv, write_json, write_report
 
@@ -40,14 +41,14 @@ def evaluate_checkpoint(checkpoint, data, out, overwrite: bool = False, device: 
         if not any(it["target"] is not None for it in rec["items"]):
             raise ValueError(f"{data}: no targets to evaluate against (test files?)")
         s = score(rec, cfg.task)
-        train_l2 = float(ck.get("train_loss_eval", math.nan))
-        ge = abs(rec["l2"] - train_l2) if math.isfinite(train_l2) else math.nan
+        gen = generalization(cfg, ck, data, rec)
         js = jacobian_stats(model, _first_batches(task, loader, dev, jac_batches), jac_tol,
                             jac_max_iter, seed=cfg.train.seed)
         result = {"checkpoint": str(checkpoint), "data": str(data), "task": cfg.task,
                   "model": cfg.model.name, "regularizer": cfg.reg.name, "epochs": ck.get("epoch"),
                   "per_volume": s["per_volume"], "aggregate": s["aggregate"],
-                  "test_loss": rec["l2"], "train_loss": train_l2, "ge": ge, "jacobian": js}
+                  "test_loss": rec["l2"], "train_loss": gen.get("train"), "ge": gen.get("ge"),
+                  "generalization": gen, "jacobian": js}
         if "zero_filled" in s:
             result["zero_filled"] = s["zero_filled"]
         write_json(tmp / "metrics.json", result)
@@ -64,6 +65,40 @@ def evaluate_checkpoint(checkpoint, data, out, overwrite: bool = False, device: 
         curves = curves_figure(tmp / "figures" / "curves.png", {cfg.name: hist}) if hist else None
         write_report(tmp, _markdown(result, figs, curves), f"mrijac evaluation: {cfg.name}")
     return result
+
+
+def held_out_reason(cfg, data) -> str | None:
+    """``None`` when ``data`` is the held-out split of the training distribution (the
+    run's own validation folder); otherwise why a generalization error would not be one."""
+    ref = {"mri": lambda: Path(cfg.data.root) / "val" if cfg.data.root else None,
+           "sr": lambda: Path(cfg.data.val_dir) if cfg.data.val_dir else None,
+           "cs": lambda: Path(cfg.data.mnist_dir) if cfg.data.mnist_dir else None}[cfg.task]()
+    if ref is not None and Path(data).resolve() == ref.resolve():
+        return None
+    return (f"GE omitted: {data} is not the held-out split of the training distribution "
+            f"({ref}); a loss gap to another dataset measures the change of data (scale, "
+            "anatomy, sampling), not generalization")
+
+
+def generalization(cfg, ck, data, rec) -> dict:
+    """GE = |test ℓ2 − train ℓ2| and the relative GE (errors ‖f(y) − x‖/‖x‖) with bootstrap
+    95 % intervals from the per-sample training losses saved at the end of training — or the
+    reason it is omitted."""
+    why = held_out_reason(cfg, data)
+    if why is not None:
+        return {"omitted": why}
+    tr_l2, tr_rel = ck.get("train_l2_values"), ck.get("train_rel_values")
+    if not tr_l2:
+        train_l2 = float(ck.get("train_loss_eval", math.nan))
+        if not math.isfinite(train_l2):
+            return {"omitted": "GE omitted: the checkpoint holds no training loss (not final)"}
+        return {"ge": abs(rec["l2"] - train_l2), "test": rec["l2"], "train": train_l2,
+                "ci95": [math.nan, math.nan], "note": "checkpoint without per-sample "
+                "training losses: no interval"}
+    ge = generalization_gap(rec["l2_values"], tr_l2, seed=cfg.train.seed)
+    rel = generalization_gap(rec["rel_values"], tr_rel, seed=cfg.train.seed)
+    return {**ge, "rel_ge": rel["ge"], "rel_ci95": rel["ci95"], "rel_test": rel["test"],
+            "rel_train": rel["train"]}
 
 
 def _first_batches(task, loader, device, n: int) -> list:
@@ -106,6 +141,18 @@ def _img(a):
     return a
 
 
+def _ge_lines(g: dict) -> list[str]:
+    if "omitted" in g:
+        return [g["omitted"] + "."]
+    ci = lambda c: "–" if not c or not math.isfinite(c[0]) else f"[{c[0]:.4g}, {c[1]:.4g}]"  # noqa: E731
+    rows = [["ℓ2 ‖f(y) − x‖", fmt(g["test"]), fmt(g["train"]), fmt(g["ge"]), ci(g.get("ci95"))]]
+    if "rel_ge" in g:
+        rows.append(["relative ‖f(y) − x‖/‖x‖", fmt(g["rel_test"]), fmt(g["rel_train"]),
+                     fmt(g["rel_ge"]), ci(g.get("rel_ci95"))])
+    return [md_table(["loss", "test (held-out)", "train", "GE = |test − train|",
+                      "95 % bootstrap interval"], rows)]
+
+
 def _markdown(r, figs, curves) -> str:
     agg, zf = r["aggregate"], r.get("zero_filled", {}).get("aggregate", {})
     rows = []
@@ -119,9 +166,7 @@ def _markdown(r, figs, curves) -> str:
              f"{r['epochs']} epochs; data `{r['data']}`, {len(r['per_volume'])} volumes/images.",
              "", "## Metrics (mean ± std over volumes)", "",
              md_table(["metric", "model", "zero-filled"], rows), "",
-             "## Generalization", "",
-             md_table(["test ℓ2 loss", "train ℓ2 loss", "GE = |test − train|"],
-                      [[r["test_loss"], r["train_loss"], r["ge"]]])]
+             "## Generalization", ""] + _ge_lines(r.get("generalization") or {})
     js = r.get("jacobian") or {}
     if js:
         lines += ["", f"## Jacobian statistics ({js['n_samples']} samples; converged reference "

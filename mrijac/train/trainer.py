@@ -20,7 +20,8 @@ from ..config import Config, _flatten, config_from_dict, save_config
 from ..runtime import resolve_device, seed_everything
 from .losses import DataLoss
 from ..jacobian.reference import reference_sigma
-from ..tasks import build_reconstructor, fixed_batches, make_task
+from ..metrics import generalization_gap
+from ..tasks import build_reconstructor, fixed_batches, fixed_raw, make_task, seeded_indices
 from .pool import TrackedPool
 from .warm import WarmStore
 
@@ -28,7 +29,8 @@ JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
             "sja+sj": ("spectral", True, True), "fj": ("frobenius", False, True),
             "fja": ("frobenius", True, False), "fja+fj": ("frobenius", True, True)}
 HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_sigma_ja",
-                  "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ssim", "psnr", "nmse",
+                  "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ge_lo", "ge_hi",
+                  "rel_ge", "rel_ge_lo", "rel_ge_hi", "ssim", "psnr", "nmse",
                   "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
                   "val_sigma_j_mean", "val_sigma_j_max", "train_ref_sigma_ja_mean",
                   "train_ref_sigma_ja_max", "train_ref_sigma_j_mean", "train_ref_sigma_j_max",
@@ -140,7 +142,7 @@ class Trainer:
         self.held = None  # reg.every_mode=hold: the last penalty gradient, unscaled
         # the reference σ: fixed probe batches per split, their Lanczos vectors (warm starts),
         # and the last penalised (arg-max) samples with the estimate training used for them
-        self.probes, self.ref_warm = None, {}
+        self.probes, self.ref_warm, self.ge_subset = None, {}, None
         self.penalised = deque(maxlen=2 * max(cfg.train.ref_slices, 1))
         prec = str(cfg.train.precision)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
@@ -388,10 +390,17 @@ class Trainer:
         rec = reconstruct(self.model, self.task, self.task.loader("val", False), self.device,
                           loss_fn=self.loss_fn)
         s = score(rec, self.task.name)
-        tr = reconstruct(self.model, self.task, self._loader(10_000 + self.epoch), self.device,
-                         max_batches=c.ge_batches or None)
+        if self.ge_subset is None:  # the same training samples (and masks) every epoch
+            n = c.ge_batches * self.task.batch_size
+            self.ge_subset = fixed_raw(self.task, "train",
+                                       seeded_indices(self.task, "train", n, c.seed + 2),
+                                       c.seed + 2)
+        tr = reconstruct(self.model, self.task, self.ge_subset, self.device)
+        ge = generalization_gap(rec["l2_values"], tr["l2_values"], seed=c.seed)
+        rge = generalization_gap(rec["rel_values"], tr["rel_values"], seed=c.seed)
         out = {"val_loss": rec["loss"], "val_l2": rec["l2"], "train_l2": tr["l2"],
-               "ge": abs(rec["l2"] - tr["l2"])}
+               "ge": ge["ge"], "ge_lo": ge["ci95"][0], "ge_hi": ge["ci95"][1],
+               "rel_ge": rge["ge"], "rel_ge_lo": rge["ci95"][0], "rel_ge_hi": rge["ci95"][1]}
         for m, v in s["aggregate"].items():
             out[m] = v["mean"]
         if "zero_filled" in s:
@@ -497,6 +506,8 @@ class Trainer:
             if self.rank == 0:
                 tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
                 payload = self._payload(final=True, train_l2=tr["l2"])
+                payload["train_l2_values"] = tr["l2_values"]
+                payload["train_rel_values"] = tr["rel_values"]
                 payload["ddp"] = ddp
                 save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
                 save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
