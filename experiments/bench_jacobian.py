@@ -116,6 +116,7 @@ def _rss_kib(field="VmRSS"):
 
 def run_row(spec: dict) -> dict:
     import torch
+
     from mrijac.jacobian import JacobianPenalty, operator_matrix
     from mrijac.models import DnCNN, FCNet, Reconstructor, Unet
     from mrijac.operators import GaussianCS, SingleCoilMRI, make_mask

@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _report import write_report
-from mrijac.data import write_synthetic_dataset
+
 from mrijac.config import load_config
+from mrijac.data import write_synthetic_dataset
 from mrijac.tasks import resolve_workers
 from mrijac.train.trainer import Trainer
 

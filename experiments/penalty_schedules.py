@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrijac.data import write_synthetic_dataset
-from mrijac.evaluate.figures import plt, _save
-from mrijac.jacobian import spectral_norm
 from mrijac.config import load_config
+from mrijac.data import write_synthetic_dataset
+from mrijac.evaluate.figures import _save, plt
+from mrijac.jacobian import spectral_norm
 from mrijac.train.trainer import Trainer
 
 
@@ -177,7 +177,8 @@ def main():
     md += ["", "## Warm start: σ(J A) from n = 1 warm vs a cold n = 10 estimate on the same batch", "",
            "| penalty | epoch | samples | median (warm − cold)/cold | within 2 % | within 5 % | range |",
            "|---|---|---|---|---|---|---|"] + [
-          f"| {WARM_TITLES[m]} | {e} | {w['n']} | {w['median_rel'] * 100:+.2f} % | {w['frac_within_2pct'] * 100:.0f} % | "
+          f"| {WARM_TITLES[m]} | {e} | {w['n']} | {w['median_rel'] * 100:+.2f} % | "
+          f"{w['frac_within_2pct'] * 100:.0f} % | "
           f"{w['frac_within_5pct'] * 100:.0f} % | {w['min_rel'] * 100:+.1f} % to {w['max_rel'] * 100:+.1f} % |"
           for m, wm in wl.items() for e, w in wm.items()] + ["",
           "How flat the top of the spectrum is (forward mode, epoch 2): median of σ(J A) "

@@ -106,8 +106,8 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda
     precision: str = "32"          # 32 | bf16 | fp16 (autocast; fp16 on CUDA with a grad scaler)
     ref_slices: int = 4            # probe slices (val and train) for the reference σ each epoch (0: off)
-    ref_tol: float = 1e-3          # reference σ: Lanczos relative residual tolerance
-    ref_max_iter: int = 60         # reference σ: cap on Lanczos steps
+    ref_tol: float = 1e-2          # reference σ: Lanczos relative residual (1e-2: σ to about 1 %)
+    ref_max_iter: int = 40         # reference σ: cap on Lanczos steps
     ge_batches: int = 8            # training batches re-evaluated for GE each epoch (0: all)
     progress: bool = True
 
@@ -142,12 +142,23 @@ def valid_keys() -> list[str]:
     return keys
 
 
+def _yaml_scalar(value):
+    """A YAML scalar from a string, with numbers such as ``1e-4`` read as floats (YAML 1.1,
+    which PyYAML implements, wants ``1.0e-4`` and would return the string)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value) if any(c in value.lower() for c in ".en") else int(value)
+    except ValueError:
+        return yaml.safe_load(value)
+
+
 def _coerce(key: str, value, default):
     """Convert ``value`` to the type of ``default`` (YAML scalars from strings)."""
     if key.endswith(("lambda_ja", "lambda_j")):  # a number or "auto"
-        return yaml.safe_load(value) if isinstance(value, str) and value != "auto" else value
+        return _yaml_scalar(value) if value != "auto" else value
     if isinstance(value, str) and not isinstance(default, str):
-        value = yaml.safe_load(value)
+        value = _yaml_scalar(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"config key {key} must be true or false, got {value!r}")
@@ -168,6 +179,8 @@ def _coerce(key: str, value, default):
             raise ValueError(f"config key {key} must be a mapping, got {value!r}")
         return value
     if isinstance(default, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # e.g. train.precision: 32 in YAML
         if not isinstance(value, str):
             raise ValueError(f"config key {key} must be a string, got {value!r}")
         return value

@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .config import load_config
 from .data.synthetic import write_synthetic_dataset
 from .evaluate.compare import compare_runs
 from .evaluate.report import md_table
 from .evaluate.runner import evaluate_checkpoint
-from .config import load_config
 from .train import train
 
 SETTINGS = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .models import DnCNN, EDSR, FCNet, WDSR, Reconstructor, Unet, VarNetReconstructor
+from .models import EDSR, WDSR, DnCNN, FCNet, Reconstructor, Unet, VarNetReconstructor
 
 
 def resolve_workers(n: int) -> int:

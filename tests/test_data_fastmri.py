@@ -1,9 +1,9 @@
 """fastMRI-format writer and the model-aware slice dataset."""
+import fastmri
 import h5py
 import numpy as np
 import pytest
 import torch
-import fastmri
 from fastmri.data import SliceDataset
 from fastmri.data.transforms import center_crop
 

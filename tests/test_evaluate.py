@@ -1,16 +1,16 @@
 """Evaluation: fastMRI-identical metrics, reports, GE, comparison."""
 import json
 
+import fastmri
 import numpy as np
 import pytest
-import fastmri
 from fastmri import evaluate as fe
 
+from mrijac.config import load_config
 from mrijac.data import MRISliceDataset, collate_mri, write_synthetic_dataset
 from mrijac.evaluate.compare import compare_runs
-from mrijac.metrics import aggregate, image_metrics, volume_metrics
 from mrijac.evaluate.runner import evaluate_checkpoint
-from mrijac.config import load_config
+from mrijac.metrics import aggregate, image_metrics, volume_metrics
 from mrijac.train.trainer import train
 
 

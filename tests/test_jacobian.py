@@ -5,9 +5,18 @@ import pytest
 import torch
 from torch import nn
 
-from mrijac.jacobian import (JacobianPenalty, WeightSpectralPenalty, auto_lambda,
-                             explicit_jacobian, frobenius_norm_sq, jvp, operator_matrix,
-                             spectral_norm, vjp, weight_decay_penalty)
+from mrijac.jacobian import (
+    JacobianPenalty,
+    WeightSpectralPenalty,
+    auto_lambda,
+    explicit_jacobian,
+    frobenius_norm_sq,
+    jvp,
+    operator_matrix,
+    spectral_norm,
+    vjp,
+    weight_decay_penalty,
+)
 from mrijac.models import DnCNN, Reconstructor
 from mrijac.operators import GaussianCS, SingleCoilMRI
 

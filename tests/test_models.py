@@ -4,8 +4,7 @@ import torch
 from torch import nn
 
 from mrijac.jacobian import explicit_jacobian
-from mrijac.models import (EDSR, WDSR, DnCNN, FCNet, Reconstructor, Unet, build_network,
-                           center_crop, safe_abs)
+from mrijac.models import EDSR, WDSR, DnCNN, FCNet, Reconstructor, Unet, build_network, center_crop, safe_abs
 from mrijac.operators import MultiCoilMRI, SingleCoilMRI
 
 

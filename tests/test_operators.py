@@ -1,14 +1,21 @@
 """Shared tests for every registered operator, plus references (fastmri, sigpy)."""
+import fastmri
 import numpy as np
 import pytest
 import sigpy as sp
 import sigpy.mri
 import torch
-import fastmri
 
-from mrijac.operators import (BlurDownsample, GaussianCS, MultiCoilMRI, SingleCoilMRI,
-                              batch_dot, batch_norm2, registered_operators)
-from mrijac.operators.masks import (fastmri_mask, gaussian1d_mask, make_mask)
+from mrijac.operators import (
+    BlurDownsample,
+    GaussianCS,
+    MultiCoilMRI,
+    SingleCoilMRI,
+    batch_dot,
+    batch_norm2,
+    registered_operators,
+)
+from mrijac.operators.masks import fastmri_mask, gaussian1d_mask, make_mask
 from mrijac.operators.noise import add_noise, complex_gaussian_noise, sphere_noise
 
 OPS = registered_operators()

@@ -7,9 +7,9 @@ import pytest
 from fastmri import evaluate as fe
 
 from mrijac.cli import main
+from mrijac.config import load_config
 from mrijac.data import write_synthetic_dataset
 from mrijac.evaluate.predict import evaluate_predictions, predict_folder
-from mrijac.config import load_config
 from mrijac.train.trainer import train
 
 
@@ -64,9 +64,9 @@ def test_predict_cli_and_errors(trained, tmp_path, capsys):
 
 
 def test_reconstruct_numpy_kspace_in_one_call(trained):
+    from mrijac.checkpoint import load_model
     from mrijac.data import MRISliceDataset, collate_mri
     from mrijac.evaluate.predict import reconstruct_kspace
-    from mrijac.checkpoint import load_model
     root, ck = trained
     ds = MRISliceDataset(root / "data" / "val", "singlecoil", mode="val", crop_kspace=True)
     b = collate_mri([ds[0], ds[1]])

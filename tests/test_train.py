@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from mrijac.data import write_synthetic_dataset
 from mrijac.checkpoint import load_checkpoint, load_model, save_checkpoint
 from mrijac.config import load_config, save_config, valid_keys
+from mrijac.data import write_synthetic_dataset
 from mrijac.train.trainer import NonFiniteError, Trainer, train
 
 BASE = ["model.chans=4", "model.num_pool_layers=2", "data.batch_size=2", "optim.epochs=2",
@@ -269,6 +269,7 @@ def test_pool_estimate_tracks_the_reference_sigma(data, tmp_path):
 
 def test_sigterm_mid_epoch_checkpoint_and_exact_resume(data, tmp_path, monkeypatch):
     import signal
+
     from mrijac.train.trainer import Interrupted
     over = ["reg.name=sja+sj", "data.batch_size=1"]  # 8 steps per epoch
     train(cfg_for(data, *over), tmp_path / "full")
@@ -367,3 +368,18 @@ def test_warm_store_keeps_per_sample_vectors_and_falls_back_to_batch():
     assert store.mode == "batch" and len(store) == 0  # over the limit
     store.put(["e", "f"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 1.0])})
     assert torch.equal(store.get(None, 2, "cpu")["v_ja"], v)
+
+
+def test_config_reads_scientific_notation_and_numeric_strings(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string; users write it anyway (files and overrides)."""
+    p = tmp_path / "c.yaml"
+    p.write_text("optim: {lr: 1e-4}\nreg: {name: sja, lambda_ja: 2e-3}\ntrain: {precision: 32}\n")
+    cfg = load_config(p, ["reg.lambda_w=5e-5", "optim.epochs=3"])
+    assert cfg.optim.lr == 1e-4 and cfg.reg.lambda_ja == 2e-3 and cfg.reg.lambda_w == 5e-5
+    assert cfg.train.precision == "32" and cfg.optim.epochs == 3
+    for bad, msg in [("optim.lr=abc", "optim.lr must be a number"),
+                     ("optim.epochs=2.5", "optim.epochs must be an integer"),
+                     ("optim.lr=nan", "optim.lr must be > 0"),
+                     ("train.jac_stats_batches=2", "replaced by train.ref_slices")]:
+        with pytest.raises(ValueError, match=msg):
+            load_config(None, [bad])

@@ -10,7 +10,6 @@ import sigpy.mri
 from ..atomic import atomic_path
 
 
-
 def espirit_maps(kspace: np.ndarray, calib_width: int = 24, thresh: float = 0.02,
                  crop: float = 0.95, kernel_width: int = 6) -> np.ndarray:
     """ESPIRiT maps ``(C, H, W)`` complex64 from one slice's k-space ``(C, H, W)``.

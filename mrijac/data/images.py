@@ -60,6 +60,6 @@ class ImageFolderSR(torch.utils.data.Dataset):
             im = self.images[i // self.ppi]
             rng = np.random.default_rng((self.seed, self.epoch, i))
             t = rng.integers(0, im.shape[0] - self.patch + 1)
-            l = rng.integers(0, im.shape[1] - self.patch + 1)
-            x = torch.from_numpy(im[t:t + self.patch, l:l + self.patch].copy())[None]
+            left = rng.integers(0, im.shape[1] - self.patch + 1)
+            x = torch.from_numpy(im[t:t + self.patch, left:left + self.patch].copy())[None]
         return self.A(x[None])[0], x

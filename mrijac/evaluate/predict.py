@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_model
 from ..data.fastmri import H5_SUFFIXES
 from ..data.h5format import TARGET_KEYS
-from ..checkpoint import load_model
-from ..runtime import resolve_device
 from ..metrics import aggregate, volume_metrics
+from ..runtime import resolve_device
 from .report import md_table, staged_dir, write_csv, write_json, write_report
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import load_model
-from ..tasks import make_task
-from ..runtime import resolve_device
-from .figures import curves_figure, reconstruction_figure
-from ..metrics import generalization_gap
 from ..inference import jacobian_stats, reconstruct, score
+from ..metrics import generalization_gap
+from ..runtime import resolve_device
+from ..tasks import make_task
+from .figures import curves_figure, reconstruction_figure
 from .report import fmt, md_table, staged_dir, write_csv, write_json, write_report
 
 

@@ -1,10 +1,10 @@
 """Jacobian products, norm estimates and penalties."""
 from .finite_diff import fd_power_step
 from .lam import auto_lambda
-from .reference import ReferenceSigma, reference_sigma
 from .norms import frobenius_norm_sq, frobenius_terms, power_iteration, spectral_norm
 from .penalties import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
 from .products import explicit_jacobian, jvp, operator_matrix, vjp
+from .reference import ReferenceSigma, reference_sigma
 
 __all__ = ["jvp", "vjp", "explicit_jacobian", "operator_matrix", "spectral_norm",
            "frobenius_norm_sq", "frobenius_terms", "power_iteration", "fd_power_step",

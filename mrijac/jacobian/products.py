@@ -8,7 +8,6 @@ as a complex tensor (PyTorch's conjugate-Wirtinger convention does exactly this)
 """
 from __future__ import annotations
 
-
 import torch
 import torch.autograd.forward_ad as fwAD
 

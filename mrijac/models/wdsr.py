@@ -5,7 +5,6 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
-
 def _wn_conv(cin, cout, k, padding=None):
     return weight_norm(nn.Conv2d(cin, cout, k, padding=k // 2 if padding is None else padding))
 

@@ -1,7 +1,6 @@
 """Super-resolution degradation: blur with a kernel, then keep every ``factor``-th pixel."""
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -114,8 +113,8 @@ class BlurDownsample(LinearOperator):
         up = y.new_zeros(B * C, 1, H, W)
         up[..., ::f, ::f] = y.reshape(B * C, 1, h, w)
         full = F.conv_transpose2d(up, k)
-        l, r, t, b = self._pads()
-        return full[..., t:t + H, l:l + W].reshape(B, C, H, W)
+        left, _, t, _ = self._pads()
+        return full[..., t:t + H, left:left + W].reshape(B, C, H, W)
 
     def to(self, device=None, dtype=None):
         return BlurDownsample(self.factor, self.kernel.to(device=device, dtype=dtype),

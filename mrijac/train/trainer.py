@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..inference import jacobian_stats, reconstruct, score
-from ..jacobian import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, _flatten, config_from_dict, save_config
-from ..runtime import resolve_device, seed_everything
-from .losses import DataLoss
+from ..inference import jacobian_stats, reconstruct, score
+from ..jacobian import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
 from ..jacobian.reference import reference_sigma
 from ..metrics import generalization_gap
+from ..runtime import resolve_device, seed_everything
 from ..tasks import build_reconstructor, fixed_batches, fixed_raw, make_task, seeded_indices
+from .losses import DataLoss
 from .pool import TrackedPool
 from .warm import WarmStore
 
