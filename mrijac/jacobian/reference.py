@@ -72,7 +72,8 @@ def _combine(basis: list[torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
 
 def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int = 60,
                     v0: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None) -> ReferenceSigma:
+                    generator: torch.Generator | None = None,
+                    stall_tol: float | None = None) -> ReferenceSigma:
     """Converged ``σ_b = ‖J_f(y_b) A_b‖₂`` per sample by Lanczos bidiagonalization.
 
     Args:
@@ -80,7 +81,12 @@ def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int
             over the batch's operator, e.g. ``Reconstructor.as_function(A)``).
         y: measurements ``(B, …)``, real or complex.
         A: forward operator (images -> measurements), or ``None`` for ``‖J_f(y)‖₂``.
-        tol: stop when every sample's relative residual is ``<= tol``.
+        tol: stop when every sample's relative residual is ``<= tol`` ...
+        stall_tol: ... or its top Ritz value (which only grows with the steps) rose by less
+            than ``stall_tol`` (relative; default ``tol/10``) over the last 3 steps.  On a
+            clustered top (an untrained residual network: many σ ≈ 1) the *value* settles
+            long before the residual of any single vector does; ``converged`` still reports
+            the residual test alone.
         max_iter: cap on Lanczos steps (memory: ``2·max_iter`` vectors per sample).
         v0: starting right vectors ``(B, …)`` (e.g. the ``v`` of an earlier call), else random.
         generator: for the random start.
@@ -117,6 +123,8 @@ def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int
     resid = torch.full((B,), float("inf"), dtype=torch.float64, device=dev)
     P = Q = None
     k = 0
+    stall_tol = tol / 10 if stall_tol is None else float(stall_tol)
+    history = []
     for k in range(1, max_iter + 1):
         d = JAv(V[-1])
         if U:
@@ -147,7 +155,10 @@ def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int
         Q = Qh.transpose(1, 2)
         sigma = S[:, 0]
         resid = b * P[:, -1, 0].abs() / sigma.clamp_min(1e-300)
-        if bool((resid <= tol).all()):
+        history.append(sigma)
+        stalled = (history[-1] - history[-4]) <= stall_tol * history[-1] if k >= 4 else \
+            torch.zeros_like(resid, dtype=torch.bool)
+        if bool(((resid <= tol) | stalled).all()):
             break
         if k < max_iter:
             V.append(g / nb.clamp_min(1e-300).to(g.real.dtype).view(_bshape(g)))
