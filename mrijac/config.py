@@ -12,110 +12,136 @@ from pathlib import Path
 
 import yaml
 
+from .models import MODELS
+from .operators.masks import MASK_TYPES
+
 REGULARIZERS = ("none", "wd", "sw", "sj", "fj", "sja", "fja", "sja+sj", "fja+fj")
 TASKS = ("mri", "cs", "sr")
 
 
+def _meta(help: str, choices: tuple | None = None) -> dict:
+    return {"help": help, "choices": choices}
+
+
+def _opt(default, help: str, choices: tuple | None = None):
+    """A config field: its default, one line of help and (optionally) the allowed values —
+    the one place that ``validate`` and ``--help-config`` read them from."""
+    return field(default=default, metadata=_meta(help, choices))
+
+
 @dataclass
 class DataConfig:
-    root: str = ""                 # mri: folder holding train/ and val/ (fastMRI .h5)
-    challenge: str = "singlecoil"  # mri: singlecoil | multicoil
-    mask_type: str = "random"      # random | equispaced | equispaced_fraction | poisson | gaussian1d
-    accelerations: list = field(default_factory=lambda: [4])
-    center_fractions: list = field(default_factory=lambda: [0.08])
-    crop_kspace: bool = True       # mri: crop to the reconstruction size before undersampling
-    noise_sigma: float = 0.0       # mri: extra complex Gaussian k-space noise
-    coil_compression: int = 0      # mri multicoil: SVD to this many virtual coils (0: off)
-    sample_rate: float = 1.0       # mri: fraction of training slices
-    batch_size: int = 1
-    num_workers: int = -1          # loader processes; -1: min(4, cpu_count - 1)
-    # cs (MNIST)
-    mnist_dir: str = ""
-    q: int = 160
-    n_train: int = 500
-    n_val: int = 1000
-    eps: float = 0.0
-    # sr (image folders)
-    train_dir: str = ""
-    val_dir: str = ""
-    factor: int = 2
-    kernel: str = "gaussian"
-    patch: int = 48
-    patches_per_image: int = 16
+    root: str = _opt("", "mri: folder holding train/ and val/ (fastMRI .h5)")
+    challenge: str = _opt("singlecoil", "mri: single-coil or multi-coil data",
+                          ("singlecoil", "multicoil"))
+    mask_type: str = _opt("random", "mri: undersampling mask", MASK_TYPES)
+    accelerations: list = field(default_factory=lambda: [4], metadata=_meta(
+        "mri: accelerations, one drawn per sample (list, same length as center_fractions)"))
+    center_fractions: list = field(default_factory=lambda: [0.08], metadata=_meta(
+        "mri: fully sampled centre fraction per acceleration, each in (0, 1]"))
+    crop_kspace: bool = _opt(True, "mri: crop to the reconstruction size before undersampling")
+    noise_sigma: float = _opt(0.0, "mri: extra complex Gaussian k-space noise (std)")
+    coil_compression: int = _opt(0, "mri multicoil: SVD to this many virtual coils (0: off)")
+    sample_rate: float = _opt(1.0, "mri: fraction of training slices, in (0, 1]")
+    batch_size: int = _opt(1, "samples per training batch")
+    num_workers: int = _opt(-1, "loader processes; -1: min(4, cpu_count - 1)")
+    mnist_dir: str = _opt("", "cs: folder of MNIST IDX files")
+    q: int = _opt(160, "cs: number of Gaussian measurements")
+    n_train: int = _opt(500, "cs: training images")
+    n_val: int = _opt(1000, "cs: validation images")
+    eps: float = _opt(0.0, "cs: radius of the ℓ2-sphere noise")
+    train_dir: str = _opt("", "sr: training image folder")
+    val_dir: str = _opt("", "sr: validation image folder")
+    factor: int = _opt(2, "sr: decimation factor")
+    kernel: str = _opt("gaussian", "sr: blur kernel")
+    patch: int = _opt(48, "sr: training patch size (high resolution)")
+    patches_per_image: int = _opt(16, "sr: training patches drawn per image and epoch")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "unet"         # unet | dncnn | varnet | fcnet | edsr | wdsr
-    chans: int = 32            # unet: first-level channels; varnet: cascade U-Net channels
-    num_pool_layers: int = 4   # unet; varnet: cascade U-Net pools
-    cascades: int = 12         # varnet: unrolled cascades
-    drop_prob: float = 0.0     # unet
-    depth: int = 17            # dncnn
-    features: int = 64         # dncnn, edsr (n_feats), wdsr (n_feats)
-    batchnorm: bool = False    # dncnn (False: per-sample Jacobians stay exact in training)
-    n_resblocks: int = 16      # edsr, wdsr
-    complex_to: str = "channels"  # mri: channels (re, im) | magnitude
-    normalize: bool = True     # instance normalisation inside the reconstructor
-    residual: bool = False     # network predicts a correction of the zero-filled input
+    name: str = _opt("unet", "network (mri: unet, dncnn, varnet; cs: fcnet; sr: edsr, wdsr)",
+                     MODELS)
+    chans: int = _opt(32, "unet: first-level channels; varnet: cascade U-Net channels")
+    num_pool_layers: int = _opt(4, "unet; varnet: cascade U-Net pools")
+    cascades: int = _opt(12, "varnet: unrolled cascades")
+    drop_prob: float = _opt(0.0, "unet: dropout probability")
+    depth: int = _opt(17, "dncnn: layers")
+    features: int = _opt(64, "dncnn, edsr (n_feats), wdsr (n_feats)")
+    batchnorm: bool = _opt(False, "dncnn (False: per-sample Jacobians stay exact in training)")
+    n_resblocks: int = _opt(16, "edsr, wdsr: residual blocks")
+    complex_to: str = _opt("channels", "mri: a complex image enters as (re, im) channels or "
+                           "as its magnitude", ("channels", "magnitude"))
+    normalize: bool = _opt(True, "instance normalisation inside the reconstructor")
+    residual: bool = _opt(False, "network predicts a correction of the zero-filled input")
 
 
 @dataclass
 class LossConfig:
-    name: str = "l2"   # l2 (paper eq. 5: ||f(y) - x||₂ per sample) | mse | l1 | ssim
-    weights: dict = field(default_factory=dict)  # weighted sum, e.g. {l1: 0.84, ssim: 0.16}
+    name: str = _opt("l2", "data loss (l2 = the paper's ||f(y) - x||₂ per sample; weighted: "
+                     "loss.weights)", ("l2", "mse", "l1", "ssim", "weighted"))
+    weights: dict = field(default_factory=dict, metadata=_meta(
+        "loss.name=weighted: weighted sum, e.g. {l1: 0.84, ssim: 0.16}"))
 
 
 @dataclass
 class RegConfig:
-    name: str = "none"            # none | wd | sw | sj | fj | sja | fja | sja+sj | fja+fj
-    lambda_ja: typing.Any = "auto"  # λ1 (J A) or "auto"
-    lambda_j: typing.Any = "auto"   # λ2 (J) or "auto"
-    lambda_w: float = 1e-4        # wd / sw weight
-    n_iter: int = 1               # spectral: power iterations
-    n_proj: int = 1               # Frobenius: random projections
-    method: str = "forward"       # forward | double_vjp | fd (spectral: fused finite differences)
-    every: int = 1                # apply the Jacobian penalty every k steps (scaled by k)
-    every_mode: str = "scale"     # scale: ×k on penalised steps | hold: reuse its gradient between
-    gamma: float = 20.0           # auto λ: λ = 10^floor(log10(loss/penalty)) / γ
-    warm_start: str = "sample"    # none | batch | sample: reuse singular vectors
-    samples: int = 0              # spectral: graph only for the k samples of largest σ (0: all)
-    alternate: bool = False       # sja+sj / fja+fj: one term per penalised step, in turn (×2)
-    fd_step: float = 0.0          # method=fd: relative finite-difference step (0: 0.3·sqrt(eps))
-    fd_recompute: bool = False    # method=fd: checkpoint the perturbed copies (less memory)
-    pool: int = 0                 # method=fd: track this many hardest training samples every step (0: off)
-    pool_refresh: int = 10        # pool: steps between candidate draws
-    pool_iters: int = 10          # pool: Lanczos steps per term to score a candidate
+    name: str = _opt("none", "regularizer (s/f: spectral/Frobenius, ja: ||J A||, j: ||J||, "
+                     "wd: weight decay, sw: spectral norm of the weights)", REGULARIZERS)
+    lambda_ja: typing.Any = _opt("auto", "λ1 (J A): a number >= 0 or auto")
+    lambda_j: typing.Any = _opt("auto", "λ2 (J): a number >= 0 or auto")
+    lambda_w: float = _opt(1e-4, "wd / sw weight")
+    n_iter: int = _opt(1, "spectral: power iterations per step")
+    n_proj: int = _opt(1, "Frobenius: random projections per step")
+    method: str = _opt("forward", "JVPs by forward mode, the double-vjp trick, or fused finite "
+                       "differences (fd, spectral only)", ("forward", "double_vjp", "fd"))
+    every: int = _opt(1, "apply the Jacobian penalty every k steps (scaled by k)")
+    every_mode: str = _opt("scale", "scale: ×k on penalised steps; hold: reuse its gradient "
+                           "between them", ("scale", "hold"))
+    gamma: float = _opt(20.0, "auto λ: λ = 10^floor(log10(loss/penalty)) / γ")
+    warm_start: str = _opt("sample", "reuse singular vectors per sample, per batch, or not",
+                           ("none", "batch", "sample"))
+    samples: int = _opt(0, "spectral: graph only for the k samples of largest σ (0: all)")
+    alternate: bool = _opt(False, "sja+sj / fja+fj: one term per penalised step, in turn (×2)")
+    fd_step: float = _opt(0.0, "method=fd: relative finite-difference step (0: 0.3·sqrt(eps))")
+    fd_recompute: bool = _opt(False, "method=fd: checkpoint the perturbed copies (less memory)")
+    pool: int = _opt(0, "method=fd: track this many hardest training samples every step "
+                     "(0: penalise the batch)")
+    pool_refresh: int = _opt(10, "pool: steps between candidate draws")
+    pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"         # adam | rmsprop
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # the optimizer's own decay (the wd regularizer is explicit)
-    schedule: str = "none"     # none | step | cosine
-    step_size: int = 10        # step schedule: epochs between decays
-    lr_gamma: float = 0.1      # step schedule: decay factor
-    epochs: int = 10
-    grad_clip: float = 0.0     # max gradient norm (0: off)
+    name: str = _opt("adam", "optimizer", ("adam", "rmsprop"))
+    lr: float = _opt(1e-3, "learning rate")
+    weight_decay: float = _opt(0.0, "the optimizer's own decay (the wd regularizer is explicit)")
+    schedule: str = _opt("none", "learning-rate schedule", ("none", "step", "cosine"))
+    step_size: int = _opt(10, "step schedule: epochs between decays")
+    lr_gamma: float = _opt(0.1, "step schedule: decay factor")
+    epochs: int = _opt(10, "training epochs")
+    grad_clip: float = _opt(0.0, "max gradient norm (0: off)")
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    device: str = "auto"           # auto | cpu | cuda
-    precision: str = "32"          # 32 | bf16 | fp16 (autocast; fp16 on CUDA with a grad scaler)
-    ref_slices: int = 4            # probe slices (val and train) for the reference σ each epoch (0: off)
-    ref_tol: float = 1e-2          # reference σ: Lanczos relative residual (1e-2: σ to about 1 %)
-    ref_max_iter: int = 40         # reference σ: cap on Lanczos steps
-    ge_batches: int = 8            # training batches re-evaluated for GE each epoch (0: all)
-    progress: bool = True
+    seed: int = _opt(0, "seed of everything random (data order, masks, initial weights)")
+    device: str = _opt("auto", "auto: CUDA when available", ("auto", "cpu", "cuda"))
+    precision: str = _opt("32", "autocast precision (fp16 on CUDA with a grad scaler)",
+                          ("32", "bf16", "fp16"))
+    ref_slices: int = _opt(4, "probe slices (val and train) for the reference σ each epoch "
+                           "(0: off)")
+    ref_tol: float = _opt(1e-2, "reference σ: Lanczos relative residual (1e-2: σ to about 1 %)")
+    ref_max_iter: int = _opt(40, "reference σ: cap on Lanczos steps")
+    ge_batches: int = _opt(8, "training batches (fixed subset) re-evaluated for GE each epoch "
+                           "(0: all)")
+    progress: bool = _opt(True, "progress bars and per-epoch lines")
 
 
 @dataclass
 class Config:
-    task: str = "mri"
-    name: str = "run"
+    task: str = _opt("mri", "what is reconstructed from what", TASKS)
+    name: str = _opt("run", "run name (default output folder runs/<name>)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -125,9 +151,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-SECTIONS = {f.name: f.type for f in fields(Config)}
 
 
 def _section_classes():
@@ -273,12 +296,10 @@ def validate(cfg: Config) -> None:
         if not (val > 0 if strict else val >= 0):
             raise ValueError(f"config key {key} must be {'>' if strict else '>='} 0, got {val!r}")
 
-    from .models import MODELS
-    from .operators.masks import MASK_TYPES
-    choice("task", cfg.task, TASKS)
-    d, m, r, o, t = cfg.data, cfg.model, cfg.reg, cfg.optim, cfg.train
-    choice("data.challenge", d.challenge, ("singlecoil", "multicoil"))
-    choice("data.mask_type", d.mask_type, MASK_TYPES)
+    for key, val, meta in _fields(cfg):  # every field with a fixed set of values
+        if meta.get("choices"):
+            choice(key, str(val) if key == "train.precision" else val, meta["choices"])
+    d, r, o, t = cfg.data, cfg.reg, cfg.optim, cfg.train
     if len(d.accelerations) != len(d.center_fractions) or not d.accelerations:
         raise ValueError("config keys data.accelerations and data.center_fractions must be "
                          f"lists of the same length, got {d.accelerations} and {d.center_fractions}")
@@ -297,20 +318,17 @@ def validate(cfg: Config) -> None:
     if not 0 < d.sample_rate <= 1:
         raise ValueError(f"config key data.sample_rate must be in (0, 1], got {d.sample_rate}")
     positive("data.eps", d.eps, strict=False)
-    choice("model.name", m.name, MODELS)
-    choice("model.complex_to", m.complex_to, ("channels", "magnitude"))
-    choice("loss.name", cfg.loss.name, ("l2", "mse", "l1", "ssim", "weighted"))
-    choice("reg.name", r.name, REGULARIZERS)
     _lam("lambda_ja", r.lambda_ja)
     _lam("lambda_j", r.lambda_j)
+    if cfg.loss.name == "weighted" and not cfg.loss.weights:
+        raise ValueError("config key loss.name=weighted needs loss.weights, e.g. "
+                         "{l1: 0.84, ssim: 0.16}")
     positive("reg.lambda_w", r.lambda_w, strict=False)
     positive("reg.n_iter", r.n_iter)
     positive("reg.n_proj", r.n_proj)
     positive("reg.every", r.every)
     positive("reg.samples", r.samples, strict=False)
     positive("reg.gamma", r.gamma)
-    choice("reg.method", r.method, ("forward", "double_vjp", "fd"))
-    choice("reg.every_mode", r.every_mode, ("scale", "hold"))
     if r.method == "fd" and r.name not in ("sj", "sja", "sja+sj"):
         raise ValueError(f"reg.method=fd is for the spectral penalties (sj, sja, sja+sj), not "
                          f"reg.name={r.name}")
@@ -319,7 +337,6 @@ def validate(cfg: Config) -> None:
                          f"{t.precision}")
     if not 0 <= r.fd_step < 1:
         raise ValueError(f"config key reg.fd_step must be in [0, 1), got {r.fd_step}")
-    choice("reg.warm_start", r.warm_start, ("none", "batch", "sample"))
     positive("reg.pool", r.pool, strict=False)
     positive("reg.pool_refresh", r.pool_refresh)
     positive("reg.pool_iters", r.pool_iters)
@@ -331,8 +348,6 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"reg.name={r.name} needs reg.lambda_ja > 0 or 'auto'")
     if r.name in ("sj", "fj", "sja+sj", "fja+fj") and r.lambda_j == 0:
         raise ValueError(f"reg.name={r.name} needs reg.lambda_j > 0 or 'auto'")
-    choice("optim.name", o.name, ("adam", "rmsprop"))
-    choice("optim.schedule", o.schedule, ("none", "step", "cosine"))
     positive("optim.lr", o.lr)
     positive("optim.epochs", o.epochs)
     positive("optim.weight_decay", o.weight_decay, strict=False)
@@ -340,8 +355,6 @@ def validate(cfg: Config) -> None:
     positive("train.ref_slices", t.ref_slices, strict=False)
     positive("train.ref_tol", t.ref_tol)
     positive("train.ref_max_iter", t.ref_max_iter)
-    choice("train.device", t.device, ("auto", "cpu", "cuda"))
-    choice("train.precision", str(t.precision), ("32", "bf16", "fp16"))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -351,12 +364,29 @@ def save_config(cfg: Config, path: str | Path) -> None:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def _fields(cfg: Config):
+    """``(key, value, metadata)`` of every config field, sections included."""
+    for f in fields(Config):
+        if f.name in _section_classes():
+            sec = getattr(cfg, f.name)
+            for g in fields(sec):
+                yield f"{f.name}.{g.name}", getattr(sec, g.name), dict(g.metadata)
+        else:
+            yield f.name, getattr(cfg, f.name), dict(f.metadata)
+
+
 def describe() -> str:
-    """Every config key with its default (for ``--help-config``)."""
-    lines = []
-    cfg = Config().to_dict()
-    for k in valid_keys():
-        parts = k.split(".")
-        v = cfg[parts[0]] if len(parts) == 1 else cfg[parts[0]][parts[1]]
-        lines.append(f"  {k} = {v!r}")
-    return "\n".join(lines)
+    """Every config key with its default, help and allowed values (``--help-config``)."""
+    lines, section = [], None
+    for key, val, meta in _fields(Config()):
+        sec = key.split(".")[0] if "." in key else None
+        if sec != section:
+            lines.append(f"\n{sec}:" if sec else "")
+            section = sec
+        line = f"  {key} = {val!r}"
+        if meta.get("help"):
+            line += f"  — {meta['help']}"
+        if meta.get("choices"):
+            line += f"  [{' | '.join(map(str, meta['choices']))}]"
+        lines.append(line)
+    return "\n".join(lines).lstrip("\n")

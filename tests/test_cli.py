@@ -30,7 +30,15 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "x.pt: checkpoint not found" in capsys.readouterr().err
     assert main(["train", "--help-config"]) == 0
-    assert "reg.lambda_ja = 'auto'" in capsys.readouterr().out
+    helptext = capsys.readouterr().out
+    assert "reg.lambda_ja = 'auto'" in helptext
+    # every key has a description; keys with fixed values list them (from the config fields)
+    lines = [ln for ln in helptext.splitlines() if " = " in ln]
+    assert lines and all("  — " in ln for ln in lines)
+    assert any(ln.startswith("  reg.method =") and "[forward | double_vjp | fd]" in ln
+               for ln in lines)
+    assert main(["train", "--config", str(cfg), "loss.name=weighted"]) == 2
+    assert "loss.name=weighted needs loss.weights" in capsys.readouterr().err
 
 
 def test_demo_quick_end_to_end(tmp_path):
