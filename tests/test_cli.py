@@ -37,7 +37,8 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
     assert lines and all("  — " in ln for ln in lines)
     assert any(ln.startswith("  reg.method =") and "[forward | double_vjp | fd]" in ln
                for ln in lines)
-    assert main(["train", "--config", str(cfg), "loss.name=weighted"]) == 2
+    (tmp_path / "w.yaml").write_text("loss: {name: weighted}\n")
+    assert main(["train", "--config", str(tmp_path / "w.yaml")]) == 2
     assert "loss.name=weighted needs loss.weights" in capsys.readouterr().err
 
 
