@@ -23,7 +23,7 @@ import torch
 
 from mrijac.config import load_config
 from mrijac.data import write_synthetic_dataset
-from mrijac.evaluate.figures import _save, plt
+from mrijac.evaluate.figures import plt, save_figure
 from mrijac.jacobian import spectral_norm
 from mrijac.train.trainer import Trainer
 
@@ -57,7 +57,7 @@ def warm_histogram(rels, epochs, path):
         ax.set_xlabel("(σ warm n=1 − σ cold n=10) / σ cold n=10  [%]")
         ax.set_ylabel("samples")
         ax.set_title(WARM_TITLES[m])
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main():

@@ -33,7 +33,7 @@ from _report import write_report  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
 from mrijac.data import write_synthetic_dataset  # noqa: E402
-from mrijac.evaluate.figures import _save, plt  # noqa: E402
+from mrijac.evaluate.figures import plt, save_figure  # noqa: E402
 from mrijac.train import Trainer  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -196,7 +196,7 @@ def figure(results, path):
         ax.set_ylabel("val σ(J A) reference / plain")
         ax.set_title(task)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

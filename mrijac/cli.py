@@ -185,6 +185,17 @@ def cmd_compare(a):
     print(f"compared {len(table)} runs: {Path(a.out) / 'report.html'}")
 
 
+def cmd_sweep(a):
+    from .config import load_config
+    from .sweep import lambda_sweep
+    try:
+        lams = [float(v) for v in a.lambdas.split(",")]
+    except ValueError:
+        raise ValueError(f"--lambdas must be comma-separated numbers, got {a.lambdas!r}") from None
+    r = lambda_sweep(load_config(a.config, a.overrides), lams, a.out, a.overwrite, a.max_drop)
+    print(f"recommended λ = {r['recommended']['lambda']:g}; report: {Path(a.out) / 'report.html'}")
+
+
 def cmd_demo(a):
     from .demo import run_demo
     run_demo(a.out, quick=a.quick, overwrite=a.overwrite)
@@ -227,6 +238,16 @@ def add_run_parsers(sub):
     c.add_argument("--names", help="comma-separated display names, one per run")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_compare)
+    w = sub.add_parser("sweep", help="train short runs over a λ grid and recommend one "
+                       "(reference σ vs validation PSNR/SSIM)")
+    w.add_argument("--config", required=True, help="YAML config with a Jacobian penalty")
+    w.add_argument("overrides", nargs="*", help="key=value, e.g. optim.epochs=5")
+    w.add_argument("--lambdas", default="0.05,0.2,0.5,2", help="λ1 = λ2 grid (0 is always run)")
+    w.add_argument("--max-drop", type=float, default=0.2,
+                   help="largest PSNR loss (dB) against λ = 0 that a recommendation may have")
+    w.add_argument("--out", required=True)
+    w.add_argument("--overwrite", action="store_true")
+    w.set_defaults(func=cmd_sweep)
     d = sub.add_parser("demo", help="synthetic data, U-Net without and with sja+sj, evaluation, comparison")
     d.add_argument("--out", default="mrijac-demo", help="folder for everything the demo writes")
     d.add_argument("--quick", action="store_true", help="one-minute smoke run")

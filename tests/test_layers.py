@@ -10,7 +10,7 @@ LAYER = {"atomic": 0, "operators": 0, "metrics": 0, "runtime": 0,
          "models": 1, "jacobian": 1, "data": 1,
          "config": 2, "tasks": 2, "checkpoint": 2, "inference": 2,
          "train": 3, "evaluate": 3,
-         "demo": 4, "cli": 4}
+         "demo": 4, "sweep": 4, "cli": 4}
 
 
 def _unit(parts: list[str]) -> str:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     from ..atomic import atomic_path
     try:
         with atomic_path(path) as tmp:
@@ -40,7 +40,7 @@ def reconstruction_figure(path, target, zero_filled, pred, title="", metrics=Non
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def curves_figure(path, histories: dict[str, list[dict]],
@@ -65,7 +65,7 @@ def curves_figure(path, histories: dict[str, list[dict]],
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def bars_figure(path, table: list[dict], keys=("ssim", "psnr", "ge", "sigma_ja_mean",
@@ -85,7 +85,7 @@ def bars_figure(path, table: list[dict], keys=("ssim", "psnr", "ge", "sigma_ja_m
         if k in ("ssim", "psnr") and lo > 0:
             ax.set_ylim(lo * 0.97, np.nanmax(vals) * 1.01)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _finite(v) -> bool:
