@@ -120,6 +120,7 @@ def run_row(spec: dict) -> dict:
     from mrijac.jacobian import JacobianPenalty, operator_matrix
     from mrijac.models import DnCNN, FCNet, Reconstructor, Unet
     from mrijac.operators import GaussianCS, SingleCoilMRI, make_mask
+    from mrijac.train.step import PenaltyStep
     from mrijac.train.warm import WarmStore
 
     torch.manual_seed(0)
@@ -158,13 +159,15 @@ def run_row(spec: dict) -> dict:
                               recompute=spec.get("recompute", False), hold=spec.get("hold", False))
     Am = operator_matrix(A.to(dtype=torch.float32), dtype=torch.float32) if reg == "explicit" else None
     state = {"step": 0}
-    keys = list(range(batch))
-    store = WarmStore("sample")  # the trainer's per-sample store: vectors and last σ
+    info = {"keys": list(range(batch))}
     fd = spec.get("method") == "fd"
     warm = spec.get("warm", False) or fd
+    # the trainer's own penalty step: per-sample store (vectors, last σ), hold mode
+    ps = PenaltyStep(pen, warm=WarmStore("sample") if warm else None) if pen is not None else None
 
     def step():
         f = model.as_function(A)
+        stats = {}
         if reg == "plain":
             out, p = f(y), 0.0
         elif reg == "deepinv":  # its double-backward power iteration on the network's input
@@ -177,22 +180,14 @@ def run_row(spec: dict) -> dict:
             p = 1e-3 * (torch.linalg.matrix_norm(J @ Am[0], ord=2).max()
                         + torch.linalg.matrix_norm(J, ord=2).max())
         else:
-            out, p, stats = pen(model if spec.get("samples") or fd else f, y, A,
-                                step=state["step"],
-                                v0=store.get(keys, batch, dev, partial_ok=True) if warm else None,
-                                priority=store.priority(keys) if spec.get("samples") else None)
+            out, p, stats, _ = ps.penalty(model, y, A, info, state["step"])
         data = (out - x).reshape(batch, -1).norm(dim=1).mean()
         opt.zero_grad(set_to_none=True)
-        if spec.get("hold") and torch.is_tensor(p) and p.requires_grad:  # as the trainer does
-            p.backward(retain_graph=True)
-            state["held"] = [q.grad.detach().clone() for q in model.parameters()]
-            data.backward()
+        if ps is not None:
+            ps.backward(model, data, p, data.new_zeros(()), stats)
+            ps.after_backward(info, stats)  # fd: vectors come with the backward
         else:
             (data + p).backward()
-            for q, g in zip(model.parameters(), state.get("held") or []):
-                q.grad = q.grad + g
-        if warm and reg not in ("plain", "explicit") and stats:  # fd: vectors come with backward
-            store.put(keys, stats)
         opt.step()
         state["step"] += 1
 

@@ -120,7 +120,7 @@ def main():
                     ref = spectral_norm(f, y, A, n_iter=10, generator=g0())
                     if meth == "forward" and epoch == 1:  # how flat is the top of the spectrum?
                         c30 = spectral_norm(f, y, A, n_iter=30, generator=g0())
-                        u0 = t._warm_get(info, y)["u_ja"]
+                        u0 = t.warm.get(info.get('keys'), y.shape[0], t.device, partial_ok=True)["u_ja"]
                         for key, est in [("cold n=1", lambda: spectral_norm(f, y, A, 1, generator=g0())),
                                          ("cold n=3", lambda: spectral_norm(f, y, A, 3, generator=g0())),
                                          ("cold n=10", lambda: ref),
@@ -128,12 +128,12 @@ def main():
                                          ("warm n=2", lambda: spectral_norm(f, y, A, 2, u0=u0)),
                                          ("warm n=3", lambda: spectral_norm(f, y, A, 3, u0=u0))]:
                             conv.setdefault(key, []).append((est() / c30 - 1).cpu())
-                    rec, pen, stats = t.jac(t.model, y, A, v0=t._warm_get(info, y),
-                                            step=t.step)
+                    v0 = t.warm.get(info.get('keys'), y.shape[0], t.device, partial_ok=True)
+                    rec, pen, stats = t.jac(t.model, y, A, v0=v0, step=t.step)
                     loss = t.loss_fn(rec, target) + pen
                     t.opt.zero_grad()
                     loss.backward()
-                    t._warm_put(info, stats)
+                    t.warm.put(info.get('keys'), stats)
                     t.opt.step()
                     t.step += 1
                     warm.append(stats["sigma_ja"].cpu())

@@ -229,12 +229,13 @@ def _set(cfg: Config, key: str, value) -> None:
     setattr(obj, name, _coerce(key, value, getattr(obj, name)))
 
 
-def _flatten(d: dict, prefix="") -> dict:
+def flatten(d: dict, prefix="") -> dict:
+    """``{"section.key": value}`` from a nested config dictionary."""
     out = {}
     for k, v in d.items():
         full = f"{prefix}{k}"
         if isinstance(v, dict) and full in _section_classes():
-            out.update(_flatten(v, full + "."))
+            out.update(flatten(v, full + "."))
         else:
             out[full] = v
     return out
@@ -253,7 +254,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: the config must be a mapping of sections")
-        for k, v in _flatten(raw).items():
+        for k, v in flatten(raw).items():
             try:
                 _set(cfg, k, v)
             except ValueError as err:
@@ -271,7 +272,7 @@ def config_from_dict(d: dict) -> Config:
     """Config from a saved dictionary (a checkpoint's); keys of older versions that were
     replaced are dropped (their defaults apply)."""
     cfg = Config()
-    for k, v in _flatten(d).items():
+    for k, v in flatten(d).items():
         if k in RENAMED:
             continue
         _set(cfg, k, v)

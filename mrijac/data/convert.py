@@ -14,7 +14,7 @@ import sigpy.mri
 
 from .h5format import write_volume
 from .phantoms import smooth_field
-from .synthetic import _fft2c, _ifft2c, targets_from_kspace
+from .synthetic import fft2c_np, ifft2c_np, targets_from_kspace
 
 AXES = ("x", "y", "coil", "slice")
 
@@ -47,10 +47,10 @@ def emulated_single_coil(kspace: np.ndarray) -> np.ndarray:
     """
     out = []
     for ks in kspace:
-        X = _ifft2c(ks).reshape(ks.shape[0], -1).T  # (pixels, coils)
+        X = ifft2c_np(ks).reshape(ks.shape[0], -1).T  # (pixels, coils)
         rss = np.sqrt((np.abs(X) ** 2).sum(1))
         w, *_ = np.linalg.lstsq(X, rss.astype(X.dtype), rcond=None)
-        out.append(_fft2c((X @ w).reshape(ks.shape[1:])))
+        out.append(fft2c_np((X @ w).reshape(ks.shape[1:])))
     return np.stack(out).astype(np.complex64)
 
 
@@ -66,7 +66,7 @@ def convert_kspace(k: np.ndarray, out: str | Path, axes: str, challenge: str = "
     """
     k = reorder_kspace(np.asarray(k), axes).astype(np.complex64)
     if fft_axes_are_image:
-        k = _fft2c(k).astype(np.complex64)
+        k = fft2c_np(k).astype(np.complex64)
     if not np.isfinite(k).all():
         raise ValueError(f"{out}: input k-space contains NaN or Inf")
     H, W = k.shape[-2:]
@@ -114,9 +114,9 @@ def convert_images(images: np.ndarray, out: str | Path, challenge: str = "single
         img[:, (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w] = x
     if challenge == "multicoil":
         maps = sigpy.mri.birdcage_maps((num_coils, H, W), r=1.5, nzz=num_coils)
-        k = _fft2c(maps[None] * img[:, None])
+        k = fft2c_np(maps[None] * img[:, None])
     elif challenge == "singlecoil":
-        k = _fft2c(img)
+        k = fft2c_np(img)
     else:
         raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
     k = k.astype(np.complex64)

@@ -26,19 +26,20 @@ from .phantoms import phantom_volume
 ACQ = {"knee": "CORPD_FBK", "brain": "AXT2"}
 
 
-def _fft2c(x: np.ndarray) -> np.ndarray:
+def fft2c_np(x: np.ndarray) -> np.ndarray:
     """fastmri's centred orthonormal FFT (via :func:`mrijac.operators.fft2c`) on NumPy arrays."""
     return fft2c(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
 
-def _ifft2c(k: np.ndarray) -> np.ndarray:
+def ifft2c_np(k: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`fft2c_np` (fastmri's centred orthonormal inverse FFT) on NumPy arrays."""
     return ifft2c(torch.from_numpy(np.ascontiguousarray(k))).numpy()
 
 
 def targets_from_kspace(kspace: np.ndarray, recon_size: tuple[int, int]) -> np.ndarray:
     """fastMRI targets: ``|ifft2c(k)|`` (single-coil ``(S,H,W)``) or RSS over coils
     (``(S,C,H,W)``), centre-cropped to ``recon_size``; float32 ``(S, h, w)``."""
-    im = _ifft2c(kspace)
+    im = ifft2c_np(kspace)
     mag = np.abs(im) if kspace.ndim == 3 else np.sqrt((np.abs(im) ** 2).sum(axis=1))
     H, W = mag.shape[-2:]
     h, w = recon_size
@@ -68,7 +69,7 @@ def synth_volume(kind: str, challenge: str, n_slices: int, kspace_shape: tuple[i
         coil_img = maps[None] * img[:, None]
     else:
         coil_img = img
-    k = _fft2c(coil_img)
+    k = fft2c_np(coil_img)
     sigma = noise * np.abs(img).max()  # the orthonormal FFT keeps the noise level
     k = k + sigma / np.sqrt(2) * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape))
     k = k.astype(np.complex64)

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from ..operators.base import batch_norm2
-from .norms import _adj, _apply, _normalize, _random_input
-from .products import _to_real, jvp, vjp
+from .products import jvp, vjp
+from .vectors import adjoint_op, apply_op, normalize, random_input, to_real
 
 OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
 
@@ -63,7 +63,7 @@ def check_fd_network(model) -> None:
 
 def _real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``⟨a_b, b_b⟩`` of the real views, per sample ``(B,)``."""
-    a, b = _to_real(a), _to_real(b)
+    a, b = to_real(a), to_real(b)
     return (a * b).reshape(a.shape[0], -1).sum(1)
 
 
@@ -117,15 +117,15 @@ def fd_power_step(make_fn, y: torch.Tensor, A, with_A: list[bool], idx: torch.Te
     for k, op in enumerate(ops):
         v = None if v0 is None else v0[k]
         if v is None:
-            v = _random_input(op, ys, generator)
-        vs.append(_normalize(v.detach().to(ys.device)))
+            v = random_input(op, ys, generator)
+        vs.append(normalize(v.detach().to(ys.device)))
     fn_sel = make_fn(A_sel)
     for _ in range(n_pre):
         Y = torch.cat([ys] * K) if K > 1 else ys
-        _, t = jvp(fn_sel, Y, torch.cat([_apply(op, v) for op, v in zip(ops, vs)]), "forward")
-        _, g, _ = vjp(fn_sel, Y, _normalize(t))
-        vs = [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(S))]
-    dirs = [_apply(op, v) for op, v in zip(ops, vs)]
+        _, t = jvp(fn_sel, Y, torch.cat([apply_op(op, v) for op, v in zip(ops, vs)]), "forward")
+        _, g, _ = vjp(fn_sel, Y, normalize(t))
+        vs = [normalize(adjoint_op(op, gk)) for op, gk in zip(ops, g.split(S))]
+    dirs = [apply_op(op, v) for op, v in zip(ops, vs)]
     scale = h * batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
     steps = [scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny) for d in dirs]
     bshape = lambda s: s.view(-1, *[1] * (ys.dim() - 1))  # noqa: E731
@@ -146,13 +146,13 @@ def fd_power_step(make_fn, y: torch.Tensor, A, with_A: list[bool], idx: torch.Te
         step = steps[k].to(rdt).view(-1, *[1] * (o1.dim() - 1))
         diff = (o1 - out0) / step
         sig = batch_norm2(diff.detach())
-        u = _normalize(diff.detach())
+        u = normalize(diff.detach())
         surrogates.append(_real_dot(u, diff))
         sigmas.append(sig)
     if sink is not None:
         def hook(g, ops=ops, vs=vs):
             for k, (op, gk) in enumerate(zip(ops, g.detach().split(S))):
-                w = _adj(op, gk)
+                w = adjoint_op(op, gk)
                 nrm = batch_norm2(w)
                 ok = (nrm > 0) & torch.isfinite(nrm)
                 new = w / nrm.clamp_min(torch.finfo(rdt).tiny).view(-1, *[1] * (w.dim() - 1))

@@ -9,30 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..operators.base import batch_norm2
-from .products import _check_method, _randn_like, _third_order_hint, jvp, vjp
-
-
-def _apply(op, v):
-    return v if op is None else op(v)
-
-
-def _adj(op, g):
-    return g if op is None else op.adjoint(g)
-
-
-def _normalize(v: torch.Tensor) -> torch.Tensor:
-    return v / batch_norm2(v).clamp_min(1e-30).view(-1, *[1] * (v.dim() - 1))
-
-
-def _input_dim(v: torch.Tensor) -> int:
-    return v[0].numel() * (2 if v.is_complex() else 1)
-
-
-def _random_input(op, y: torch.Tensor, generator=None) -> torch.Tensor:
-    """Standard normal vector in A's input space (shaped like ``Aᴴ y``)."""
-    with torch.no_grad():
-        like = y if op is None else op.adjoint(y)
-    return _randn_like(like, generator)
+from .products import check_method, jvp, third_order_hint, vjp
+from .vectors import adjoint_op, apply_op, input_dim, normalize, randn_like, random_input
 
 
 def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str = "forward",
@@ -52,7 +30,7 @@ def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str 
     list of K ``(B,)`` tensors, ``vectors`` a list of K unit output-space vectors ``u_k`` (or
     ``None`` unless ``return_vectors``).
     """
-    _check_method(method)
+    check_method(method)
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     K, B = len(ops), y.shape[0]
@@ -62,18 +40,18 @@ def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str 
     def vjp_to_vectors(us):
         u = None if us is None else (torch.cat(us) if K > 1 else us[0])
         _, g, _ = vjp(f, Y, u, generator=generator)
-        return [_normalize(_adj(op, gk)) for op, gk in zip(ops, g.split(B))]
+        return [normalize(adjoint_op(op, gk)) for op, gk in zip(ops, g.split(B))]
 
     warm = u0 is not None and all(u is not None for u in u0)
     vs = vjp_to_vectors([u.detach() for u in u0] if warm else None)
     for _ in range(n_iter - 1):
-        _, t = jvp(f, Y, torch.cat([_apply(op, v) for op, v in zip(ops, vs)]), method)
+        _, t = jvp(f, Y, torch.cat([apply_op(op, v) for op, v in zip(ops, vs)]), method)
         vs = vjp_to_vectors(list(t.split(B)))
-    tangent = torch.cat([_apply(op, v) for op, v in zip(ops, vs)])
+    tangent = torch.cat([apply_op(op, v) for op, v in zip(ops, vs)])
     out_all, t = jvp(f, Y, tangent, method, create_graph=create_graph)
     ts = list(t.split(B))
     sigmas = [batch_norm2(tk) for tk in ts]
-    vectors = [_normalize(tk.detach()) for tk in ts] if return_vectors else None
+    vectors = [normalize(tk.detach()) for tk in ts] if return_vectors else None
     return out_all[:B], sigmas, vectors
 
 
@@ -110,7 +88,7 @@ def frobenius_terms(f, y: torch.Tensor, ops: list, n_proj: int = 1, method: str 
     ``ẑ`` uniform on the output sphere (training through it needs double backward).  Both
     have expectation ``tr((JA)ᵀ JA)``.  Returns ``(out, [ (B,) per operator ])``.
     """
-    _check_method(method)
+    check_method(method)
     if n_proj < 1:
         raise ValueError(f"n_proj must be >= 1, got {n_proj}")
     K, B = len(ops), y.shape[0]
@@ -120,21 +98,21 @@ def frobenius_terms(f, y: torch.Tensor, ops: list, n_proj: int = 1, method: str 
         tangents = []
         for op in ops:
             for _ in range(n_proj):
-                z = _normalize(_random_input(op, y, generator))
-                tangents.append(_apply(op, z * _input_dim(z) ** 0.5))
+                z = normalize(random_input(op, y, generator))
+                tangents.append(apply_op(op, z * input_dim(z) ** 0.5))
         out_all, t = jvp(f, Y, torch.cat(tangents), "forward", create_graph=create_graph)
         sq = batch_norm2(t).pow(2).view(K, n_proj, B).mean(1)
     else:
         y_leaf = Y.detach().requires_grad_()
         with torch.enable_grad():
             out_all = f(y_leaf)
-            z = _normalize(_randn_like(out_all, generator)) * _input_dim(out_all) ** 0.5
+            z = normalize(randn_like(out_all, generator)) * input_dim(out_all) ** 0.5
             try:
                 (g,) = torch.autograd.grad(out_all, y_leaf, z, create_graph=create_graph)
             except RuntimeError as err:
-                raise _third_order_hint(err) from err
+                raise third_order_hint(err) from err
         parts = g.split(B)
-        sq = torch.stack([batch_norm2(_adj(ops[k], parts[k * n_proj + j])).pow(2)
+        sq = torch.stack([batch_norm2(adjoint_op(ops[k], parts[k * n_proj + j])).pow(2)
                           for k in range(K) for j in range(n_proj)]).view(K, n_proj, B).mean(1)
         if not create_graph:
             out_all, sq = out_all.detach(), sq.detach()

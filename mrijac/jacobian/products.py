@@ -11,15 +11,17 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from .vectors import randn_like, to_real
+
 METHODS = ("forward", "double_vjp")
 
 
-def _check_method(method: str) -> None:
+def check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def _third_order_hint(err: RuntimeError) -> RuntimeError:
+def third_order_hint(err: RuntimeError) -> RuntimeError:
     msg = str(err)
     if "3rd+ order" in msg or "double backward" in msg.lower():
         return RuntimeError(f"{msg}\nThis network cannot be differentiated three times "
@@ -43,7 +45,7 @@ def jvp(f, y: torch.Tensor, v: torch.Tensor, method: str = "forward",
         ``(out, Jv)``: ``out`` is the primal ``f(y)`` of
         the very pass that produced the tangent, so it can feed the data loss.
     """
-    _check_method(method)
+    check_method(method)
     y_leaf = y.detach().requires_grad_(method == "double_vjp")
     if method == "forward":
         ctx = torch.enable_grad() if create_graph else torch.no_grad()
@@ -62,7 +64,7 @@ def jvp(f, y: torch.Tensor, v: torch.Tensor, method: str = "forward",
                 (g,) = torch.autograd.grad(out, y_leaf, u, create_graph=True)
                 (t,) = torch.autograd.grad(g, u, v, create_graph=create_graph)
         except RuntimeError as err:
-            raise _third_order_hint(err) from err
+            raise third_order_hint(err) from err
         if not create_graph:
             out, t = out.detach(), t.detach()
     return out, t
@@ -81,25 +83,13 @@ def vjp(f, y: torch.Tensor, u: torch.Tensor | None = None, create_graph: bool = 
         with torch.enable_grad():
             out = f(y_leaf)
             if u is None:
-                u = _randn_like(out, generator)
+                u = randn_like(out, generator)
             (g,) = torch.autograd.grad(out, y_leaf, u, create_graph=create_graph)
     except RuntimeError as err:
-        raise _third_order_hint(err) from err
+        raise third_order_hint(err) from err
     if not create_graph:
         out, g = out.detach(), g.detach()
     return out, g, u
-
-
-def _randn_like(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal tensor like ``t`` (complex: standard normal real and imaginary parts)."""
-    if t.is_complex():
-        z = torch.randn(t.shape + (2,), generator=generator, dtype=t.real.dtype)
-        return torch.view_as_complex(z).to(t.device)
-    return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
-
-
-def _to_real(t: torch.Tensor) -> torch.Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def explicit_jacobian(f, y: torch.Tensor) -> torch.Tensor:
@@ -112,12 +102,12 @@ def explicit_jacobian(f, y: torch.Tensor) -> torch.Tensor:
     """
     y = y.detach()
     B = y.shape[0]
-    yr = _to_real(y)
+    yr = to_real(y)
 
     def g(vec):
         x = vec.view(yr.shape)
         x = torch.view_as_complex(x) if y.is_complex() else x
-        return _to_real(f(x)).reshape(B, -1)
+        return to_real(f(x)).reshape(B, -1)
 
     J = torch.func.jacrev(g)(yr.reshape(B, -1))  # (B, out, B, in)
     idx = torch.arange(B, device=J.device)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .norms import _adj, _apply, _normalize, _random_input
-from .products import _third_order_hint, _to_real, jvp
+from .products import jvp, third_order_hint
+from .vectors import adjoint_op, apply_op, normalize, random_input, to_real
 
 
 @dataclass
@@ -49,8 +49,8 @@ class ReferenceSigma:
 
 def _dots(a: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
     """Real inner products ``⟨basis_j[b], a[b]⟩`` as ``(B, k)`` float64."""
-    ar = _to_real(a).reshape(a.shape[0], -1).double()
-    return torch.stack([(_to_real(q).reshape(q.shape[0], -1).double() * ar).sum(1)
+    ar = to_real(a).reshape(a.shape[0], -1).double()
+    return torch.stack([(to_real(q).reshape(q.shape[0], -1).double() * ar).sum(1)
                         for q in basis], 1)
 
 
@@ -105,17 +105,17 @@ def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int
         with torch.enable_grad():
             out = f(y_leaf)  # kept: every VJP reuses this graph
     except RuntimeError as err:
-        raise _third_order_hint(err) from err
+        raise third_order_hint(err) from err
 
     def JAv(v):
-        return jvp(f, y, _apply(A, v), "forward")[1]
+        return jvp(f, y, apply_op(A, v), "forward")[1]
 
     def AtJtu(u):
         (g,) = torch.autograd.grad(out, y_leaf, u.to(out.dtype), retain_graph=True)
-        return _adj(A, g)
+        return adjoint_op(A, g)
 
-    v = _random_input(A, y, generator) if v0 is None else v0.detach().to(y.device)
-    v = _normalize(v)
+    v = random_input(A, y, generator) if v0 is None else v0.detach().to(y.device)
+    v = normalize(v)
     V, U = [v], []
     alphas, betas = [], []  # (B,) float64 each; betas[k] = β_{k+2} couples v_{k+2}
     dev = y.device
@@ -141,7 +141,7 @@ def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int
         # with a random vector orthogonal to V (β = 0 decouples it; its σ is final)
         dead = b <= 1e-10 * torch.stack(alphas, 1).amax(1).clamp_min(1e-300)
         if bool(dead.any()) and k < max_iter:
-            r = _orthogonalize(_random_input(A, y, generator), V)
+            r = _orthogonalize(random_input(A, y, generator), V)
             g = torch.where(dead.view(_bshape(g)), r, g)
             b = torch.where(dead, torch.zeros_like(b), b)
             nb = torch.where(dead, _norm64(r), b)
@@ -162,8 +162,8 @@ def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int
             break
         if k < max_iter:
             V.append(g / nb.clamp_min(1e-300).to(g.real.dtype).view(_bshape(g)))
-    v_top = _normalize(_combine(V[:k], Q[:, :, 0]))
-    u_top = _normalize(_combine(U, P[:, :, 0]))
+    v_top = normalize(_combine(V[:k], Q[:, :, 0]))
+    u_top = normalize(_combine(U, P[:, :, 0]))
     return ReferenceSigma(sigma.detach(), resid.detach(), (resid <= tol).detach(), k,
                           v_top.detach(), u_top.detach())
 
@@ -173,4 +173,4 @@ def _bshape(a: torch.Tensor) -> tuple:
 
 
 def _norm64(a: torch.Tensor) -> torch.Tensor:
-    return _to_real(a).reshape(a.shape[0], -1).double().norm(dim=1)
+    return to_real(a).reshape(a.shape[0], -1).double().norm(dim=1)

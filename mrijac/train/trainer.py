@@ -14,15 +14,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ..config import Config, _flatten, config_from_dict, save_config
+from ..config import Config, config_from_dict, flatten, save_config
 from ..inference import jacobian_stats, reconstruct, score
-from ..jacobian import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
+from ..jacobian import JacobianPenalty, WeightSpectralPenalty
 from ..jacobian.reference import reference_sigma
 from ..metrics import generalization_gap
 from ..runtime import resolve_device, seed_everything
 from ..tasks import build_reconstructor, fixed_batches, fixed_raw, make_task, seeded_indices
 from .losses import DataLoss
 from .pool import TrackedPool
+from .step import PenaltyStep
 from .warm import WarmStore
 
 JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
@@ -65,6 +66,40 @@ def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def build_optimizer(o, model):
+    """``(optimizer, scheduler or None)`` of config section ``optim``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.RMSprop
+    opt = cls(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.schedule == "step":
+        return opt, torch.optim.lr_scheduler.StepLR(opt, o.step_size, o.lr_gamma)
+    if o.schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, o.epochs)
+    return opt, None
+
+
+def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
+    """The :class:`PenaltyStep` of config section ``reg`` for ``model``."""
+    r = cfg.reg
+    jac = None
+    if r.name in JAC_REGS:
+        kind, use_ja, use_j = JAC_REGS[r.name]
+        spectral = kind == "spectral"
+        jac = JacobianPenalty(kind, r.lambda_ja if use_ja else 0.0, r.lambda_j if use_j else 0.0,
+                              r.n_iter, r.n_proj, r.method, r.every, r.gamma,
+                              warm_start_vectors=r.warm_start != "none" and spectral,
+                              samples=(r.samples or None) if spectral else None,
+                              alternate=r.alternate, fd_step=r.fd_step or None,
+                              recompute=r.fd_recompute, hold=r.every_mode == "hold" and r.every > 1)
+    pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) \
+        if jac is not None and r.pool else None
+    warm = WarmStore(r.warm_start) if jac is not None and pool is None and \
+        jac.kind == "spectral" and r.warm_start != "none" else None
+    sw = WeightSpectralPenalty(model, r.lambda_w, seed=cfg.train.seed) if r.name == "sw" else None
+    return PenaltyStep(jac, warm=warm, pool=pool, sw=sw,
+                       wd=r.lambda_w if r.name == "wd" else 0.0, reduce=reduce, log=log)
+
+
 class Trainer:
     """Trains a reconstructor as ``cfg`` says, writing into ``out``.
 
@@ -85,8 +120,8 @@ class Trainer:
         if resume:
             self.ck = load_checkpoint(self.out / "checkpoints" / "last.pt")
             saved = config_from_dict(self.ck["config"])
-            diff = [k for k, v in _flatten(cfg.to_dict()).items()
-                    if _flatten(saved.to_dict()).get(k) != v and k not in ("optim.epochs",
+            diff = [k for k, v in flatten(cfg.to_dict()).items()
+                    if flatten(saved.to_dict()).get(k) != v and k not in ("optim.epochs",
                                                                          "train.progress")]
             if diff:
                 raise ValueError(f"--resume with a different config ({', '.join(diff)}); "
@@ -106,42 +141,15 @@ class Trainer:
         if self.world > 1:
             for p in self.model.state_dict().values():
                 torch.distributed.broadcast(p, 0)
-        o = cfg.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if o.name == "adam":
-            self.opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-        else:
-            self.opt = torch.optim.RMSprop(params, lr=o.lr, weight_decay=o.weight_decay)
-        if o.schedule == "step":
-            self.sched = torch.optim.lr_scheduler.StepLR(self.opt, o.step_size, o.lr_gamma)
-        elif o.schedule == "cosine":
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, o.epochs)
-        else:
-            self.sched = None
-        r = cfg.reg
-        self.jac = None
-        if r.name in JAC_REGS:
-            kind, use_ja, use_j = JAC_REGS[r.name]
-            self.jac = JacobianPenalty(kind, r.lambda_ja if use_ja else 0.0,
-                                       r.lambda_j if use_j else 0.0, r.n_iter, r.n_proj,
-                                       r.method, r.every, r.gamma,
-                                       warm_start_vectors=r.warm_start != "none"
-                                       and kind == "spectral",
-                                       samples=(r.samples or None) if kind == "spectral" else None,
-                                       alternate=r.alternate, fd_step=r.fd_step or None,
-                                       recompute=r.fd_recompute,
-                                       hold=r.every_mode == "hold" and r.every > 1)
-        self.sw = WeightSpectralPenalty(self.model, r.lambda_w, seed=cfg.train.seed) \
-            if r.name == "sw" else None
+        self.opt, self.sched = build_optimizer(cfg.optim, self.model)
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
             if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
-        self.pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) \
-            if self.jac is not None and r.pool else None
-        self.warm = WarmStore(r.warm_start) if self.jac is not None and self.pool is None and \
-            self.jac.kind == "spectral" and r.warm_start != "none" else None
-        self.held = None  # reg.every_mode=hold: the last penalty gradient, unscaled
+        self.penalty = build_penalty_step(cfg, self.model, reduce=self._all_mean,
+                                          log=tqdm.write if self.rank == 0 else None)
+        self.jac = self.penalty.jac
         # the reference σ: fixed probe batches per split, their Lanczos vectors (warm starts),
-        # and the last penalised (arg-max) samples with the estimate training used for them
+        # the last penalised (arg-max) samples with the estimate training used for them, and
+        # the fixed training subset of the per-epoch GE
         self.probes, self.ref_warm, self.ge_subset = None, {}, None
         self.penalised = deque(maxlen=2 * max(cfg.train.ref_slices, 1))
         prec = str(cfg.train.precision)
@@ -162,12 +170,7 @@ class Trainer:
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched else {},
                 "rng": rng_state(), "epoch": self.epoch, "step": self.step,
-                "jac": self.jac.state_dict() if self.jac else {},
-                "sw": self.sw.state_dict() if self.sw else {},
-                "warm": self.warm.state_dict() if self.warm is not None else {},
-                "pool": self.pool.state_dict() if self.pool is not None else {},
-                "held": None if self.held is None else
-                [None if g is None else g.cpu() for g in self.held],
+                **self.penalty.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "history": self.history, "final": final,
                 "train_loss_eval": float("nan") if train_l2 is None else float(train_l2)}
@@ -177,41 +180,29 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         if self.sched and ck["scheduler"]:
             self.sched.load_state_dict(ck["scheduler"])
-        if self.jac and ck["jac"]:
-            self.jac.load_state_dict(ck["jac"])
-        if self.sw and ck["sw"]:
-            self.sw.load_state_dict(ck["sw"])
         if self.scaler and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
-        if self.warm is not None:
-            self.warm.load_state_dict(ck["warm"])
-        if self.pool is not None:
-            self.pool.load_state_dict(ck.get("pool", {}), self.device)
-        held = ck.get("held")
-        self.held = None if held is None else [None if g is None else g.to(self.device)
-                                               for g in held]
+        self.penalty.load_state_dict(ck, self.device)
         self.epoch, self.step, self.history = ck["epoch"], ck["step"], list(ck["history"])
         self.resume_batch = int(ck.get("batch_in_epoch", 0))
         self.partial = ck.get("partial")
         self.resume_rng = ck["rng"]
         set_rng_state(ck["rng"])
 
-    # --- warm-started singular vectors ------------------------------------------------------
-    def _warm_get(self, info, y):
-        if self.warm is None:
-            return None
-        return self.warm.get(info.get("keys"), y.shape[0], self.device,
-                             partial_ok=bool(self.jac.samples) or self.jac.method == "fd")
+    @property
+    def warm(self):
+        """The per-sample warm-start store (``None`` without one)."""
+        return self.penalty.warm
 
-    def _priority(self, info):
-        """Last σ estimate per sample (unseen samples first), for ``reg.samples``."""
-        if not (self.jac and self.jac.samples) or self.warm is None or info.get("keys") is None:
-            return None
-        return self.warm.priority(info["keys"])
+    @property
+    def pool(self):
+        """The tracked pool (``reg.pool``), or ``None``."""
+        return self.penalty.pool
 
-    def _warm_put(self, info, stats):
-        if self.warm is not None:
-            self.warm.put(info.get("keys"), stats)
+    @property
+    def held(self):
+        """Hold mode: the last penalised step's penalty gradient."""
+        return self.penalty.held
 
     # --- steps ------------------------------------------------------------------------------
     def _all_mean(self, t: torch.Tensor) -> torch.Tensor:
@@ -235,75 +226,24 @@ class Trainer:
             i += g.numel()
 
     def train_step(self, y, A, target, info) -> dict:
+        """One optimizer step on a batch: data loss + regularizer (:class:`PenaltyStep`)."""
         self.model.train()
-        f = self.model.as_function(A)
-        stats, pen = {}, torch.zeros((), device=self.device)
+        ps = self.penalty
         # mixed precision: network passes (tangents included) under autocast, losses in float32
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            py, pA = y, A  # what the penalty saw (the pool appends its samples)
-            if self.jac is not None and self.jac.active(self.step) and self.pool is not None:
-                self.pool.maybe_refresh(self.model, self.task, self.jac.terms, self.step,
-                                        self.device)
-                py, pA, index, v0 = self.pool.extend(self.task, y, A, self.jac.terms,
-                                                     self.device)
-                out, pen, stats = self.jac(self.model, py, pA, step=self.step, v0=v0,
-                                           index=index)
-                out = out[:y.shape[0]]
-            elif self.jac is not None and self.jac.active(self.step):
-                out, pen, stats = self.jac(self.model, y, A, step=self.step,
-                                           v0=self._warm_get(info, y),
-                                           priority=self._priority(info))
-            else:
-                out = f(y)
+            out, pen, stats, seen = ps.penalty(self.model, y, A, info, self.step, self.task)
         out, pen = out.float(), pen.float()
         loss = self.loss_fn(out, target, info.get("max"))
-        if stats and self.jac.needs_calibration:
-            terms = {k: self._all_mean(v.detach()) for k, v in stats.items()
-                     if k.startswith("term_")}
-            chosen = self.jac.calibrate(self._all_mean(loss.detach()).item(), terms)
-            if self.rank == 0:
-                tqdm.write("auto λ: " + ", ".join(f"{k} = {v:.3g}" for k, v in chosen.items()))
-            pen = self.jac.weighted(stats)
-        wpen = torch.zeros((), device=self.device)
-        r = self.cfg.reg
-        if r.name == "wd":
-            wpen = weight_decay_penalty(self.model, r.lambda_w)
-        elif r.name == "sw":
-            wpen = self.sw()
-        total = loss + pen + wpen
-        if not torch.isfinite(total):
-            last = self.out / "checkpoints" / "last.pt"
-            keep = f"last good checkpoint: {last} (epoch {self.epoch})" if last.exists() else \
-                "no checkpoint was written yet"
-            raise NonFiniteError(f"step {self.step} (epoch {self.epoch + 1}): the training loss "
-                                 f"is {total.item()} (data loss {loss.item():.4g}, penalty "
-                                 f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
-                                 f"{keep}")
+        pen = ps.calibrate(loss, stats, pen)
+        wpen = ps.weight_penalty(self.model)
+        self._check_finite(loss, pen, wpen)
         self.opt.zero_grad(set_to_none=True)
-        scale = self.scaler.scale if self.scaler is not None else (lambda t: t)
-        hold = self.jac is not None and self.jac.hold
-        if hold and stats and pen.requires_grad:  # a penalised step: keep its gradient
-            scale(pen).backward(retain_graph=True)
-            s = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
-            self.held = [None if p.grad is None else p.grad.detach() / s
-                         for p in self.model.parameters()]
-            scale(loss + wpen).backward()
-        else:
-            scale(total).backward()
-            if hold and self.held is not None:  # between penalised steps: the held gradient
-                s = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
-                for p, g in zip(self.model.parameters(), self.held):
-                    if g is not None:
-                        p.grad = g * s if p.grad is None else p.grad + g * s
+        ps.backward(self.model, loss, pen, wpen, stats, self.scaler)
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
-        if stats:  # after backward: method=fd gets its next vectors from that pass
-            if self.pool is not None:
-                self.pool.update(stats)
-            else:
-                self._warm_put(info, stats)
-            self._record_penalised(py, pA, stats)
+        ps.after_backward(info, stats)  # method=fd: the vectors came with that backward
+        self._record_penalised(*seen, stats)
         self._sync_grads()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -316,6 +256,18 @@ class Trainer:
         return {"loss": loss.item(), "penalty": float(pen.detach()) + float(wpen.detach()),
                 "sigma_ja": float(stats["sigma_ja"].mean()) if "sigma_ja" in stats else math.nan,
                 "sigma_j": float(stats["sigma_j"].mean()) if "sigma_j" in stats else math.nan}
+
+    def _check_finite(self, loss, pen, wpen):
+        total = loss + pen + wpen
+        if torch.isfinite(total):
+            return
+        last = self.out / "checkpoints" / "last.pt"
+        keep = f"last good checkpoint: {last} (epoch {self.epoch})" if last.exists() else \
+            "no checkpoint was written yet"
+        raise NonFiniteError(f"step {self.step} (epoch {self.epoch + 1}): the training loss "
+                             f"is {total.item()} (data loss {loss.item():.4g}, penalty "
+                             f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
+                             f"{keep}")
 
     def _record_penalised(self, y, A, stats):
         """Keep the sample that carried each term's penalty (the arg-max) with its estimate."""

@@ -1,0 +1,42 @@
+"""Vectors of the Jacobian tools: real views, random and unit vectors per sample, operator
+application where ``None`` stands for the identity (the model-agnostic ``‖J‖`` terms)."""
+from __future__ import annotations
+
+import torch
+
+from ..operators.base import batch_norm2
+
+
+def to_real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def randn_like(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal tensor like ``t`` (complex: standard normal real and imaginary parts)."""
+    if t.is_complex():
+        z = torch.randn(t.shape + (2,), generator=generator, dtype=t.real.dtype)
+        return torch.view_as_complex(z).to(t.device)
+    return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
+
+
+def apply_op(op, v):
+    return v if op is None else op(v)
+
+
+def adjoint_op(op, g):
+    return g if op is None else op.adjoint(g)
+
+
+def normalize(v: torch.Tensor) -> torch.Tensor:
+    return v / batch_norm2(v).clamp_min(1e-30).view(-1, *[1] * (v.dim() - 1))
+
+
+def input_dim(v: torch.Tensor) -> int:
+    return v[0].numel() * (2 if v.is_complex() else 1)
+
+
+def random_input(op, y: torch.Tensor, generator=None) -> torch.Tensor:
+    """Standard normal vector in A's input space (shaped like ``Aᴴ y``)."""
+    with torch.no_grad():
+        like = y if op is None else op.adjoint(y)
+    return randn_like(like, generator)
