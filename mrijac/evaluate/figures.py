@@ -43,24 +43,52 @@ def reconstruction_figure(path, target, zero_filled, pred, title="", metrics=Non
     return save_figure(fig, Path(path))
 
 
+COMPOSITE = {  # panel -> (history column, line style, label suffix)
+    "σ(J A): reference vs training estimate": [
+        ("val_sigma_ja_mean", "-", "val reference"), ("train_ref_sigma_ja_mean", "--",
+                                                      "train reference"),
+        ("train_sigma_ja", ":", "training-time estimate")],
+}
+
+
 def curves_figure(path, histories: dict[str, list[dict]],
-                  keys=("train_loss", "val_loss", "ge", "ssim", "psnr", "val_sigma_ja_mean",
+                  keys=("train_loss", "val_loss", "ge", "rel_ge", "ssim", "psnr",
+                        "σ(J A): reference vs training estimate", "est_ratio_ja",
                         "val_sigma_j_mean")) -> Path | None:
-    """Metric curves over epochs, one line per run."""
-    keys = [k for k in keys if any(_finite(r.get(k)) for h in histories.values() for r in h)]
+    """Metric curves over epochs, one colour per run.  ``ge``/``rel_ge`` are drawn with their
+    bootstrap 95 % band (``*_lo``/``*_hi``); the σ panel shows the converged reference σ on
+    the validation and training probes beside the estimate the penalty trained with."""
+    def cols_of(k):
+        return [c for c, _, _ in COMPOSITE[k]] if k in COMPOSITE else [k]
+    keys = [k for k in keys if any(_finite(r.get(c)) for c in cols_of(k)
+                                   for h in histories.values() for r in h)]
     if not keys:
         return None
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, k in zip(axes.flat, keys):
-        for name, h in histories.items():
-            pts = [(r["epoch"], r[k]) for r in h if _finite(r.get(k))]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=name)
-        ax.set_title(k.replace("_", " "), fontsize=9)
+        for i, (name, h) in enumerate(histories.items()):
+            c = colors[i % len(colors)]
+            lines = COMPOSITE.get(k, [(k, "-", "")])
+            for col, style, suffix in lines:
+                pts = [(r["epoch"], r[col]) for r in h if _finite(r.get(col))]
+                if pts:
+                    ax.plot(*zip(*pts), style, marker="o", ms=3, color=c,
+                            label=f"{name} {suffix}".strip())
+            band = [(r["epoch"], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for r in h
+                    if _finite(r.get(f"{k}_lo")) and _finite(r.get(f"{k}_hi"))]
+            if band:
+                e, lo, hi = zip(*band)
+                ax.fill_between(e, lo, hi, color=c, alpha=0.15)
+        if k == "est_ratio_ja":
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(k.replace("_", " ") if k not in COMPOSITE else k, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.3)
+        if k in COMPOSITE:
+            ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
