@@ -1,15 +1,12 @@
 """The training loop: data loss + regularizer, validation, logs, checkpoints, resume, DDP."""
 from __future__ import annotations
 
-import csv
 import math
-import os
 import shutil
 import time
 from collections import deque
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,6 +18,8 @@ from ..jacobian.reference import reference_sigma
 from ..metrics import generalization_gap
 from ..runtime import resolve_device, seed_everything
 from ..tasks import build_reconstructor, fixed_batches, fixed_raw, make_task, seeded_indices
+from . import distributed as dist
+from .history import EpochStats, HistoryLog, postfix
 from .losses import DataLoss
 from .pool import TrackedPool
 from .step import PenaltyStep
@@ -29,15 +28,6 @@ from .warm import WarmStore
 JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
             "sja+sj": ("spectral", True, True), "fj": ("frobenius", False, True),
             "fja": ("frobenius", True, False), "fja+fj": ("frobenius", True, True)}
-HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_sigma_ja",
-                  "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ge_lo", "ge_hi",
-                  "rel_ge", "rel_ge_lo", "rel_ge_hi", "ssim", "psnr", "nmse",
-                  "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
-                  "val_sigma_j_mean", "val_sigma_j_max", "train_ref_sigma_ja_mean",
-                  "train_ref_sigma_ja_max", "train_ref_sigma_j_mean", "train_ref_sigma_j_max",
-                  "est_ratio_ja", "est_ratio_j", "ref_residual", "ref_time", "lambda_ja",
-                  "lambda_j", "data_wait_frac", "step_time", "epoch_time"]
-
 
 class NonFiniteError(RuntimeError):
     """The loss or the penalty became NaN or Inf."""
@@ -112,8 +102,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, out, resume: bool = False, overwrite: bool = False):
         self.out = Path(out)
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.world, self.rank = dist.world()
         if self.rank == 0:
             prepare_out_dir(self.out, resume, overwrite)
         self.ck = None
@@ -130,17 +119,13 @@ class Trainer:
             cfg = saved
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend)
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if self.world > 1:
+            self.device = dist.init(self.device)
         seed_everything(cfg.train.seed)
         self.task = make_task(cfg)
         self.model = build_reconstructor(cfg, self.task.meta).to(self.device)
         if self.world > 1:
-            for p in self.model.state_dict().values():
-                torch.distributed.broadcast(p, 0)
+            dist.broadcast_module(self.model)
         self.opt, self.sched = build_optimizer(cfg.optim, self.model)
         self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
             if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
@@ -206,24 +191,7 @@ class Trainer:
 
     # --- steps ------------------------------------------------------------------------------
     def _all_mean(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            t = t.detach().clone()
-            torch.distributed.all_reduce(t)
-            t /= self.world
-        return t
-
-    def _sync_grads(self):
-        if self.world == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p)
-                 for p in self.model.parameters()]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        i = 0
-        for p, g in zip(self.model.parameters(), grads):
-            p.grad = flat[i:i + g.numel()].view_as(p).clone()
-            i += g.numel()
+        return dist.all_mean(t, self.world)
 
     def train_step(self, y, A, target, info) -> dict:
         """One optimizer step on a batch: data loss + regularizer (:class:`PenaltyStep`)."""
@@ -244,7 +212,7 @@ class Trainer:
             self.scaler.unscale_(self.opt)
         ps.after_backward(info, stats)  # method=fd: the vectors came with that backward
         self._record_penalised(*seen, stats)
-        self._sync_grads()
+        dist.average_gradients(self.model, self.world)
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         if self.scaler is not None:
@@ -369,162 +337,114 @@ class Trainer:
         stopped) and raise :class:`Interrupted`.  CUDA out-of-memory skips the batch with a
         warning; three in a row write a checkpoint and stop.
         """
-        import signal
-        import threading
-        cfg = self.cfg
-        stop = {"sig": None}
-        old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                old[sig] = signal.signal(sig, lambda n, f: stop.__setitem__("sig", n))
-        writer = None
-        if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.epoch)
+        stop = _StopSignals()
+        log = HistoryLog(self.out, self.cfg.train.progress, self.epoch) if self.rank == 0 else None
         try:
-            while self.epoch < cfg.optim.epochs:
-                seed_everything(cfg.train.seed * 100_003 + self.epoch)
+            while self.epoch < self.cfg.optim.epochs:
                 t0 = time.time()
-                sums = {"loss": 0.0, "penalty": 0.0, "sigma_ja": [], "sigma_j": [], "n": 0,
-                        "wait": 0.0, "busy": 0.0}
-                skip, self.resume_batch = self.resume_batch, 0
-                if skip and self.partial:
-                    sums.update(self.partial)
-                n = sums["n"]
-                oom = 0
-                bar = tqdm(self._loader(self.epoch), desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
-                           disable=not (cfg.train.progress and self.rank == 0), leave=False)
-                wait, busy, t_mark = sums["wait"], sums["busy"], time.perf_counter()
-                for bi, batch in enumerate(bar):
-                    if bi < skip:  # resumed mid-epoch: same batches, then the saved RNG
-                        if bi == skip - 1:
-                            set_rng_state(self.resume_rng)
-                        t_mark = time.perf_counter()
-                        continue
-                    t_got = time.perf_counter()
-                    wait += t_got - t_mark
-                    y, A, target, info = self.task.unpack(batch, self.device)
-                    try:
-                        r = self.train_step(y, A, target, info)
-                        oom = 0
-                    except torch.cuda.OutOfMemoryError:
-                        oom += 1
-                        self.opt.zero_grad(set_to_none=True)
-                        torch.cuda.empty_cache()
-                        tqdm.write(f"warning: CUDA out of memory at step {self.step}; batch skipped")
-                        if oom >= 3:
-                            stop["sig"] = "oom"
-                        r = None
-                    t_mark = time.perf_counter()
-                    busy += t_mark - t_got
-                    if stop["sig"] is not None:
-                        self._interrupt(bi + 1, dict(sums, n=n + (r is not None), wait=wait,
-                                                     busy=busy), stop["sig"], r)
-                    if r is None:
-                        continue
-                    n += 1
-                    sums["loss"] += r["loss"]
-                    sums["penalty"] += r["penalty"]
-                    for k in ("sigma_ja", "sigma_j"):
-                        if not math.isnan(r[k]):
-                            sums[k].append(r[k])
-                    post = {"loss": f"{r['loss']:.4g}", "pen": f"{r['penalty']:.3g}"}
-                    for k in ("sigma_ja", "sigma_j"):
-                        if not math.isnan(r[k]):
-                            post["σ" + k[5:].upper()] = f"{r[k]:.3g}"
-                    bar.set_postfix(post)
+                stats = self._train_epoch(stop)
                 if self.sched:
                     self.sched.step()
                 self.epoch += 1
                 row = {"epoch": self.epoch, "step": self.step,
-                       "lr": self.opt.param_groups[0]["lr"], "train_loss": sums["loss"] / max(n, 1),
-                       "train_penalty": sums["penalty"] / max(n, 1),
-                       "data_wait_frac": wait / max(wait + busy, 1e-12),
-                       "step_time": busy / max(n, 1),
-                       "train_sigma_ja": float(np.mean(sums["sigma_ja"])) if sums["sigma_ja"] else math.nan,
-                       "train_sigma_j": float(np.mean(sums["sigma_j"])) if sums["sigma_j"] else math.nan}
+                       "lr": self.opt.param_groups[0]["lr"], **stats.row()}
                 if self.jac:
-                    row["lambda_ja"] = _num(self.jac.lambda_ja)
-                    row["lambda_j"] = _num(self.jac.lambda_j)
+                    row["lambda_ja"], row["lambda_j"] = _num(self.jac.lambda_ja), _num(self.jac.lambda_j)
                 if self.rank == 0:
                     row.update(self.validate())
                     row["epoch_time"] = time.time() - t0
                     self.history.append(row)
-                    self._log(row, writer)
+                    log.write(row)
                     save_checkpoint(self.out / "checkpoints" / "last.pt", self._payload())
                 if self.world > 1:
                     torch.distributed.barrier()
-            ddp = self._check_replicas()
-            if self.rank == 0:
-                tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
-                payload = self._payload(final=True, train_l2=tr["l2"])
-                payload["train_l2_values"] = tr["l2_values"]
-                payload["train_rel_values"] = tr["rel_values"]
-                payload["ddp"] = ddp
-                save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
-                save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
+            self._finish()
         finally:
-            if writer:
-                writer.close()
-            for sig, h in old.items():
-                signal.signal(sig, h)
+            if log is not None:
+                log.close()
+            stop.restore()
         return self.history[-1] if self.history else {}
 
-    def _interrupt(self, batch_in_epoch, sums, sig, r):
+    def _train_epoch(self, stop) -> EpochStats:
+        """One pass over the training loader (resumed mid-epoch: the same batches are skipped
+        and the saved RNG restored); returns the epoch's running sums."""
+        seed_everything(self.cfg.train.seed * 100_003 + self.epoch)
+        skip, self.resume_batch = self.resume_batch, 0
+        sums = EpochStats.from_dict(self.partial if skip else None)
+        oom = 0
+        bar = tqdm(self._loader(self.epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}",
+                   disable=not (self.cfg.train.progress and self.rank == 0), leave=False)
+        t_mark = time.perf_counter()
+        for bi, batch in enumerate(bar):
+            if bi < skip:
+                if bi == skip - 1:
+                    set_rng_state(self.resume_rng)
+                t_mark = time.perf_counter()
+                continue
+            t_got = time.perf_counter()
+            sums.wait += t_got - t_mark
+            y, A, target, info = self.task.unpack(batch, self.device)
+            try:
+                r, oom = self.train_step(y, A, target, info), 0
+            except torch.cuda.OutOfMemoryError:
+                oom, r = oom + 1, None
+                self.opt.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                tqdm.write(f"warning: CUDA out of memory at step {self.step}; batch skipped")
+                if oom >= 3:
+                    stop.sig = "oom"
+            t_mark = time.perf_counter()
+            sums.busy += t_mark - t_got
+            if r is not None:
+                sums.add(r)
+                bar.set_postfix(postfix(r))
+            if stop.sig is not None:
+                self._interrupt(bi + 1, sums, stop.sig)
+        return sums
+
+    def _finish(self) -> None:
+        """Final checkpoint with the per-sample training losses (for GE intervals)."""
+        ddp = dist.check_replicas(self.model, self.world)
+        if self.rank != 0:
+            return
+        tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
+        payload = self._payload(final=True, train_l2=tr["l2"])
+        payload.update(train_l2_values=tr["l2_values"], train_rel_values=tr["rel_values"], ddp=ddp)
+        save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
+        save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
+
+    def _interrupt(self, batch_in_epoch, sums: EpochStats, sig):
         """Write a mid-epoch checkpoint and raise :class:`Interrupted`."""
-        if r is not None:
-            sums["loss"] += r["loss"]
-            sums["penalty"] += r["penalty"]
-            for k in ("sigma_ja", "sigma_j"):
-                if not math.isnan(r[k]):
-                    sums[k] = sums[k] + [r[k]]
         path = self.out / "checkpoints" / "last.pt"
         if self.rank == 0:
             payload = self._payload()
             payload["batch_in_epoch"] = batch_in_epoch
-            payload["partial"] = sums
+            payload["partial"] = sums.to_dict()
             save_checkpoint(path, payload)
         why = "three CUDA out-of-memory errors in a row" if sig == "oom" else f"signal {sig}"
         raise Interrupted(f"stopped by {why} at step {self.step} (epoch {self.epoch + 1}, "
                           f"batch {batch_in_epoch}); checkpoint {path}; continue with --resume",
                           None if sig == "oom" else sig)
 
-    def _check_replicas(self) -> dict:
-        """Under DDP: the largest difference between any rank's weights and rank 0's."""
-        if self.world == 1:
-            return {"world_size": 1, "max_param_diff": 0.0}
-        flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
-        ref = flat.clone()
-        torch.distributed.broadcast(ref, 0)
-        diff = (flat - ref).abs().max().reshape(1)
-        torch.distributed.all_reduce(diff, op=torch.distributed.ReduceOp.MAX)
-        return {"world_size": self.world, "max_param_diff": float(diff)}
 
-    def _log(self, row, writer):
-        path = self.out / "history.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
-        if writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
-                    writer.add_scalar(k, v, row["epoch"])
-            writer.flush()
-        msg = (f"epoch {row['epoch']}: train loss {row['train_loss']:.4g}, val loss "
-               f"{row.get('val_loss', math.nan):.4g}, GE {row.get('ge', math.nan):.4g}")
-        for m in ("ssim", "psnr"):
-            if m in row:
-                msg += f", {m.upper()} {row[m]:.4g}"
-        if "val_sigma_ja_mean" in row:
-            msg += f", σ(JA) {row['val_sigma_ja_mean']:.3g}, σ(J) {row['val_sigma_j_mean']:.3g}"
-        for t, name in (("ja", "σ(JA)"), ("j", "σ(J)")):
-            if f"est_ratio_{t}" in row:
-                msg += f", estimate/reference {name} {row[f'est_ratio_{t}']:.2f}"
-        if self.cfg.train.progress:
-            tqdm.write(msg)
+class _StopSignals:
+    """SIGTERM/SIGINT set ``sig`` instead of killing the process (main thread only)."""
+
+    def __init__(self):
+        import signal
+        import threading
+        self.sig, self.old = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self.old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.sig = signum
+
+    def restore(self) -> None:
+        import signal
+        for s, h in self.old.items():
+            signal.signal(s, h)
 
 
 def _num(v):
