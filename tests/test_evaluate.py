@@ -7,7 +7,7 @@ import pytest
 from fastmri import evaluate as fe
 
 from mrijac.config import load_config
-from mrijac.data import MRISliceDataset, collate_mri, write_synthetic_dataset
+from mrijac.data import MRISliceDataset, collate_mri
 from mrijac.evaluate.compare import compare_runs
 from mrijac.evaluate.runner import evaluate_checkpoint
 from mrijac.metrics import aggregate, image_metrics, volume_metrics
@@ -38,11 +38,9 @@ def test_volume_metrics_equal_fastmri_evaluate():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, synthetic_knee):
     root = tmp_path_factory.mktemp("ev")
-    write_synthetic_dataset(root / "data", "knee", "singlecoil", {"train": 2, "val": 2},
-                            n_slices=3, kspace_shape=(40, 36), recon_size=(32, 32),
-                            progress=False)
+    (root / "data").symlink_to(synthetic_knee)
     outs = {}
     for reg in ("none", "sja+sj"):
         cfg = load_config(None, [f"data.root={root / 'data'}", "model.chans=4",

@@ -8,17 +8,14 @@ from fastmri import evaluate as fe
 
 from mrijac.cli import main
 from mrijac.config import load_config
-from mrijac.data import write_synthetic_dataset
 from mrijac.evaluate.predict import evaluate_predictions, predict_folder
 from mrijac.train.trainer import train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, synthetic_knee):
     root = tmp_path_factory.mktemp("pr")
-    write_synthetic_dataset(root / "data", "knee", "singlecoil", {"train": 2, "val": 1, "test": 2},
-                            n_slices=3, kspace_shape=(40, 36), recon_size=(32, 32),
-                            progress=False)
+    (root / "data").symlink_to(synthetic_knee)
     cfg = load_config(None, [f"data.root={root / 'data'}", "model.chans=4",
                              "model.num_pool_layers=2", "optim.epochs=1", "train.progress=false",
                              "reg.name=sja+sj", "data.batch_size=2"])
@@ -33,7 +30,7 @@ def test_predict_test_files_and_round_trip_with_fastmri_evaluate(trained, tmp_pa
     assert sorted(p.name for p in files) == sorted(p.name for p in (root / "data" / "test").iterdir())
     with h5py.File(files[0]) as hf:
         rec = hf["reconstruction"]
-        assert rec.dtype == "float32" and rec.shape == (3, 32, 32)
+        assert rec.dtype == "float32" and rec.shape == (4, 32, 32)  # 4 slices per volume
     ours = evaluate_predictions(out, root / "data" / "test_targets", tmp_path / "ev")
     args = argparse.Namespace(target_path=root / "data" / "test_targets", predictions_path=out,
                               challenge="singlecoil", acquisition=None, acceleration=None)

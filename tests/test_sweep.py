@@ -5,7 +5,6 @@ import math
 import pytest
 
 from mrijac.cli import main
-from mrijac.data import write_synthetic_dataset
 from mrijac.sweep import recommend
 
 
@@ -19,10 +18,8 @@ def test_recommend_picks_lowest_sigma_within_the_psnr_budget():
     assert recommend(rows[1:], 0.2) is None  # no baseline, no recommendation
 
 
-def test_sweep_command_trains_each_lambda_and_reports(tmp_path, capsys):
-    root = tmp_path / "data"
-    write_synthetic_dataset(root, "knee", "singlecoil", {"train": 2, "val": 1}, n_slices=2,
-                            kspace_shape=(40, 36), recon_size=(32, 32), progress=False)
+def test_sweep_command_trains_each_lambda_and_reports(tmp_path, capsys, synthetic_knee):
+    root = synthetic_knee
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{root: {root}, num_workers: 0, batch_size: 2}}\n"
                    "model: {chans: 4, num_pool_layers: 2}\n"

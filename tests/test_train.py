@@ -21,11 +21,8 @@ BASE = ["model.chans=4", "model.num_pool_layers=2", "data.batch_size=2", "optim.
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_synthetic_dataset(root, "knee", "singlecoil", {"train": 2, "val": 1}, n_slices=4,
-                            kspace_shape=(40, 36), recon_size=(32, 32), progress=False)
-    return root
+def data(synthetic_knee):
+    return synthetic_knee
 
 
 def cfg_for(data, *over):

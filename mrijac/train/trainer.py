@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections import deque
 from pathlib import Path
 
 import torch
@@ -12,15 +11,15 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, config_from_dict, flatten, save_config
-from ..inference import jacobian_stats, reconstruct, score
+from ..inference import reconstruct, score
 from ..jacobian import JacobianPenalty, WeightSpectralPenalty
-from ..jacobian.reference import reference_sigma
 from ..metrics import generalization_gap
 from ..runtime import resolve_device, seed_everything
-from ..tasks import build_reconstructor, fixed_batches, fixed_raw, make_task, seeded_indices
+from ..tasks import build_reconstructor, fixed_raw, make_task, seeded_indices
 from . import distributed as dist
 from .history import EpochStats, HistoryLog, postfix
 from .losses import DataLoss
+from .monitor import ReferenceMonitor
 from .pool import TrackedPool
 from .step import PenaltyStep
 from .warm import WarmStore
@@ -132,11 +131,11 @@ class Trainer:
         self.penalty = build_penalty_step(cfg, self.model, reduce=self._all_mean,
                                           log=tqdm.write if self.rank == 0 else None)
         self.jac = self.penalty.jac
-        # the reference σ: fixed probe batches per split, their Lanczos vectors (warm starts),
-        # the last penalised (arg-max) samples with the estimate training used for them, and
-        # the fixed training subset of the per-epoch GE
-        self.probes, self.ref_warm, self.ge_subset = None, {}, None
-        self.penalised = deque(maxlen=2 * max(cfg.train.ref_slices, 1))
+        # the reference σ on fixed probes and the estimate/reference ratio; the fixed
+        # training subset of the per-epoch GE
+        t = cfg.train
+        self.monitor = ReferenceMonitor(t.ref_slices, t.ref_tol, t.ref_max_iter, t.seed)
+        self.ge_subset = None
         prec = str(cfg.train.precision)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
         self.scaler = torch.amp.GradScaler("cuda") if prec == "fp16" and \
@@ -211,7 +210,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         ps.after_backward(info, stats)  # method=fd: the vectors came with that backward
-        self._record_penalised(*seen, stats)
+        self.monitor.record(*seen, stats)
         dist.average_gradients(self.model, self.world)
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -236,64 +235,6 @@ class Trainer:
                              f"is {total.item()} (data loss {loss.item():.4g}, penalty "
                              f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
                              f"{keep}")
-
-    def _record_penalised(self, y, A, stats):
-        """Keep the sample that carried each term's penalty (the arg-max) with its estimate."""
-        if not self.cfg.train.ref_slices:
-            return
-        idx = stats.get("index")
-        for t in ("ja", "j"):
-            s = stats.get(f"sigma_{t}")
-            if s is None or not len(s):
-                continue
-            j = int(torch.argmax(s))
-            b = int(idx[j]) if idx is not None else j
-            op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
-            self.penalised.append((t, y[b:b + 1].detach(), op, float(s[j])))
-
-    def _estimate_ratios(self) -> dict:
-        """Median of (training-time σ estimate / reference σ now) over the recent arg-max
-        samples, per term: does the penalty aim at the true norm?"""
-        out = {}
-        c = self.cfg.train
-        g = torch.Generator().manual_seed(c.seed)
-        for t in ("ja", "j"):
-            rows = [r for r in self.penalised if r[0] == t]
-            if not rows:
-                continue
-            y = torch.cat([r[1] for r in rows])
-            ops = [r[2] for r in rows]
-            A = ops[0] if ops[0] is None or len(ops) == 1 else type(ops[0]).cat(ops)
-            self.model.eval()
-            ref = reference_sigma(self.model.as_function(A), y, A if t == "ja" else None,
-                                  c.ref_tol, c.ref_max_iter, generator=g)
-            est = torch.tensor([r[3] for r in rows], dtype=torch.float64)
-            out[f"est_ratio_{t}"] = float((est / ref.sigma.cpu().clamp_min(1e-30)).median())
-        return out
-
-    def _reference_rows(self) -> dict:
-        """Reference σ (Lanczos) on the fixed val and train probes, and estimate ratios."""
-        c = self.cfg.train
-        if not c.ref_slices:
-            return {}
-        t0 = time.perf_counter()
-        if self.probes is None:
-            self.probes = {s: [(y, A) for y, A, _, _ in
-                               fixed_batches(self.task, s, c.ref_slices, c.seed + 1, self.device)]
-                           for s in ("val", "train")}
-        out, resid = {}, []
-        for split, prefix in (("val", "val_"), ("train", "train_ref_")):
-            js = jacobian_stats(self.model, self.probes[split], c.ref_tol, c.ref_max_iter,
-                                seed=c.seed, warm=self.ref_warm.setdefault(split, {}))
-            if not js:
-                continue
-            for k in ("sigma_ja", "sigma_j"):
-                out[f"{prefix}{k}_mean"], out[f"{prefix}{k}_max"] = js[k]["mean"], js[k]["max"]
-            resid.append(js["max_residual"])
-        out.update(self._estimate_ratios())
-        out["ref_residual"] = max(resid) if resid else math.nan
-        out["ref_time"] = time.perf_counter() - t0
-        return out
 
     def _loader(self, epoch):
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1009 + epoch)
@@ -326,7 +267,7 @@ class Trainer:
         if "zero_filled" in s:
             for m, v in s["zero_filled"]["aggregate"].items():
                 out[f"zf_{m}"] = v["mean"]
-        out.update(self._reference_rows())
+        out.update(self.monitor.rows(self.model, self.task, self.device))
         return out
 
     def fit(self) -> dict:

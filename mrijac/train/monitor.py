@@ -1,0 +1,89 @@
+"""Is the penalty aiming at the true norm?  The reference σ each validation epoch.
+
+:class:`ReferenceMonitor` measures the converged σ(J A) and σ(J) (Lanczos,
+:func:`~mrijac.jacobian.reference.reference_sigma`) on fixed probe slices of the validation
+and training splits — the same slices and masks every epoch, their singular vectors kept as
+warm starts — and compares the estimates the penalty trained with against the reference σ of
+the very samples it acted on (the arg-max of each term in the last steps of the epoch).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+import torch
+
+from ..inference import jacobian_stats
+from ..jacobian.reference import reference_sigma
+from ..tasks import fixed_batches
+
+
+class ReferenceMonitor:
+    """Reference σ on probe slices and the estimate/reference ratio of the penalised samples.
+
+    Args:
+        slices: probe slices per split (0 switches the monitor off); ``tol``, ``max_iter``:
+            Lanczos tolerance and step cap; ``seed``: probe choice and start vectors.
+    """
+
+    def __init__(self, slices: int, tol: float, max_iter: int, seed: int):
+        self.slices, self.tol, self.max_iter, self.seed = int(slices), tol, max_iter, seed
+        self.probes, self.warm = None, {}
+        self.penalised = deque(maxlen=2 * max(self.slices, 1))
+
+    def record(self, y: torch.Tensor, A, stats: dict) -> None:
+        """After a penalised step: keep each term's arg-max sample with its estimate."""
+        if not self.slices or not stats:
+            return
+        idx = stats.get("index")
+        for t in ("ja", "j"):
+            s = stats.get(f"sigma_{t}")
+            if s is None or not len(s):
+                continue
+            j = int(torch.argmax(s))
+            b = int(idx[j]) if idx is not None else j
+            op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
+            self.penalised.append((t, y[b:b + 1].detach(), op, float(s[j])))
+
+    def estimate_ratios(self, model) -> dict:
+        """Median of (training-time estimate / reference σ now) per term, recent samples."""
+        out = {}
+        g = torch.Generator().manual_seed(self.seed)
+        for t in ("ja", "j"):
+            rows = [r for r in self.penalised if r[0] == t]
+            if not rows:
+                continue
+            y = torch.cat([r[1] for r in rows])
+            ops = [r[2] for r in rows]
+            A = ops[0] if ops[0] is None or len(ops) == 1 else type(ops[0]).cat(ops)
+            model.eval()
+            ref = reference_sigma(model.as_function(A), y, A if t == "ja" else None, self.tol,
+                                  self.max_iter, generator=g)
+            est = torch.tensor([r[3] for r in rows], dtype=torch.float64)
+            out[f"est_ratio_{t}"] = float((est / ref.sigma.cpu().clamp_min(1e-30)).median())
+        return out
+
+    def rows(self, model, task, device) -> dict:
+        """History columns: ``val_sigma_*``, ``train_ref_sigma_*`` (mean, max),
+        ``est_ratio_*``, ``ref_residual`` and ``ref_time`` (seconds)."""
+        if not self.slices:
+            return {}
+        t0 = time.perf_counter()
+        if self.probes is None:
+            self.probes = {s: [(y, A) for y, A, _, _ in
+                               fixed_batches(task, s, self.slices, self.seed + 1, device)]
+                           for s in ("val", "train")}
+        out, resid = {}, []
+        for split, prefix in (("val", "val_"), ("train", "train_ref_")):
+            js = jacobian_stats(model, self.probes[split], self.tol, self.max_iter,
+                                seed=self.seed, warm=self.warm.setdefault(split, {}))
+            if not js:
+                continue
+            for k in ("sigma_ja", "sigma_j"):
+                out[f"{prefix}{k}_mean"], out[f"{prefix}{k}_max"] = js[k]["mean"], js[k]["max"]
+            resid.append(js["max_residual"])
+        out.update(self.estimate_ratios(model))
+        out["ref_residual"] = max(resid) if resid else math.nan
+        out["ref_time"] = time.perf_counter() - t0
+        return out
