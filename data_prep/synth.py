@@ -1,4 +1,5 @@
 """Same as `mrijac data synth` (see `--help`); kept here with the other data preparation scripts."""
+
 import sys
 
 from mrijac.cli import main

@@ -1,4 +1,5 @@
 """Write an experiment's results: ``<out>.json`` (data) and ``<out>.md`` (table), then print it."""
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ Ratios are against the ``plain`` row of the same model in the same run.
     python experiments/bench_jacobian.py --device cuda      # all models at fastMRI size
 Writes ``<out>.json`` and ``<out>.md`` (default ``experiments/results/bench_<device>``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,23 +42,26 @@ def rows_for(model: str, quick: bool) -> list[dict]:
     rows = [{"reg": "plain"}]
     rows += [{"reg": "sja", "n": n} for n in ns]
     rows += [{"reg": "sja+sj", "n": n} for n in ns]
-    rows += [{"reg": "sja+sj", "n": 1, "warm": True},
-             {"reg": "sja+sj", "n": 1, "warm": True, "every": 4},
-             {"reg": "sja+sj", "n": 1, "warm": True, "samples": 1},
-             {"reg": "sja+sj", "n": 1, "warm": True, "samples": 1, "every": 4},
-             {"reg": "fja+fj", "n": 1}]
+    rows += [
+        {"reg": "sja+sj", "n": 1, "warm": True},
+        {"reg": "sja+sj", "n": 1, "warm": True, "every": 4},
+        {"reg": "sja+sj", "n": 1, "warm": True, "samples": 1},
+        {"reg": "sja+sj", "n": 1, "warm": True, "samples": 1, "every": 4},
+        {"reg": "fja+fj", "n": 1},
+    ]
     # fused finite-difference power iteration (method="fd", warm by construction)
     rows += [{"reg": "sja", "n": n, "method": "fd"} for n in ns]
-    rows += [{"reg": "sja+sj", "n": 1, "method": "fd"},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "samples": 1},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True, "samples": 1},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "samples": 1, "recompute": True},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True, "samples": 1,
-              "recompute": True},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1},
-             {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1, "hold": True}]
+    rows += [
+        {"reg": "sja+sj", "n": 1, "method": "fd"},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "samples": 1},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True, "samples": 1},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "samples": 1, "recompute": True},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "alternate": True, "samples": 1, "recompute": True},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1},
+        {"reg": "sja+sj", "n": 1, "method": "fd", "every": 4, "samples": 1, "hold": True},
+    ]
     if not model.startswith("unet"):  # double backward through InstanceNorm is impossible
         rows += [{"reg": "sja", "n": n, "method": "double_vjp"} for n in ns]
     else:
@@ -71,6 +75,7 @@ def rows_for(model: str, quick: bool) -> list[dict]:
 
 def _has_deepinv() -> bool:
     import importlib.util
+
     return importlib.util.find_spec("deepinv") is not None
 
 
@@ -148,15 +153,23 @@ def run_row(spec: dict) -> dict:
     pen = None
     if reg == "deepinv":
         from deepinv.loss.regularisers import JacobianSpectralNorm
+
         jsn = JacobianSpectralNorm(max_iter=spec["n"], tol=0.0, eval_mode=False)
     elif reg not in ("plain", "explicit"):
         kind = "spectral" if reg.startswith("s") else "frobenius"
-        pen = JacobianPenalty(kind, 1e-3, 1e-3 if "+" in reg else 0.0, spec.get("n", 1), 1,
-                              spec.get("method", "forward"), spec.get("every", 1),
-                              warm_start_vectors=spec.get("warm", False) or
-                              spec.get("method") == "fd",
-                              samples=spec.get("samples"), alternate=spec.get("alternate", False),
-                              recompute=spec.get("recompute", False), hold=spec.get("hold", False))
+        pen = JacobianPenalty(
+            kind,
+            lambda_ja=1e-3,
+            lambda_j=1e-3 if "+" in reg else 0.0,
+            n_iter=spec.get("n", 1),
+            method=spec.get("method", "forward"),
+            every=spec.get("every", 1),
+            alternate=spec.get("alternate", False),
+            hold=spec.get("hold", False),
+            warm_start_vectors=spec.get("warm", False) or spec.get("method") == "fd",
+            samples=spec.get("samples"),
+            recompute=spec.get("recompute", False),
+        )
     Am = operator_matrix(A.to(dtype=torch.float32), dtype=torch.float32) if reg == "explicit" else None
     state = {"step": 0}
     info = {"keys": list(range(batch))}
@@ -177,8 +190,7 @@ def run_row(spec: dict) -> dict:
         elif reg == "explicit":
             out = f(y)
             J = explicit_jacobian_graph(f, y)
-            p = 1e-3 * (torch.linalg.matrix_norm(J @ Am[0], ord=2).max()
-                        + torch.linalg.matrix_norm(J, ord=2).max())
+            p = 1e-3 * (torch.linalg.matrix_norm(J @ Am[0], ord=2).max() + torch.linalg.matrix_norm(J, ord=2).max())
         else:
             out, p, stats, _ = ps.penalty(model, y, A, info, state["step"])
         data = (out - x).reshape(batch, -1).norm(dim=1).mean()
@@ -207,8 +219,7 @@ def run_row(spec: dict) -> dict:
             base = _rss_kib() * 1024
         # warm-up; with a penalty on part of the batch, until every sample has had its first
         # (cold) visit, so that the measured steps are the steady state
-        warmup = 1 if reg == "explicit" else 2 + (-(-batch // spec["samples"]) if
-                                                  spec.get("samples") and warm else 0)
+        warmup = 1 if reg == "explicit" else 2 + (-(-batch // spec["samples"]) if spec.get("samples") and warm else 0)
         if spec.get("memory_only"):  # CPU memory run: see _memory_env
             for _ in range(warmup):
                 step()
@@ -227,21 +238,23 @@ def run_row(spec: dict) -> dict:
             step()
             sync()
             times.append(time.perf_counter() - t)
-        peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
-                else _rss_kib("VmHWM") * 1024) - base
+        peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else _rss_kib("VmHWM") * 1024) - base
         # every-k rows: the mean over a multiple of k steps is the amortised cost
         t_row = statistics.mean(times) if spec.get("every", 1) > 1 else statistics.median(times)
-        return {"time_s": t_row, "median_time_s": statistics.median(times),
-                "mean_time_s": statistics.mean(times),
-                "peak_bytes": max(peak, 0), "steps": n_steps}
+        return {
+            "time_s": t_row,
+            "median_time_s": statistics.median(times),
+            "mean_time_s": statistics.mean(times),
+            "peak_bytes": max(peak, 0),
+            "steps": n_steps,
+        }
     except RuntimeError as err:
         return {"error": str(err).splitlines()[0][:160]}
 
 
 # --- driver -----------------------------------------------------------------------------------
 def _run(spec: dict, env=None) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)],
-                         capture_output=True, text=True, env=env)
+    res = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, env=env)
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     return json.loads(line[-1][7:]) if line else {"error": res.stderr.strip().splitlines()[-1][:160]}
 
@@ -251,15 +264,19 @@ def _memory_env() -> dict:
     raises its mmap threshold on the fly), which blurs it by tens of MiB.  The memory run of a
     row therefore puts every block of 64 KiB or more in its own mapping, returned on free, so
     that the peak resident size follows the live tensors.  Timing runs keep the default."""
-    return dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
-                MALLOC_TOP_PAD_="0")
+    return dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MALLOC_TOP_PAD_="0")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
-    ap.add_argument("--only", help="run only rows whose label contains one of these "
-                    "comma-separated texts ('=TEXT': is exactly TEXT), and plain")
+    ap.add_argument(
+        "--only",
+        help="run only rows whose label contains one of these "
+        "comma-separated texts ('=TEXT': is exactly TEXT), and plain",
+    )
     ap.add_argument("--out")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -268,17 +285,25 @@ def main():
         return
     if a.models and any(m not in MODELS for m in a.models.split(",")):
         ap.error(f"--models: choose from {', '.join(MODELS)}")
-    models = a.models.split(",") if a.models else (
-        QUICK_MODELS if a.quick else (list(MODELS) if a.device == "cuda" else
-                                      ["fc", "dncnn5_64", "dncnn17_128", "unet_128"]))
+    models = (
+        a.models.split(",")
+        if a.models
+        else (
+            QUICK_MODELS
+            if a.quick
+            else (list(MODELS) if a.device == "cuda" else ["fc", "dncnn5_64", "dncnn17_128", "unet_128"])
+        )
+    )
     out = Path(a.out or Path(__file__).parent / "results" / f"bench_{a.device}")
     results = []
     for m in models:
         base = None
         for r in rows_for(m, a.quick):
-            if a.only and r["reg"] != "plain" and not any(
-                    label(r) == t[1:] if t.startswith("=") else t in label(r)
-                    for t in a.only.split(",")):
+            if (
+                a.only
+                and r["reg"] != "plain"
+                and not any(label(r) == t[1:] if t.startswith("=") else t in label(r) for t in a.only.split(","))
+            ):
                 continue
             spec = dict(r, model=m, device=a.device)
             t0 = time.time()
@@ -294,32 +319,53 @@ def main():
                 row["time_ratio"] = row["time_s"] / base["time_s"]
                 row["mem_ratio"] = row["peak_bytes"] / max(base["peak_bytes"], 1)
             results.append(row)
-            print(f"{m:12s} {row['label']:40s} " + (
-                f"{row['time_s'] * 1e3:8.1f} ms  x{row.get('time_ratio', float('nan')):5.2f}  "
-                f"mem {row['peak_bytes'] / 2**20:8.1f} MiB x{row.get('mem_ratio', float('nan')):5.2f}"
-                if "time_s" in row else f"fails: {row['error']}") + f"   ({time.time() - t0:.0f} s)",
-                flush=True)
+            print(
+                f"{m:12s} {row['label']:40s} "
+                + (
+                    f"{row['time_s'] * 1e3:8.1f} ms  x{row.get('time_ratio', float('nan')):5.2f}  "
+                    f"mem {row['peak_bytes'] / 2**20:8.1f} MiB x{row.get('mem_ratio', float('nan')):5.2f}"
+                    if "time_s" in row
+                    else f"fails: {row['error']}"
+                )
+                + f"   ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
     import torch
-    machine = (torch.cuda.get_device_name() if a.device == "cuda" else
-               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
-    lines = [f"# Jacobian-penalty cost per training step ({a.device})", "",
-             f"Machine: {machine}; torch {torch.__version__}. Median step time after 2 warm-up "
-             "steps (mean over a multiple of k steps for `every k` rows); peak memory above the "
-             "set-up (on CPU the growth of peak RSS over the RSS after set-up, measured in a "
-             "separate run of the row with glibc's mmap threshold at 64 KiB so that freed "
-             "tensors leave the resident set; the explicit-J row keeps the default allocator). "
-             "Ratios against `plain` of the same model.", "",
-             "| model | batch | row | ms/step | × plain | peak MiB | × plain |", "|---|---|---|---|---|---|---|"]
+
+    machine = (
+        torch.cuda.get_device_name()
+        if a.device == "cuda"
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    )
+    lines = [
+        f"# Jacobian-penalty cost per training step ({a.device})",
+        "",
+        f"Machine: {machine}; torch {torch.__version__}. Median step time after 2 warm-up "
+        "steps (mean over a multiple of k steps for `every k` rows); peak memory above the "
+        "set-up (on CPU the growth of peak RSS over the RSS after set-up, measured in a "
+        "separate run of the row with glibc's mmap threshold at 64 KiB so that freed "
+        "tensors leave the resident set; the explicit-J row keeps the default allocator). "
+        "Ratios against `plain` of the same model.",
+        "",
+        "| model | batch | row | ms/step | × plain | peak MiB | × plain |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "time_s" in r:
-            lines.append(f"| {r['model']} | {MODELS[r['model']][2]} | {r['label']} | {r['time_s'] * 1e3:.1f} | "
-                         f"{r.get('time_ratio', float('nan')):.2f} | {r['peak_bytes'] / 2**20:.1f} | "
-                         f"{r.get('mem_ratio', float('nan')):.2f} |")
+            lines.append(
+                f"| {r['model']} | {MODELS[r['model']][2]} | {r['label']} | {r['time_s'] * 1e3:.1f} | "
+                f"{r.get('time_ratio', float('nan')):.2f} | {r['peak_bytes'] / 2**20:.1f} | "
+                f"{r.get('mem_ratio', float('nan')):.2f} |"
+            )
         else:
             lines.append(f"| {r['model']} | {MODELS[r['model']][2]} | {r['label']} | fails: {r['error']} | | | |")
-    cmd = "python experiments/bench_jacobian.py" + (" --quick" if a.quick else "") + \
-        (f" --device {a.device}" if a.device != "cpu" else "") + (f" --models {a.models}" if a.models else "") + \
-        (f" --only '{a.only}'" if a.only else "")
+    cmd = (
+        "python experiments/bench_jacobian.py"
+        + (" --quick" if a.quick else "")
+        + (f" --device {a.device}" if a.device != "cpu" else "")
+        + (f" --models {a.models}" if a.models else "")
+        + (f" --only '{a.only}'" if a.only else "")
+    )
     lines += ["", f"Command: `{cmd}`"]
     write_report(out, results, lines)
 

@@ -6,6 +6,7 @@ in the same run, after one warm-up pass.  Prints and saves a Markdown table with
 
     python experiments/bench_loader.py [--challenge singlecoil|multicoil] [--workers 0 2] [--quick]
 """
+
 import argparse
 import json
 import platform
@@ -22,8 +23,7 @@ from mrijac.data import MaskConfig, MRISliceDataset, collate_mri, write_syntheti
 
 
 def rate(ds, workers, collate=None, batch=1, repeats=3):
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers,
-                                     collate_fn=collate, shuffle=False)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate, shuffle=False)
     for _ in dl:  # warm-up (page cache, worker start)
         pass
     best = 0.0
@@ -45,11 +45,13 @@ def main():
     shape = (640, 368) if a.challenge == "singlecoil" else (640, 320)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_synthetic_dataset(root, "knee", a.challenge, {"train": vols}, slices, shape,
-                                (320, 320), num_coils=8, progress=False)
+        write_synthetic_dataset(
+            root, "knee", a.challenge, {"train": vols}, slices, shape, (320, 320), num_coils=8, progress=False
+        )
         train = root / "train"
         if a.challenge == "multicoil":  # maps precomputed, as data_prep does
             from mrijac.data.prep import maps_for_folder
+
             maps_for_folder(train, progress=False)
         mask = MaskConfig("random", (4,), (0.08,))
         fm = UnetDataTransform(a.challenge, RandomMaskFunc([0.08], [4]), use_seed=False)
@@ -57,22 +59,35 @@ def main():
         for w in a.workers:
             ref = rate(SliceDataset(train, a.challenge, transform=fm), w)
             ours = rate(MRISliceDataset(train, a.challenge, mask=mask), w, collate_mri)
-            ours_crop = rate(MRISliceDataset(train, a.challenge, mask=mask, crop_kspace=True),
-                             w, collate_mri)
-            rows.append({"workers": w, "fastmri_unet_transform": ref, "mrijac": ours,
-                         "mrijac_crop_kspace": ours_crop, "ratio": ours / ref,
-                         "ratio_crop": ours_crop / ref})
-    lines = [f"# Loader throughput ({a.challenge}, k-space {shape[0]}×{shape[1]}, "
-             f"{vols} volumes × {slices} slices)", "",
-             f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
-             "Slices per second, best of 3 passes after a warm-up.", "",
-             "| workers | fastmri UnetDataTransform | mrijac | ratio | mrijac crop_kspace | ratio |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['workers']} | {r['fastmri_unet_transform']:.1f} | {r['mrijac']:.1f} | "
-              f"{r['ratio']:.2f} | {r['mrijac_crop_kspace']:.1f} | {r['ratio_crop']:.2f} |"
-              for r in rows]
-    lines += ["", f"Command: `python experiments/bench_loader.py --challenge {a.challenge}"
-              f"{' --quick' if a.quick else ''}`"]
+            ours_crop = rate(MRISliceDataset(train, a.challenge, mask=mask, crop_kspace=True), w, collate_mri)
+            rows.append(
+                {
+                    "workers": w,
+                    "fastmri_unet_transform": ref,
+                    "mrijac": ours,
+                    "mrijac_crop_kspace": ours_crop,
+                    "ratio": ours / ref,
+                    "ratio_crop": ours_crop / ref,
+                }
+            )
+    lines = [
+        f"# Loader throughput ({a.challenge}, k-space {shape[0]}×{shape[1]}, {vols} volumes × {slices} slices)",
+        "",
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
+        "Slices per second, best of 3 passes after a warm-up.",
+        "",
+        "| workers | fastmri UnetDataTransform | mrijac | ratio | mrijac crop_kspace | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['workers']} | {r['fastmri_unet_transform']:.1f} | {r['mrijac']:.1f} | "
+        f"{r['ratio']:.2f} | {r['mrijac_crop_kspace']:.1f} | {r['ratio_crop']:.2f} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        f"Command: `python experiments/bench_loader.py --challenge {a.challenge}{' --quick' if a.quick else ''}`",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(f"{a.out}_{a.challenge}")

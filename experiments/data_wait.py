@@ -10,6 +10,7 @@ time spent waiting for the next batch (``data_wait_frac``), and the time per ste
     python experiments/data_wait.py --challenge multicoil --device cuda
 Writes ``results/data_wait_<challenge>_<device>.md/.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,18 @@ from mrijac.data import write_synthetic_dataset
 from mrijac.tasks import resolve_workers
 from mrijac.train.trainer import Trainer
 
-REGS = {"none": ["reg.name=none"],
-        "sja+sj fd": ["reg.name=sja+sj", "reg.method=fd", "reg.samples=1", "reg.alternate=true",
-                      "reg.fd_recompute=true", "reg.lambda_ja=0.001", "reg.lambda_j=0.001"]}
+REGS = {
+    "none": ["reg.name=none"],
+    "sja+sj fd": [
+        "reg.name=sja+sj",
+        "reg.method=fd",
+        "reg.samples=1",
+        "reg.alternate=true",
+        "reg.fd_recompute=true",
+        "reg.lambda_ja=0.001",
+        "reg.lambda_j=0.001",
+    ],
+}
 
 
 def main():
@@ -47,40 +57,75 @@ def main():
         kind = "brain" if multi else "knee"
         shape = (640, 320) if multi else (640, 368)
         n_vol = max(1, a.slices // 6)
-        write_synthetic_dataset(data, kind, a.challenge, {"train": n_vol, "val": 1},
-                                a.slices // n_vol, shape, (320, 320), num_coils=16, progress=True)
+        write_synthetic_dataset(
+            data,
+            kind,
+            a.challenge,
+            {"train": n_vol, "val": 1},
+            a.slices // n_vol,
+            shape,
+            (320, 320),
+            num_coils=16,
+            progress=True,
+        )
         if multi:
             from mrijac.cli import main as cli
+
             for split in ("train", "val"):
                 cli(["data", "maps", str(data / split)])
         for reg in a.regs.split(","):
             for w in [int(x) for x in a.workers.split(",")]:
-                over = [f"data.root={data}", f"data.challenge={a.challenge}", "data.batch_size=1",
-                        f"data.num_workers={w}", "model.name=unet", "model.chans=32",
-                        "model.num_pool_layers=4", "optim.epochs=1", "train.progress=false",
-                        "train.ref_slices=0", "train.ge_batches=1",
-                        f"train.device={a.device}", *REGS[reg]]
+                over = [
+                    f"data.root={data}",
+                    f"data.challenge={a.challenge}",
+                    "data.batch_size=1",
+                    f"data.num_workers={w}",
+                    "model.name=unet",
+                    "model.chans=32",
+                    "model.num_pool_layers=4",
+                    "optim.epochs=1",
+                    "train.progress=false",
+                    "train.ref_slices=0",
+                    "train.ge_batches=1",
+                    f"train.device={a.device}",
+                    *REGS[reg],
+                ]
                 t = Trainer(load_config(None, over), Path(tmp) / f"run_{reg}_{w}".replace(" ", "_"))
                 row = t.fit()
-                r = {"reg": reg, "workers": w, "resolved_workers": resolve_workers(w),
-                     "data_wait_frac": row["data_wait_frac"], "step_s": row["step_time"],
-                     "steps": t.step}
+                r = {
+                    "reg": reg,
+                    "workers": w,
+                    "resolved_workers": resolve_workers(w),
+                    "data_wait_frac": row["data_wait_frac"],
+                    "step_s": row["step_time"],
+                    "steps": t.step,
+                }
                 res.append(r)
                 print(r, flush=True)
-    dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
-                       else "cpu")
-    machine = (torch.cuda.get_device_name() if dev.type == "cuda" else
-               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
-    md = [f"# Data wait per training step, {a.challenge}, U-Net 32 ch / 4 pools, 320×320, batch 1 ({dev.type})",
-          "", f"Machine: {machine}; torch {torch.__version__}. One epoch of {a.slices} slices per row; "
-          "`data wait` is the trainer's `data_wait_frac`: time waiting for the next batch over "
-          "the training loop's time (validation excluded).", "",
-          "| regularizer | data.num_workers | processes | s/step | data wait |", "|---|---|---|---|---|"]
-    md += [f"| {r['reg']} | {r['workers']}{' (default)' if r['workers'] == -1 else ''} | "
-           f"{r['resolved_workers']} | {r['step_s']:.3f} | {r['data_wait_frac'] * 100:.1f} % |"
-           for r in res]
-    cmd = f"python experiments/data_wait.py --challenge {a.challenge} --slices {a.slices}" + \
-        (f" --device {a.device}" if a.device != "auto" else "")
+    dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
+    machine = (
+        torch.cuda.get_device_name()
+        if dev.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    )
+    md = [
+        f"# Data wait per training step, {a.challenge}, U-Net 32 ch / 4 pools, 320×320, batch 1 ({dev.type})",
+        "",
+        f"Machine: {machine}; torch {torch.__version__}. One epoch of {a.slices} slices per row; "
+        "`data wait` is the trainer's `data_wait_frac`: time waiting for the next batch over "
+        "the training loop's time (validation excluded).",
+        "",
+        "| regularizer | data.num_workers | processes | s/step | data wait |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['reg']} | {r['workers']}{' (default)' if r['workers'] == -1 else ''} | "
+        f"{r['resolved_workers']} | {r['step_s']:.3f} | {r['data_wait_frac'] * 100:.1f} % |"
+        for r in res
+    ]
+    cmd = f"python experiments/data_wait.py --challenge {a.challenge} --slices {a.slices}" + (
+        f" --device {a.device}" if a.device != "auto" else ""
+    )
     md += ["", f"Command: `{cmd}`"]
     out = Path(a.out) / f"data_wait_{a.challenge}_{dev.type}"
     write_report(out, res, md)

@@ -11,6 +11,7 @@
 
     python experiments/penalty_schedules.py [--epochs 6] [--quick] [--seeds 3] [--reuse-warm]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,19 +30,34 @@ from mrijac.train.trainer import Trainer
 
 
 def config(data, *over):
-    return load_config(None, [f"data.root={data}", "model.chans=16", "model.num_pool_layers=3",
-                              "model.residual=true", "data.batch_size=4", "data.num_workers=0",
-                              "data.center_fractions=[0.16]", "reg.name=sja+sj", "reg.n_iter=1",
-                              "train.progress=false", "train.ref_slices=4",
-                              "train.ge_batches=2", *over])
+    return load_config(
+        None,
+        [
+            f"data.root={data}",
+            "model.chans=16",
+            "model.num_pool_layers=3",
+            "model.residual=true",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.center_fractions=[0.16]",
+            "reg.name=sja+sj",
+            "reg.n_iter=1",
+            "train.progress=false",
+            "train.ref_slices=4",
+            "train.ge_batches=2",
+            *over,
+        ],
+    )
 
 
 METHODS = {"forward": [], "fd": ["reg.method=fd", "reg.samples=1"]}
 METHOD_TITLES = {"forward": "forward mode, whole batch", "fd": "fd (fused), arg-max sample per term"}
-SCHEDULES = {"every1": ["reg.every=1"], "every4": ["reg.every=4"],
-             "every4hold": ["reg.every=4", "reg.every_mode=hold"]}
-SCHEDULE_TITLES = {"every1": "every step", "every4": "every 4 steps (×4)",
-                   "every4hold": "every 4 steps, gradient held (reg.every_mode=hold)"}
+SCHEDULES = {"every1": ["reg.every=1"], "every4": ["reg.every=4"], "every4hold": ["reg.every=4", "reg.every_mode=hold"]}
+SCHEDULE_TITLES = {
+    "every1": "every step",
+    "every4": "every 4 steps (×4)",
+    "every4hold": "every 4 steps, gradient held (reg.every_mode=hold)",
+}
 WARM = {"forward": [], "fd": ["reg.method=fd"]}
 WARM_TITLES = {"forward": "forward mode (left vectors)", "fd": "fd (fused, right vectors)"}
 
@@ -65,8 +81,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="8 training volumes, 3 epochs")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds for the schedules")
-    ap.add_argument("--reuse-warm", action="store_true",
-                    help="skip part 2: keep the warm-start results of the last run in --out")
+    ap.add_argument(
+        "--reuse-warm", action="store_true", help="skip part 2: keep the warm-start results of the last run in --out"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     epochs = 3 if a.quick else a.epochs
@@ -76,8 +93,9 @@ def main():
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        write_synthetic_dataset(data, "knee", "singlecoil", {"train": vols, "val": 4}, 8,
-                                (80, 64), (64, 64), progress=False)
+        write_synthetic_dataset(
+            data, "knee", "singlecoil", {"train": vols, "val": 4}, 8, (80, 64), (64, 64), progress=False
+        )
         # 1. every step vs every 4 steps (same seeds, same data order), plain training beside;
         # several seeds: the final PSNR of this small task moves by a few 0.1 dB between seeds
         runs = [("plain", ["reg.name=none"])]
@@ -86,11 +104,16 @@ def main():
         per_seed = {name: [] for name, _ in runs}
         for seed in range(a.seeds):
             for name, over in runs:
-                t = Trainer(config(data, f"optim.epochs={epochs}", f"train.seed={seed}", *over),
-                            Path(tmp) / f"{name}_{seed}")
+                t = Trainer(
+                    config(data, f"optim.epochs={epochs}", f"train.seed={seed}", *over), Path(tmp) / f"{name}_{seed}"
+                )
                 row = t.fit()
-                r = {"psnr": row["psnr"], "ssim": row["ssim"], "ge": row["ge"],
-                     "epoch_time": float(np.mean([h["epoch_time"] for h in t.history]))}
+                r = {
+                    "psnr": row["psnr"],
+                    "ssim": row["ssim"],
+                    "ge": row["ge"],
+                    "epoch_time": float(np.mean([h["epoch_time"] for h in t.history])),
+                }
                 per_seed[name].append(r)
                 print(f"seed {seed} {name}: {r}", flush=True)
         for name, rs in per_seed.items():
@@ -99,15 +122,12 @@ def main():
             res[name]["per_seed"] = rs
         for meth in METHODS:
             for k in list(SCHEDULES)[1:]:
-                d = [b["psnr"] - a_["psnr"] for a_, b in zip(per_seed[f"{meth}_every1"],
-                                                             per_seed[f"{meth}_{k}"])]
-                res[f"{meth}_{k}_minus_every1"] = {"mean": float(np.mean(d)), "std": float(np.std(d)),
-                                                   "per_seed": d}
+                d = [b["psnr"] - a_["psnr"] for a_, b in zip(per_seed[f"{meth}_every1"], per_seed[f"{meth}_{k}"])]
+                res[f"{meth}_{k}_minus_every1"] = {"mean": float(np.mean(d)), "std": float(np.std(d)), "per_seed": d}
         # 2. warm n=1 vs cold n=10, measured during epochs 2.. (training goes on)
         rels, conv = {}, {}
         for meth, extra in ({} if a.reuse_warm else WARM).items():
-            t = Trainer(config(data, "optim.epochs=1", "reg.warm_start=sample", *extra),
-                        Path(tmp) / f"warm_{meth}")
+            t = Trainer(config(data, "optim.epochs=1", "reg.warm_start=sample", *extra), Path(tmp) / f"warm_{meth}")
             t.fit()
             rels[meth] = {}
             for epoch in range(1, epochs):
@@ -120,20 +140,22 @@ def main():
                     ref = spectral_norm(f, y, A, n_iter=10, generator=g0())
                     if meth == "forward" and epoch == 1:  # how flat is the top of the spectrum?
                         c30 = spectral_norm(f, y, A, n_iter=30, generator=g0())
-                        u0 = t.warm.get(info.get('keys'), y.shape[0], t.device, partial_ok=True)["u_ja"]
-                        for key, est in [("cold n=1", lambda: spectral_norm(f, y, A, 1, generator=g0())),
-                                         ("cold n=3", lambda: spectral_norm(f, y, A, 3, generator=g0())),
-                                         ("cold n=10", lambda: ref),
-                                         ("warm n=1", lambda: spectral_norm(f, y, A, 1, u0=u0)),
-                                         ("warm n=2", lambda: spectral_norm(f, y, A, 2, u0=u0)),
-                                         ("warm n=3", lambda: spectral_norm(f, y, A, 3, u0=u0))]:
+                        u0 = t.warm.get(info.get("keys"), y.shape[0], t.device, partial_ok=True)["u_ja"]
+                        for key, est in [
+                            ("cold n=1", lambda: spectral_norm(f, y, A, 1, generator=g0())),
+                            ("cold n=3", lambda: spectral_norm(f, y, A, 3, generator=g0())),
+                            ("cold n=10", lambda: ref),
+                            ("warm n=1", lambda: spectral_norm(f, y, A, 1, u0=u0)),
+                            ("warm n=2", lambda: spectral_norm(f, y, A, 2, u0=u0)),
+                            ("warm n=3", lambda: spectral_norm(f, y, A, 3, u0=u0)),
+                        ]:
                             conv.setdefault(key, []).append((est() / c30 - 1).cpu())
-                    v0 = t.warm.get(info.get('keys'), y.shape[0], t.device, partial_ok=True)
+                    v0 = t.warm.get(info.get("keys"), y.shape[0], t.device, partial_ok=True)
                     rec, pen, stats = t.jac(t.model, y, A, v0=v0, step=t.step)
                     loss = t.loss_fn(rec, target) + pen
                     t.opt.zero_grad()
                     loss.backward()
-                    t.warm.put(info.get('keys'), stats)
+                    t.warm.put(info.get("keys"), stats)
                     t.opt.step()
                     t.step += 1
                     warm.append(stats["sigma_ja"].cpu())
@@ -144,51 +166,85 @@ def main():
         res["vs_cold_n30"], res["warm_vs_cold"] = old["vs_cold_n30"], old["warm_vs_cold"]
     else:
         res["vs_cold_n30"] = {k: float(torch.cat(v).median()) for k, v in conv.items()}
-        res["warm_vs_cold"] = {m: {e: {"n": int(r.size), "median_rel": float(np.median(r)),
-                                       "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
-                                       "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),
-                                       "min_rel": float(r.min()), "max_rel": float(r.max())}
-                                   for e, r in rm.items()} for m, rm in rels.items()}
+        res["warm_vs_cold"] = {
+            m: {
+                e: {
+                    "n": int(r.size),
+                    "median_rel": float(np.median(r)),
+                    "frac_within_2pct": float(np.mean(np.abs(r) <= 0.02)),
+                    "frac_within_5pct": float(np.mean(np.abs(r) <= 0.05)),
+                    "min_rel": float(r.min()),
+                    "max_rel": float(r.max()),
+                }
+                for e, r in rm.items()
+            }
+            for m, rm in rels.items()
+        }
         warm_histogram(rels, epochs, out / "warm_start_hist.png")
     e0 = res["plain"]
     wl = res["warm_vs_cold"]
-    md = ["# Cheaper penalty schedules (synthetic MRI, U-Net 16 ch, sja+sj, n = 1)", "",
-          f"{vols} training volumes × 8 slices, 64×64, batch 4, {epochs} epochs, CPU. Epoch "
-          "time includes the per-epoch validation (the same for every row).", "",
-          f"Means over {a.seeds} training seeds (± standard deviation of the PSNR).", "",
-          "| penalty | schedule | final val PSNR (dB) | SSIM | GE | s/epoch | time × plain |",
-          "|---|---|---|---|---|---|---|",
-          f"| none | | {e0['psnr']:.3f} ± {e0['psnr_std']:.3f} | {e0['ssim']:.4f} | {e0['ge']:.3f} | "
-          f"{e0['epoch_time']:.1f} | 1.00 |"]
+    md = [
+        "# Cheaper penalty schedules (synthetic MRI, U-Net 16 ch, sja+sj, n = 1)",
+        "",
+        f"{vols} training volumes × 8 slices, 64×64, batch 4, {epochs} epochs, CPU. Epoch "
+        "time includes the per-epoch validation (the same for every row).",
+        "",
+        f"Means over {a.seeds} training seeds (± standard deviation of the PSNR).",
+        "",
+        "| penalty | schedule | final val PSNR (dB) | SSIM | GE | s/epoch | time × plain |",
+        "|---|---|---|---|---|---|---|",
+        f"| none | | {e0['psnr']:.3f} ± {e0['psnr_std']:.3f} | {e0['ssim']:.4f} | {e0['ge']:.3f} | "
+        f"{e0['epoch_time']:.1f} | 1.00 |",
+    ]
     for m in METHODS:
         for k in SCHEDULES:
             r = res[f"{m}_{k}"]
-            md.append(f"| {METHOD_TITLES[m]} | {SCHEDULE_TITLES[k]} | "
-                      f"{r['psnr']:.3f} ± {r['psnr_std']:.3f} | {r['ssim']:.4f} | {r['ge']:.3f} | "
-                      f"{r['epoch_time']:.1f} | "
-                      f"{r['epoch_time'] / e0['epoch_time']:.2f} |")
+            md.append(
+                f"| {METHOD_TITLES[m]} | {SCHEDULE_TITLES[k]} | "
+                f"{r['psnr']:.3f} ± {r['psnr_std']:.3f} | {r['ssim']:.4f} | {r['ge']:.3f} | "
+                f"{r['epoch_time']:.1f} | "
+                f"{r['epoch_time'] / e0['epoch_time']:.2f} |"
+            )
     md.append("")
     for m in METHODS:
         for k in list(SCHEDULES)[1:]:
             d = res[f"{m}_{k}_minus_every1"]
-            md.append(f"PSNR difference ({SCHEDULE_TITLES[k]} − every step, same seed), "
-                      f"{METHOD_TITLES[m]}: {d['mean']:+.3f} ± {d['std']:.3f} dB (per seed: "
-                      f"{', '.join(f'{x:+.3f}' for x in d['per_seed'])}).  ")
-    md += ["", "## Warm start: σ(J A) from n = 1 warm vs a cold n = 10 estimate on the same batch", "",
-           "| penalty | epoch | samples | median (warm − cold)/cold | within 2 % | within 5 % | range |",
-           "|---|---|---|---|---|---|---|"] + [
-          f"| {WARM_TITLES[m]} | {e} | {w['n']} | {w['median_rel'] * 100:+.2f} % | "
-          f"{w['frac_within_2pct'] * 100:.0f} % | "
-          f"{w['frac_within_5pct'] * 100:.0f} % | {w['min_rel'] * 100:+.1f} % to {w['max_rel'] * 100:+.1f} % |"
-          for m, wm in wl.items() for e, w in wm.items()] + ["",
-          "How flat the top of the spectrum is (forward mode, epoch 2): median of σ(J A) "
-          "estimates relative to a cold n = 30 estimate on the same batch.", "",
-          "| " + " | ".join(res["vs_cold_n30"]) + " |", "|" + "---|" * len(res["vs_cold_n30"]),
-          "| " + " | ".join(f"{v * 100:+.1f} %" for v in res["vs_cold_n30"].values()) + " |", "",
-          "![warm-start distribution](warm_start_hist.png)", "",
-          f"Command: `python experiments/penalty_schedules.py{' --quick' if a.quick else f' --epochs {epochs}'}"
-          f"{f' --seeds {a.seeds}' if a.seeds != 3 else ''}{' --reuse-warm' if a.reuse_warm else ''}`"
-          + (" (the warm-start part comes from the previous full run)" if a.reuse_warm else "")]
+            md.append(
+                f"PSNR difference ({SCHEDULE_TITLES[k]} − every step, same seed), "
+                f"{METHOD_TITLES[m]}: {d['mean']:+.3f} ± {d['std']:.3f} dB (per seed: "
+                f"{', '.join(f'{x:+.3f}' for x in d['per_seed'])}).  "
+            )
+    md += (
+        [
+            "",
+            "## Warm start: σ(J A) from n = 1 warm vs a cold n = 10 estimate on the same batch",
+            "",
+            "| penalty | epoch | samples | median (warm − cold)/cold | within 2 % | within 5 % | range |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        + [
+            f"| {WARM_TITLES[m]} | {e} | {w['n']} | {w['median_rel'] * 100:+.2f} % | "
+            f"{w['frac_within_2pct'] * 100:.0f} % | "
+            f"{w['frac_within_5pct'] * 100:.0f} % | {w['min_rel'] * 100:+.1f} % to {w['max_rel'] * 100:+.1f} % |"
+            for m, wm in wl.items()
+            for e, w in wm.items()
+        ]
+        + [
+            "",
+            "How flat the top of the spectrum is (forward mode, epoch 2): median of σ(J A) "
+            "estimates relative to a cold n = 30 estimate on the same batch.",
+            "",
+            "| " + " | ".join(res["vs_cold_n30"]) + " |",
+            "|" + "---|" * len(res["vs_cold_n30"]),
+            "| " + " | ".join(f"{v * 100:+.1f} %" for v in res["vs_cold_n30"].values()) + " |",
+            "",
+            "![warm-start distribution](warm_start_hist.png)",
+            "",
+            f"Command: `python experiments/penalty_schedules.py{' --quick' if a.quick else f' --epochs {epochs}'}"
+            f"{f' --seeds {a.seeds}' if a.seeds != 3 else ''}{' --reuse-warm' if a.reuse_warm else ''}`"
+            + (" (the warm-start part comes from the previous full run)" if a.reuse_warm else ""),
+        ]
+    )
     (out / "penalty_schedules.md").write_text("\n".join(md) + "\n")
     (out / "penalty_schedules.json").write_text(json.dumps(res, indent=1))
     print("\n".join(md))

@@ -11,6 +11,7 @@ Prints and saves a Markdown table of the relative error ``(σ_true − σ_est)/�
 
     python experiments/spectral_accuracy.py [--out experiments/results/spectral_accuracy.md]
 """
+
 import argparse
 import platform
 from pathlib import Path
@@ -47,24 +48,30 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "spectral_accuracy.md"))
     args = ap.parse_args()
-    lines = ["# Accuracy of spectral_norm (power iteration, forward-mode JVP)", "",
-             f"DnCNN-5 reconstructors, 16×16 MRI, 4× random masks, {B} samples × 20 random "
-             f"starts, float64, torch {torch.__version__}, {platform.machine()}. Relative error "
-             "(σ_true − σ_est)/σ_true; σ_true from the explicit Jacobian (torch.func).", "",
-             "| model | norm | σ_true range | n_iter | mean rel. error | median | max |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Accuracy of spectral_norm (power iteration, forward-mode JVP)",
+        "",
+        f"DnCNN-5 reconstructors, 16×16 MRI, 4× random masks, {B} samples × 20 random "
+        f"starts, float64, torch {torch.__version__}, {platform.machine()}. Relative error "
+        "(σ_true − σ_est)/σ_true; σ_true from the explicit Jacobian (torch.func).",
+        "",
+        "| model | norm | σ_true range | n_iter | mean rel. error | median | max |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for config in ("residual, 1 coil", "plain, 4 coils"):
         f, y, A = problem(config)
         J = explicit_jacobian(f, y)
         for name, op, Jx in (("J A", A, J @ operator_matrix(A)), ("J", None, J)):
             true = torch.linalg.matrix_norm(Jx, ord=2)
             for n in (1, 3, 10, 30):
-                est = torch.stack([spectral_norm(f, y, op, n_iter=n,
-                                                 generator=torch.Generator().manual_seed(s))
-                                   for s in range(20)])
+                est = torch.stack(
+                    [spectral_norm(f, y, op, n_iter=n, generator=torch.Generator().manual_seed(s)) for s in range(20)]
+                )
                 e = ((true - est) / true).reshape(-1)
-                lines.append(f"| {config} | {name} | {true.min():.3f}–{true.max():.3f} | {n} | "
-                             f"{e.mean():.2e} | {e.median():.2e} | {e.max():.2e} |")
+                lines.append(
+                    f"| {config} | {name} | {true.min():.3f}–{true.max():.3f} | {n} | "
+                    f"{e.mean():.2e} | {e.median():.2e} | {e.max():.2e} |"
+                )
     lines += ["", "Command: `python experiments/spectral_accuracy.py`"]
     text = "\n".join(lines) + "\n"
     print(text)

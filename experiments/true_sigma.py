@@ -13,6 +13,7 @@ median ratio of the training-time estimate to the reference σ on the samples it
     python experiments/true_sigma.py [--tasks real,synthetic] [--epochs 12] [--seeds 1]
         [--rows plain,forward1,fd,pool] [--lam 0.5] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,45 +43,88 @@ ROWS = {
     "forward1": ("forward n = 1, whole batch (old default)", ["reg.n_iter=1"]),
     "forward10": ("forward n = 10, whole batch", ["reg.n_iter=10"]),
     "fd": ("fd, arg-max sample (warm per sample)", ["reg.method=fd", "reg.samples=1"]),
-    "pool": ("fd, tracked pool of 1 (reg.pool=1)", ["reg.method=fd", "reg.pool=1",
-                                                     "reg.pool_refresh=10", "reg.pool_iters=8"]),
-    "pool2alt": ("fd, tracked pool of 2, alternate terms", ["reg.method=fd", "reg.pool=2",
-                                                            "reg.pool_refresh=10",
-                                                            "reg.pool_iters=8",
-                                                            "reg.alternate=true"]),
+    "pool": (
+        "fd, tracked pool of 1 (reg.pool=1)",
+        ["reg.method=fd", "reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"],
+    ),
+    "pool2alt": (
+        "fd, tracked pool of 2, alternate terms",
+        ["reg.method=fd", "reg.pool=2", "reg.pool_refresh=10", "reg.pool_iters=8", "reg.alternate=true"],
+    ),
 }
 
 
 def make_data(task: str, tmp: Path, quick: bool) -> tuple[Path, list[str]]:
     if task == "synthetic":
         root = tmp / "synth"
-        write_synthetic_dataset(root, "knee", "singlecoil", {"train": 8 if quick else 24,
-                                                             "val": 4}, 8, (80, 64), (64, 64),
-                                seed=0, progress=False)
-        return root, ["model.chans=16", "model.num_pool_layers=3", "model.residual=true",
-                      "data.center_fractions=[0.16]"]
+        write_synthetic_dataset(
+            root,
+            "knee",
+            "singlecoil",
+            {"train": 8 if quick else 24, "val": 4},
+            8,
+            (80, 64),
+            (64, 64),
+            seed=0,
+            progress=False,
+        )
+        return root, [
+            "model.chans=16",
+            "model.num_pool_layers=3",
+            "model.residual=true",
+            "data.center_fractions=[0.16]",
+        ]
     src = SHARED / "mri" / "chest100"
     full = tmp / "chest_all"
-    subprocess.run([sys.executable, "-m", "mrijac.cli", "data", "convert", "images", str(src),
-                    "--out", str(full), "--per-volume", "1", "--split", "0.8,0.2,0",
-                    "--key", "im_ori"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mrijac.cli",
+            "data",
+            "convert",
+            "images",
+            str(src),
+            "--out",
+            str(full),
+            "--per-volume",
+            "1",
+            "--split",
+            "0.8,0.2,0",
+            "--key",
+            "im_ori",
+        ],
+        check=True,
+        capture_output=True,
+    )
     root = tmp / "chest"
     (root / "train").mkdir(parents=True)
     (root / "val").mkdir()
     n_train = 12 if quick else 40
     for i, p in enumerate(sorted((full / "train").glob("*.h5"))[:n_train]):
         (root / "train" / p.name).symlink_to(p)
-    for p in sorted((full / "val").glob("*.h5"))[:8 if quick else 20]:
+    for p in sorted((full / "val").glob("*.h5"))[: 8 if quick else 20]:
         (root / "val" / p.name).symlink_to(p)
     return root, ["model.chans=8", "model.num_pool_layers=3", "model.residual=true"]
 
 
 def run(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, out):
-    over = [f"data.root={root}", "data.batch_size=4", "data.num_workers=0",
-            f"optim.epochs={epochs}", "train.progress=false", f"train.seed={seed}",
-            f"train.ref_slices={ref_slices}", f"train.ref_tol={ref_tol}", "train.ge_batches=2",
-            "reg.name=sja+sj",
-            f"reg.lambda_ja={lam}", f"reg.lambda_j={lam}", *extra, *ROWS[row][1]]
+    over = [
+        f"data.root={root}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        f"optim.epochs={epochs}",
+        "train.progress=false",
+        f"train.seed={seed}",
+        f"train.ref_slices={ref_slices}",
+        f"train.ref_tol={ref_tol}",
+        "train.ge_batches=2",
+        "reg.name=sja+sj",
+        f"reg.lambda_ja={lam}",
+        f"reg.lambda_j={lam}",
+        *extra,
+        *ROWS[row][1],
+    ]
     t0 = time.time()
     tr = Trainer(load_config(None, over), out, overwrite=True)
     tr.fit()
@@ -95,8 +139,9 @@ def main():
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--ref-slices", type=int, default=4)
-    ap.add_argument("--ref-tol", type=float, default=1e-2,
-                    help="reference σ tolerance (relative residual; 1e-2 bounds σ to ~1 %%)")
+    ap.add_argument(
+        "--ref-tol", type=float, default=1e-2, help="reference σ tolerance (relative residual; 1e-2 bounds σ to ~1 %%)"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 epochs (smoke run)")
     ap.add_argument("--out", default=str(HERE / "results" / "true_sigma"))
     a = ap.parse_args()
@@ -110,20 +155,25 @@ def main():
             root, extra = make_data(task, tmp, a.quick)
             for row in rows:
                 for seed in range(a.seeds):
-                    r = run(root, extra, row, seed, epochs, a.lam, a.ref_slices, a.ref_tol,
-                            tmp / f"{task}_{row}_{seed}")
+                    r = run(
+                        root, extra, row, seed, epochs, a.lam, a.ref_slices, a.ref_tol, tmp / f"{task}_{row}_{seed}"
+                    )
                     results.setdefault(task, {}).setdefault(row, []).append(r)
                     last = r["history"][-1]
-                    print(f"{task} {row} seed {seed}: val σ(JA) {last.get('val_sigma_ja_mean'):.3f}"
-                          f", PSNR {last.get('psnr'):.2f}, {r['seconds']:.0f} s", flush=True)
+                    print(
+                        f"{task} {row} seed {seed}: val σ(JA) {last.get('val_sigma_ja_mean'):.3f}"
+                        f", PSNR {last.get('psnr'):.2f}, {r['seconds']:.0f} s",
+                        flush=True,
+                    )
                     report(results, a, epochs)  # after every run: a stopped sweep keeps its rows
 
 
 def report(results, a, epochs):
     lines, data = summarize(results, a, epochs)
     figure(results, Path(a.out).with_suffix(".png"))
-    write_report(Path(a.out), data, lines + ["", f"![val σ(J A) / plain per epoch]"
-                                             f"({Path(a.out).with_suffix('.png').name})"])
+    write_report(
+        Path(a.out), data, lines + ["", f"![val σ(J A) / plain per epoch]({Path(a.out).with_suffix('.png').name})"]
+    )
 
 
 def _m(hs, key):
@@ -132,23 +182,34 @@ def _m(hs, key):
 
 
 def summarize(results, a, epochs):
-    lines = ["# True Jacobian norm: reference σ of each penalty variant vs plain", "",
-             f"U-Net, batch 4, sja+sj with λ1 = λ2 = {a.lam} for every row, {epochs} epochs, "
-             f"{a.seeds} seed(s). σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
-             f"on {a.ref_slices} fixed validation and {a.ref_slices} fixed training slices. "
-             "'est/ref' = median of the training-time estimate over the reference σ of the "
-             "samples the penalty acted on (last steps of each epoch), last epoch. "
-             "'worst epoch' = the largest val σ(J A) ratio to plain over epochs 2…end.", ""]
-    data = {"args": vars(a), "machine": f"{platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}", "tasks": {}}
+    lines = [
+        "# True Jacobian norm: reference σ of each penalty variant vs plain",
+        "",
+        f"U-Net, batch 4, sja+sj with λ1 = λ2 = {a.lam} for every row, {epochs} epochs, "
+        f"{a.seeds} seed(s). σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
+        f"on {a.ref_slices} fixed validation and {a.ref_slices} fixed training slices. "
+        "'est/ref' = median of the training-time estimate over the reference σ of the "
+        "samples the penalty acted on (last steps of each epoch), last epoch. "
+        "'worst epoch' = the largest val σ(J A) ratio to plain over epochs 2…end.",
+        "",
+    ]
+    data = {
+        "args": vars(a),
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "tasks": {},
+    }
     for task, rs in results.items():
         plain = [r["history"] for r in rs.get("plain", [])]
         pst = _m(plain, "step_time") if plain else math.nan
-        lines += [f"## {task}", "",
-                  "| row | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
-                  "val σ(J) mean | est/ref JA | est/ref J | worst epoch val σ(JA) × plain | "
-                  "val PSNR | SSIM | step × plain |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {task}",
+            "",
+            "| row | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
+            "val σ(J) mean | est/ref JA | est/ref J | worst epoch val σ(JA) × plain | "
+            "val PSNR | SSIM | step × plain |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         data["tasks"][task] = {}
         for row, runs in rs.items():
             hs = [r["history"] for r in runs]
@@ -158,25 +219,40 @@ def summarize(results, a, epochs):
             pt = _m(plain, "train_ref_sigma_ja_mean") if plain else math.nan
             worst = math.nan
             if plain and len(hs[0]) > 1:
-                worst = max(np.nanmean([h[e]["val_sigma_ja_mean"] for h in hs])
-                            / np.nanmean([p[e]["val_sigma_ja_mean"] for p in plain])
-                            for e in range(1, len(hs[0])))
-            rec = {"val_sigma_ja_mean": vm, "val_sigma_ja_max": vx, "train_sigma_ja_mean": tm,
-                   "train_sigma_ja_max": tx, "val_sigma_j_mean": _m(hs, "val_sigma_j_mean"),
-                   "est_ratio_ja": _m(hs, "est_ratio_ja"), "est_ratio_j": _m(hs, "est_ratio_j"),
-                   "worst_epoch_ratio": worst, "psnr": _m(hs, "psnr"), "ssim": _m(hs, "ssim"),
-                   "zf_psnr": _m(hs, "zf_psnr"), "step_ratio": _m(hs, "step_time") / pst,
-                   "histories": hs}
+                worst = max(
+                    np.nanmean([h[e]["val_sigma_ja_mean"] for h in hs])
+                    / np.nanmean([p[e]["val_sigma_ja_mean"] for p in plain])
+                    for e in range(1, len(hs[0]))
+                )
+            rec = {
+                "val_sigma_ja_mean": vm,
+                "val_sigma_ja_max": vx,
+                "train_sigma_ja_mean": tm,
+                "train_sigma_ja_max": tx,
+                "val_sigma_j_mean": _m(hs, "val_sigma_j_mean"),
+                "est_ratio_ja": _m(hs, "est_ratio_ja"),
+                "est_ratio_j": _m(hs, "est_ratio_j"),
+                "worst_epoch_ratio": worst,
+                "psnr": _m(hs, "psnr"),
+                "ssim": _m(hs, "ssim"),
+                "zf_psnr": _m(hs, "zf_psnr"),
+                "step_ratio": _m(hs, "step_time") / pst,
+                "histories": hs,
+            }
             data["tasks"][task][row] = rec
-            lines.append(f"| {ROWS[row][0]} | {vm:.3f} / {vx:.3f} | {vm / pv:.2f} | "
-                         f"{tm:.3f} / {tx:.3f} | {tm / pt:.2f} | {rec['val_sigma_j_mean']:.3f} | "
-                         f"{rec['est_ratio_ja']:.2f} | {rec['est_ratio_j']:.2f} | {worst:.2f} | "
-                         f"{rec['psnr']:.2f} | {rec['ssim']:.4f} | {rec['step_ratio']:.2f} |")
+            lines.append(
+                f"| {ROWS[row][0]} | {vm:.3f} / {vx:.3f} | {vm / pv:.2f} | "
+                f"{tm:.3f} / {tx:.3f} | {tm / pt:.2f} | {rec['val_sigma_j_mean']:.3f} | "
+                f"{rec['est_ratio_ja']:.2f} | {rec['est_ratio_j']:.2f} | {worst:.2f} | "
+                f"{rec['psnr']:.2f} | {rec['ssim']:.4f} | {rec['step_ratio']:.2f} |"
+            )
         zf = next(iter(data["tasks"][task].values()))["zf_psnr"]
         lines += ["", f"Zero-filled val PSNR: {zf:.2f} dB.", ""]
-    lines += [f"Command: `python experiments/true_sigma.py --tasks {a.tasks} --rows {a.rows} "
-              f"--epochs {a.epochs} --seeds {a.seeds} --lam {a.lam} --ref-tol {a.ref_tol:g}"
-              f"{' --quick' if a.quick else ''}`; machine: {data['machine']}."]
+    lines += [
+        f"Command: `python experiments/true_sigma.py --tasks {a.tasks} --rows {a.rows} "
+        f"--epochs {a.epochs} --seeds {a.seeds} --lam {a.lam} --ref-tol {a.ref_tol:g}"
+        f"{' --quick' if a.quick else ''}`; machine: {data['machine']}."
+    ]
     return lines, data
 
 
@@ -187,9 +263,11 @@ def figure(results, path):
         for row, runs in rs.items():
             hs = [r["history"] for r in runs]
             ep = [h["epoch"] for h in hs[0]]
-            ratio = [np.nanmean([h[e]["val_sigma_ja_mean"] for h in hs])
-                     / np.nanmean([p[e]["val_sigma_ja_mean"] for p in plain])
-                     for e in range(len(ep))]
+            ratio = [
+                np.nanmean([h[e]["val_sigma_ja_mean"] for h in hs])
+                / np.nanmean([p[e]["val_sigma_ja_mean"] for p in plain])
+                for e in range(len(ep))
+            ]
             ax.plot(ep, ratio, marker="o", label=ROWS[row][0])
         ax.axhline(0.85, color="k", ls="--", lw=0.8)
         ax.set_xlabel("epoch")

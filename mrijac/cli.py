@@ -3,6 +3,7 @@
 Errors in the input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) print one
 line ``mrijac: error: …`` and exit with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,45 +25,58 @@ def _fractions(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
 
 
 # --- data ----------------------------------------------------------------------------------
 def cmd_data_synth(a):
     from .data.synthetic import write_synthetic_dataset
-    w = write_synthetic_dataset(a.out, a.kind, a.challenge,
-                                {"train": a.train, "val": a.val, "test": a.test}, a.slices,
-                                a.kspace, a.recon, a.coils, a.seed, a.test_acceleration,
-                                noise=a.noise)
+
+    w = write_synthetic_dataset(
+        a.out,
+        a.kind,
+        a.challenge,
+        {"train": a.train, "val": a.val, "test": a.test},
+        a.slices,
+        a.kspace,
+        a.recon,
+        a.coils,
+        a.seed,
+        a.test_acceleration,
+        noise=a.noise,
+    )
     print(f"wrote {sum(len(v) for v in w.values())} volumes under {a.out}")
 
 
 def cmd_data_kspace(a):
     from .data.convert import convert_kspace
     from .data.readers import read_array
+
     k = read_array(a.input, a.key)
-    p = convert_kspace(k, a.out, a.axes, a.challenge, a.recon, a.acquisition,
-                       fft_axes_are_image=a.images)
+    p = convert_kspace(k, a.out, a.axes, a.challenge, a.recon, a.acquisition, fft_axes_are_image=a.images)
     print(f"wrote {p}")
 
 
 def cmd_data_images(a):
     from .data.prep import images_to_dataset
-    w = images_to_dataset(a.source, a.out, a.per_volume, a.split, a.challenge, not a.no_phase,
-                          a.coils, a.seed, a.key)
-    print(f"wrote {sum(len(v) for v in w.values())} volumes under {a.out} "
-          f"(train {len(w['train'])}, val {len(w['val'])}, test {len(w['test'])})")
+
+    w = images_to_dataset(a.source, a.out, a.per_volume, a.split, a.challenge, not a.no_phase, a.coils, a.seed, a.key)
+    print(
+        f"wrote {sum(len(v) for v in w.values())} volumes under {a.out} "
+        f"(train {len(w['train'])}, val {len(w['val'])}, test {len(w['test'])})"
+    )
 
 
 def cmd_data_maps(a):
     from .data.prep import maps_for_folder
+
     out = maps_for_folder(a.root, a.maps_dir, a.calib_width, a.overwrite)
     print(f"coil maps for {len(out)} volumes in {out[0].parent}")
 
 
 def cmd_data_subset(a):
     from .data.prep import subset
+
     out = subset(a.src, a.dst, a.volumes, a.seed, a.copy)
     print(f"{len(out)} volumes in {a.dst}")
 
@@ -92,8 +106,12 @@ def add_data_parser(sub):
     k.add_argument("--out", required=True, help="output .h5 file")
     k.add_argument("--axes", required=True, help="input axes, e.g. x,y,coil (BART) or slice,coil,x,y")
     k.add_argument("--key", help="variable name inside a .mat file")
-    k.add_argument("--challenge", choices=["singlecoil", "multicoil"], default="multicoil",
-                   help="multicoil: RSS target; singlecoil: emulated single coil (ESC) target")
+    k.add_argument(
+        "--challenge",
+        choices=["singlecoil", "multicoil"],
+        default="multicoil",
+        help="multicoil: RSS target; singlecoil: emulated single coil (ESC) target",
+    )
     k.add_argument("--recon", type=_size, help="target size hxw (default: the smaller side, square)")
     k.add_argument("--acquisition", default="CONVERTED")
     k.add_argument("--images", action="store_true", help="the input holds coil images, not k-space")
@@ -130,6 +148,7 @@ def add_data_parser(sub):
 def cmd_train(a):
     from .config import describe, load_config
     from .train.trainer import Interrupted, NonFiniteError, train
+
     if a.help_config:
         print("config keys (YAML sections or key=value overrides) and defaults:\n" + describe())
         return 0
@@ -145,29 +164,33 @@ def cmd_train(a):
     except Interrupted as err:
         print(f"mrijac: {err}", file=sys.stderr)
         return 128 + int(err.signum) if err.signum else 1
-    print(f"run in {out}: last epoch {row.get('epoch')}, val loss {row.get('val_loss', float('nan')):.4g}"
-          f", checkpoint {out / 'checkpoints' / 'final.pt'}")
+    print(
+        f"run in {out}: last epoch {row.get('epoch')}, val loss {row.get('val_loss', float('nan')):.4g}"
+        f", checkpoint {out / 'checkpoints' / 'final.pt'}"
+    )
     return 0
 
 
 def cmd_evaluate(a):
     if a.predictions:
         from .evaluate.predict import evaluate_predictions
+
         if not a.targets:
             raise ValueError("--predictions needs --targets (a folder of target volumes)")
         r = evaluate_predictions(a.predictions, a.targets, a.out, a.challenge, a.overwrite)
-        print("  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}"
-                        for m, v in r["aggregate"].items()))
+        print("  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in r["aggregate"].items()))
         print(f"report: {Path(a.out) / 'report.html'}")
         return
     if not (a.checkpoint and a.data):
         raise ValueError("evaluate needs --checkpoint and --data (or --predictions and --targets)")
     from .evaluate.runner import evaluate_checkpoint
-    r = evaluate_checkpoint(a.checkpoint, a.data, a.out, a.overwrite, a.device,
-                            jac_batches=a.jac_batches)
+
+    r = evaluate_checkpoint(a.checkpoint, a.data, a.out, a.overwrite, a.device, jac_batches=a.jac_batches)
     agg = r["aggregate"]
-    print("  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in agg.items())
-          + (f"  GE {r['ge']:.4g}" if r.get("ge") is not None else ""))
+    print(
+        "  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in agg.items())
+        + (f"  GE {r['ge']:.4g}" if r.get("ge") is not None else "")
+    )
     if r.get("ge") is None:
         print(r["generalization"]["omitted"])
     print(f"report: {Path(a.out) / 'report.html'}")
@@ -175,12 +198,14 @@ def cmd_evaluate(a):
 
 def cmd_predict(a):
     from .evaluate.predict import predict_folder
+
     out = predict_folder(a.checkpoint, a.data, a.out, a.device, a.batch_size, a.overwrite)
     print(f"wrote {len(out)} reconstructions to {a.out}")
 
 
 def cmd_compare(a):
     from .evaluate.compare import compare_runs
+
     table = compare_runs(a.runs, a.out, a.overwrite, a.names.split(",") if a.names else None)
     print(f"compared {len(table)} runs: {Path(a.out) / 'report.html'}")
 
@@ -188,6 +213,7 @@ def cmd_compare(a):
 def cmd_sweep(a):
     from .config import load_config
     from .sweep import lambda_sweep
+
     try:
         lams = [float(v) for v in a.lambdas.split(",")]
     except ValueError:
@@ -198,6 +224,7 @@ def cmd_sweep(a):
 
 def cmd_demo(a):
     from .demo import run_demo
+
     run_demo(a.out, quick=a.quick, overwrite=a.overwrite)
 
 
@@ -210,21 +237,29 @@ def add_run_parsers(sub):
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--help-config", action="store_true", help="list every config key and its default")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("evaluate", help="score a checkpoint on a data folder (or a folder of "
-                       "predictions against targets); write the report")
+    e = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint on a data folder (or a folder of predictions against targets); write the report",
+    )
     e.add_argument("--checkpoint")
     e.add_argument("--data", help="MRI: folder of fastMRI volumes with targets")
     e.add_argument("--predictions", help="folder of .h5 with 'reconstruction' (any tool's)")
     e.add_argument("--targets", help="folder of target volumes, with --predictions")
-    e.add_argument("--challenge", choices=["singlecoil", "multicoil"],
-                   help="target key for --predictions (default: whichever the files have)")
+    e.add_argument(
+        "--challenge",
+        choices=["singlecoil", "multicoil"],
+        help="target key for --predictions (default: whichever the files have)",
+    )
     e.add_argument("--out", required=True)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--jac-batches", type=int, default=4, help="batches for σ(J A), σ(J) (0: skip)")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("predict", help="reconstruct every volume of a folder (test files use "
-                       "their own mask) into <out>/<file>.h5 with 'reconstruction'")
+    p = sub.add_parser(
+        "predict",
+        help="reconstruct every volume of a folder (test files use "
+        "their own mask) into <out>/<file>.h5 with 'reconstruction'",
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
@@ -238,13 +273,18 @@ def add_run_parsers(sub):
     c.add_argument("--names", help="comma-separated display names, one per run")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_compare)
-    w = sub.add_parser("sweep", help="train short runs over a λ grid and recommend one "
-                       "(reference σ vs validation PSNR/SSIM)")
+    w = sub.add_parser(
+        "sweep", help="train short runs over a λ grid and recommend one (reference σ vs validation PSNR/SSIM)"
+    )
     w.add_argument("--config", required=True, help="YAML config with a Jacobian penalty")
     w.add_argument("overrides", nargs="*", help="key=value, e.g. optim.epochs=5")
     w.add_argument("--lambdas", default="0.05,0.2,0.5,2", help="λ1 = λ2 grid (0 is always run)")
-    w.add_argument("--max-drop", type=float, default=0.2,
-                   help="largest PSNR loss (dB) against λ = 0 that a recommendation may have")
+    w.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.2,
+        help="largest PSNR loss (dB) against λ = 0 that a recommendation may have",
+    )
     w.add_argument("--out", required=True)
     w.add_argument("--overwrite", action="store_true")
     w.set_defaults(func=cmd_sweep)
@@ -256,8 +296,9 @@ def add_run_parsers(sub):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mrijac", description="Learned MRI reconstruction with "
-                                     "model-aware Jacobian regularization.")
+    parser = argparse.ArgumentParser(
+        prog="mrijac", description="Learned MRI reconstruction with model-aware Jacobian regularization."
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_run_parsers(sub)
     add_data_parser(sub)

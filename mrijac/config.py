@@ -3,6 +3,7 @@
 Sections and their keys are the dataclasses below; ``mrijac train --help-config`` lists them.
 Unknown keys are errors that list the valid ones.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,16 @@ def _opt(default, help: str, choices: tuple | None = None):
 @dataclass
 class DataConfig:
     root: str = _opt("", "mri: folder holding train/ and val/ (fastMRI .h5)")
-    challenge: str = _opt("singlecoil", "mri: single-coil or multi-coil data",
-                          ("singlecoil", "multicoil"))
+    challenge: str = _opt("singlecoil", "mri: single-coil or multi-coil data", ("singlecoil", "multicoil"))
     mask_type: str = _opt("random", "mri: undersampling mask", MASK_TYPES)
-    accelerations: list = field(default_factory=lambda: [4], metadata=_meta(
-        "mri: accelerations, one drawn per sample (list, same length as center_fractions)"))
-    center_fractions: list = field(default_factory=lambda: [0.08], metadata=_meta(
-        "mri: fully sampled centre fraction per acceleration, each in (0, 1]"))
+    accelerations: list = field(
+        default_factory=lambda: [4],
+        metadata=_meta("mri: accelerations, one drawn per sample (list, same length as center_fractions)"),
+    )
+    center_fractions: list = field(
+        default_factory=lambda: [0.08],
+        metadata=_meta("mri: fully sampled centre fraction per acceleration, each in (0, 1]"),
+    )
     crop_kspace: bool = _opt(True, "mri: crop to the reconstruction size before undersampling")
     noise_sigma: float = _opt(0.0, "mri: extra complex Gaussian k-space noise (std)")
     coil_compression: int = _opt(0, "mri multicoil: SVD to this many virtual coils (0: off)")
@@ -60,8 +64,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _opt("unet", "network (mri: unet, dncnn, varnet; cs: fcnet; sr: edsr, wdsr)",
-                     MODELS)
+    name: str = _opt("unet", "network (mri: unet, dncnn, varnet; cs: fcnet; sr: edsr, wdsr)", MODELS)
     chans: int = _opt(32, "unet: first-level channels; varnet: cascade U-Net channels")
     num_pool_layers: int = _opt(4, "unet; varnet: cascade U-Net pools")
     cascades: int = _opt(12, "varnet: unrolled cascades")
@@ -70,43 +73,56 @@ class ModelConfig:
     features: int = _opt(64, "dncnn, edsr (n_feats), wdsr (n_feats)")
     batchnorm: bool = _opt(False, "dncnn (False: per-sample Jacobians stay exact in training)")
     n_resblocks: int = _opt(16, "edsr, wdsr: residual blocks")
-    complex_to: str = _opt("channels", "mri: a complex image enters as (re, im) channels or "
-                           "as its magnitude", ("channels", "magnitude"))
+    complex_to: str = _opt(
+        "channels", "mri: a complex image enters as (re, im) channels or as its magnitude", ("channels", "magnitude")
+    )
     normalize: bool = _opt(True, "instance normalisation inside the reconstructor")
     residual: bool = _opt(False, "network predicts a correction of the zero-filled input")
 
 
 @dataclass
 class LossConfig:
-    name: str = _opt("l2", "data loss (l2 = the paper's ||f(y) - x||₂ per sample; weighted: "
-                     "loss.weights)", ("l2", "mse", "l1", "ssim", "weighted"))
-    weights: dict = field(default_factory=dict, metadata=_meta(
-        "loss.name=weighted: weighted sum, e.g. {l1: 0.84, ssim: 0.16}"))
+    name: str = _opt(
+        "l2",
+        "data loss (l2 = the paper's ||f(y) - x||₂ per sample; weighted: loss.weights)",
+        ("l2", "mse", "l1", "ssim", "weighted"),
+    )
+    weights: dict = field(
+        default_factory=dict, metadata=_meta("loss.name=weighted: weighted sum, e.g. {l1: 0.84, ssim: 0.16}")
+    )
 
 
 @dataclass
 class RegConfig:
-    name: str = _opt("none", "regularizer (s/f: spectral/Frobenius, ja: ||J A||, j: ||J||, "
-                     "wd: weight decay, sw: spectral norm of the weights)", REGULARIZERS)
+    name: str = _opt(
+        "none",
+        "regularizer (s/f: spectral/Frobenius, ja: ||J A||, j: ||J||, "
+        "wd: weight decay, sw: spectral norm of the weights)",
+        REGULARIZERS,
+    )
     lambda_ja: typing.Any = _opt("auto", "λ1 (J A): a number >= 0 or auto")
     lambda_j: typing.Any = _opt("auto", "λ2 (J): a number >= 0 or auto")
     lambda_w: float = _opt(1e-4, "wd / sw weight")
     n_iter: int = _opt(1, "spectral: power iterations per step")
     n_proj: int = _opt(1, "Frobenius: random projections per step")
-    method: str = _opt("forward", "JVPs by forward mode, the double-vjp trick, or fused finite "
-                       "differences (fd, spectral only)", ("forward", "double_vjp", "fd"))
+    method: str = _opt(
+        "forward",
+        "JVPs by forward mode, the double-vjp trick, or fused finite differences (fd, spectral only)",
+        ("forward", "double_vjp", "fd"),
+    )
     every: int = _opt(1, "apply the Jacobian penalty every k steps (scaled by k)")
-    every_mode: str = _opt("scale", "scale: ×k on penalised steps; hold: reuse its gradient "
-                           "between them", ("scale", "hold"))
+    every_mode: str = _opt(
+        "scale", "scale: ×k on penalised steps; hold: reuse its gradient between them", ("scale", "hold")
+    )
     gamma: float = _opt(20.0, "auto λ: λ = 10^floor(log10(loss/penalty)) / γ")
-    warm_start: str = _opt("sample", "reuse singular vectors per sample, per batch, or not",
-                           ("none", "batch", "sample"))
+    warm_start: str = _opt(
+        "sample", "reuse singular vectors per sample, per batch, or not", ("none", "batch", "sample")
+    )
     samples: int = _opt(0, "spectral: graph only for the k samples of largest σ (0: all)")
     alternate: bool = _opt(False, "sja+sj / fja+fj: one term per penalised step, in turn (×2)")
     fd_step: float = _opt(0.0, "method=fd: relative finite-difference step (0: 0.3·sqrt(eps))")
     fd_recompute: bool = _opt(False, "method=fd: checkpoint the perturbed copies (less memory)")
-    pool: int = _opt(0, "method=fd: track this many hardest training samples every step "
-                     "(0: penalise the batch)")
+    pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
     pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")
 
@@ -127,14 +143,11 @@ class OptimConfig:
 class TrainConfig:
     seed: int = _opt(0, "seed of everything random (data order, masks, initial weights)")
     device: str = _opt("auto", "auto: CUDA when available", ("auto", "cpu", "cuda"))
-    precision: str = _opt("32", "autocast precision (fp16 on CUDA with a grad scaler)",
-                          ("32", "bf16", "fp16"))
-    ref_slices: int = _opt(4, "probe slices (val and train) for the reference σ each epoch "
-                           "(0: off)")
+    precision: str = _opt("32", "autocast precision (fp16 on CUDA with a grad scaler)", ("32", "bf16", "fp16"))
+    ref_slices: int = _opt(4, "probe slices (val and train) for the reference σ each epoch (0: off)")
     ref_tol: float = _opt(1e-2, "reference σ: Lanczos relative residual (1e-2: σ to about 1 %)")
     ref_max_iter: int = _opt(40, "reference σ: cap on Lanczos steps")
-    ge_batches: int = _opt(8, "training batches (fixed subset) re-evaluated for GE each epoch "
-                           "(0: all)")
+    ge_batches: int = _opt(8, "training batches (fixed subset) re-evaluated for GE each epoch (0: all)")
     progress: bool = _opt(True, "progress bars and per-epoch lines")
 
 
@@ -154,8 +167,14 @@ class Config:
 
 
 def _section_classes():
-    return {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "reg": RegConfig,
-            "optim": OptimConfig, "train": TrainConfig}
+    return {
+        "data": DataConfig,
+        "model": ModelConfig,
+        "loss": LossConfig,
+        "reg": RegConfig,
+        "optim": OptimConfig,
+        "train": TrainConfig,
+    }
 
 
 def valid_keys() -> list[str]:
@@ -210,10 +229,11 @@ def _coerce(key: str, value, default):
     return value
 
 
-RENAMED = {"train.jac_stats_batches": "train.ref_slices (probe slices for the converged "
-                                      "reference σ, Lanczos)",
-           "train.jac_stats_iters": "train.ref_tol and train.ref_max_iter (the reference σ "
-                                    "runs to a tolerance, not a fixed number of iterations)"}
+RENAMED = {
+    "train.jac_stats_batches": "train.ref_slices (probe slices for the converged reference σ, Lanczos)",
+    "train.jac_stats_iters": "train.ref_tol and train.ref_max_iter (the reference σ "
+    "runs to a tolerance, not a fixed number of iterations)",
+}
 
 
 def _set(cfg: Config, key: str, value) -> None:
@@ -289,6 +309,7 @@ def _lam(name, v):
 
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` naming the key for any out-of-range value."""
+
     def choice(key, val, ok):
         if val not in ok:
             raise ValueError(f"config key {key} must be one of {list(ok)}, got {val!r}")
@@ -302,8 +323,10 @@ def validate(cfg: Config) -> None:
             choice(key, str(val) if key == "train.precision" else val, meta["choices"])
     d, r, o, t = cfg.data, cfg.reg, cfg.optim, cfg.train
     if len(d.accelerations) != len(d.center_fractions) or not d.accelerations:
-        raise ValueError("config keys data.accelerations and data.center_fractions must be "
-                         f"lists of the same length, got {d.accelerations} and {d.center_fractions}")
+        raise ValueError(
+            "config keys data.accelerations and data.center_fractions must be "
+            f"lists of the same length, got {d.accelerations} and {d.center_fractions}"
+        )
     for a in d.accelerations:
         if isinstance(a, bool) or not isinstance(a, (int, float)) or a < 1:
             raise ValueError(f"config key data.accelerations: each acceleration must be >= 1, got {a!r}")
@@ -312,8 +335,7 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"config key data.center_fractions: each must be in (0, 1], got {c!r}")
     positive("data.batch_size", d.batch_size)
     if d.num_workers < -1:
-        raise ValueError(f"config key data.num_workers must be >= 0, or -1 for automatic, got "
-                         f"{d.num_workers}")
+        raise ValueError(f"config key data.num_workers must be >= 0, or -1 for automatic, got {d.num_workers}")
     positive("data.noise_sigma", d.noise_sigma, strict=False)
     positive("data.coil_compression", d.coil_compression, strict=False)
     if not 0 < d.sample_rate <= 1:
@@ -322,8 +344,7 @@ def validate(cfg: Config) -> None:
     _lam("lambda_ja", r.lambda_ja)
     _lam("lambda_j", r.lambda_j)
     if cfg.loss.name == "weighted" and not cfg.loss.weights:
-        raise ValueError("config key loss.name=weighted needs loss.weights, e.g. "
-                         "{l1: 0.84, ssim: 0.16}")
+        raise ValueError("config key loss.name=weighted needs loss.weights, e.g. {l1: 0.84, ssim: 0.16}")
     positive("reg.lambda_w", r.lambda_w, strict=False)
     positive("reg.n_iter", r.n_iter)
     positive("reg.n_proj", r.n_proj)
@@ -331,20 +352,20 @@ def validate(cfg: Config) -> None:
     positive("reg.samples", r.samples, strict=False)
     positive("reg.gamma", r.gamma)
     if r.method == "fd" and r.name not in ("sj", "sja", "sja+sj"):
-        raise ValueError(f"reg.method=fd is for the spectral penalties (sj, sja, sja+sj), not "
-                         f"reg.name={r.name}")
+        raise ValueError(f"reg.method=fd is for the spectral penalties (sj, sja, sja+sj), not reg.name={r.name}")
     if r.method == "fd" and str(t.precision) != "32":
-        raise ValueError(f"reg.method=fd (finite differences) needs train.precision=32, not "
-                         f"{t.precision}")
+        raise ValueError(f"reg.method=fd (finite differences) needs train.precision=32, not {t.precision}")
     if not 0 <= r.fd_step < 1:
         raise ValueError(f"config key reg.fd_step must be in [0, 1), got {r.fd_step}")
     positive("reg.pool", r.pool, strict=False)
     positive("reg.pool_refresh", r.pool_refresh)
     positive("reg.pool_iters", r.pool_iters)
     if r.pool and (r.method != "fd" or r.name not in ("sj", "sja", "sja+sj")):
-        raise ValueError(f"reg.pool (tracked samples) needs reg.method=fd and a spectral "
-                         f"penalty (sj, sja, sja+sj), got reg.method={r.method}, "
-                         f"reg.name={r.name}")
+        raise ValueError(
+            f"reg.pool (tracked samples) needs reg.method=fd and a spectral "
+            f"penalty (sj, sja, sja+sj), got reg.method={r.method}, "
+            f"reg.name={r.name}"
+        )
     if "ja" in r.name and r.lambda_ja == 0:
         raise ValueError(f"reg.name={r.name} needs reg.lambda_ja > 0 or 'auto'")
     if r.name in ("sj", "fj", "sja+sj", "fja+fj") and r.lambda_j == 0:
@@ -361,6 +382,7 @@ def validate(cfg: Config) -> None:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     from .atomic import atomic_path
+
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

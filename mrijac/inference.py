@@ -1,4 +1,5 @@
 """Run a reconstructor over a loader; score volumes; reference Jacobian statistics."""
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,16 @@ from .metrics import aggregate, image_metrics, volume_metrics
 
 
 @torch.no_grad()
-def reconstruct(model, task, loader, device, max_batches: int | None = None,
-                progress: bool = False, desc: str = "reconstruct", loss_fn=None) -> dict:
+def reconstruct(
+    model,
+    task,
+    loader,
+    device,
+    max_batches: int | None = None,
+    progress: bool = False,
+    desc: str = "reconstruct",
+    loss_fn=None,
+) -> dict:
     """Reconstruct every batch; returns ``{"items": [...], "l2": mean ℓ2 loss, "l2_values",
     "rel_values": per-sample ℓ2 and relative error ‖f(y) − x‖/‖x‖}`` (and ``"loss"``, the
     mean of ``loss_fn(out, target, max)`` per sample, when given).
@@ -41,24 +50,37 @@ def reconstruct(model, task, loader, device, max_batches: int | None = None,
         if task.name == "mri":
             zf = info["batch"].zero_filled
             for i, (f, s) in enumerate(zip(info["fname"], info["slice"].tolist())):
-                vols[f][s] = (out[i].float().cpu().numpy(),
-                              None if target is None else target[i].cpu().numpy(),
-                              zf[i].cpu().numpy(), float(info["max"][i]))
+                vols[f][s] = (
+                    out[i].float().cpu().numpy(),
+                    None if target is None else target[i].cpu().numpy(),
+                    zf[i].cpu().numpy(),
+                    float(info["max"][i]),
+                )
         else:
             for i in range(len(out)):
-                items.append({"name": f"{len(items):05d}", "pred": out[i].float().cpu().numpy(),
-                              "target": target[i].cpu().numpy(), "zero_filled": None,
-                              "maxval": 1.0})
+                items.append(
+                    {
+                        "name": f"{len(items):05d}",
+                        "pred": out[i].float().cpu().numpy(),
+                        "target": target[i].cpu().numpy(),
+                        "zero_filled": None,
+                        "maxval": 1.0,
+                    }
+                )
     for f, sl in sorted(vols.items()):
         keys = sorted(sl)
         tg = [sl[k][1] for k in keys]
-        items.append({"name": f, "slices": keys,
-                      "pred": np.stack([sl[k][0] for k in keys]),
-                      "target": None if tg[0] is None else np.stack(tg),
-                      "zero_filled": np.stack([sl[k][2] for k in keys]),
-                      "maxval": sl[keys[0]][3]})
-    res = {"items": items, "l2": float(np.mean(l2s)) if l2s else 0.0, "l2_values": l2s,
-           "rel_values": rels}
+        items.append(
+            {
+                "name": f,
+                "slices": keys,
+                "pred": np.stack([sl[k][0] for k in keys]),
+                "target": None if tg[0] is None else np.stack(tg),
+                "zero_filled": np.stack([sl[k][2] for k in keys]),
+                "maxval": sl[keys[0]][3],
+            }
+        )
+    res = {"items": items, "l2": float(np.mean(l2s)) if l2s else 0.0, "l2_values": l2s, "rel_values": rels}
     if loss_fn is not None:
         res["loss"] = loss_sum / max(n, 1)
     return res
@@ -84,9 +106,16 @@ def score(rec: dict, task_name: str) -> dict:
     return out
 
 
-def sigma_reference(model, y: torch.Tensor, A, tol: float = 1e-3, max_iter: int = 60,
-                    generator: torch.Generator | None = None, warm: dict | None = None,
-                    key=None) -> dict:
+def sigma_reference(
+    model,
+    y: torch.Tensor,
+    A,
+    tol: float = 1e-3,
+    max_iter: int = 60,
+    generator: torch.Generator | None = None,
+    warm: dict | None = None,
+    key=None,
+) -> dict:
     """Converged σ(J A) and σ(J) per sample of one batch (:func:`reference_sigma`).
 
     Returns ``{"sigma_ja": (B,), "sigma_j": (B,), "residual": (B,) max of the two relative
@@ -116,8 +145,9 @@ def _summary(values: torch.Tensor) -> dict:
     return {"mean": float(values.mean()), "max": float(values.max())}
 
 
-def jacobian_stats(model, batches, tol: float = 1e-3, max_iter: int = 60, seed: int = 0,
-                   warm: dict | None = None) -> dict:
+def jacobian_stats(
+    model, batches, tol: float = 1e-3, max_iter: int = 60, seed: int = 0, warm: dict | None = None
+) -> dict:
     """Reference σ(J A) and σ(J) over fixed batches ``[(y, A), …]``: mean, max, per sample.
 
     ``{"sigma_ja": {"mean", "max", "values"}, "sigma_j": {…}, "n_samples", "method":
@@ -126,14 +156,17 @@ def jacobian_stats(model, batches, tol: float = 1e-3, max_iter: int = 60, seed: 
     """
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    parts = [sigma_reference(model, y, A, tol, max_iter, g, warm, key=i)
-             for i, (y, A) in enumerate(batches)]
+    parts = [sigma_reference(model, y, A, tol, max_iter, g, warm, key=i) for i, (y, A) in enumerate(batches)]
     if not parts:
         return {}
     cat = {k: torch.cat([p[k] for p in parts]) for k in ("sigma_ja", "sigma_j", "residual")}
-    return {"sigma_ja": {**_summary(cat["sigma_ja"]), "values": cat["sigma_ja"].tolist()},
-            "sigma_j": {**_summary(cat["sigma_j"]), "values": cat["sigma_j"].tolist()},
-            "n_samples": int(len(cat["sigma_ja"])), "method": "lanczos", "tol": tol,
-            "max_residual": float(cat["residual"].max()),
-            "iterations": max(p["iterations"] for p in parts),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "sigma_ja": {**_summary(cat["sigma_ja"]), "values": cat["sigma_ja"].tolist()},
+        "sigma_j": {**_summary(cat["sigma_j"]), "values": cat["sigma_j"].tolist()},
+        "n_samples": int(len(cat["sigma_ja"])),
+        "method": "lanczos",
+        "tol": tol,
+        "max_residual": float(cat["residual"].max()),
+        "iterations": max(p["iterations"] for p in parts),
+        "seconds": time.perf_counter() - t0,
+    }

@@ -4,6 +4,7 @@ MRI volumes: ``fastmri.evaluate``'s own ``ssim`` (slice-wise skimage SSIM with t
 maximum as data range), ``psnr`` and ``nmse`` on ``(S, h, w)`` arrays, then mean and standard
 deviation over volumes.  Single images (CS, SR): skimage with data range 1.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,12 +20,14 @@ def volume_metrics(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None
     arrays keep their dtype, as in fastMRI's evaluation (float32 volumes give float32 NMSE)."""
     gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.shape != pred.shape or gt.ndim != 3:
-        raise ValueError(f"volumes must both be (S, h, w); got target {gt.shape} and "
-                         f"reconstruction {pred.shape}")
+        raise ValueError(f"volumes must both be (S, h, w); got target {gt.shape} and reconstruction {pred.shape}")
     maxval = gt.max() if maxval is None else maxval
     val = lambda a: float(np.asarray(a).reshape(-1)[0])  # noqa: E731 (fe.ssim gives (1,))
-    return {"ssim": val(fe.ssim(gt, pred, maxval)), "psnr": val(fe.psnr(gt, pred, maxval)),
-            "nmse": val(fe.nmse(gt, pred))}
+    return {
+        "ssim": val(fe.ssim(gt, pred, maxval)),
+        "psnr": val(fe.psnr(gt, pred, maxval)),
+        "nmse": val(fe.nmse(gt, pred)),
+    }
 
 
 def image_metrics(gt: np.ndarray, pred: np.ndarray, data_range: float = 1.0) -> dict:
@@ -34,9 +37,11 @@ def image_metrics(gt: np.ndarray, pred: np.ndarray, data_range: float = 1.0) -> 
         n = int(round(np.sqrt(gt.size)))
         gt, pred = gt.reshape(n, n), pred.reshape(n, n)
     win = min(7, min(gt.shape) // 2 * 2 - 1)
-    return {"ssim": float(structural_similarity(gt, pred, data_range=data_range, win_size=win)),
-            "psnr": float(peak_signal_noise_ratio(gt, pred, data_range=data_range)),
-            "nmse": float(np.linalg.norm(gt - pred) ** 2 / np.linalg.norm(gt) ** 2)}
+    return {
+        "ssim": float(structural_similarity(gt, pred, data_range=data_range, win_size=win)),
+        "psnr": float(peak_signal_noise_ratio(gt, pred, data_range=data_range)),
+        "nmse": float(np.linalg.norm(gt - pred) ** 2 / np.linalg.norm(gt) ** 2),
+    }
 
 
 def aggregate(per_item: list[dict], seed: int = 0) -> dict:
@@ -48,21 +53,18 @@ def aggregate(per_item: list[dict], seed: int = 0) -> dict:
         vals = np.array([d[m] for d in per_item if m in d], dtype=np.float64)
         if len(vals):
             std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-            out[m] = {"mean": float(vals.mean()), "std": std,
-                      "ci95": list(bootstrap_ci([vals], np.mean, seed=seed))}
+            out[m] = {"mean": float(vals.mean()), "std": std, "ci95": list(bootstrap_ci([vals], np.mean, seed=seed))}
     return out
 
 
-def bootstrap_ci(samples: list, stat, n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(samples: list, stat, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat(*samples)``, each sample resampled with
     replacement independently (seeded).  NaN when a sample has fewer than 2 values."""
     arrs = [np.asarray(s, dtype=np.float64).reshape(-1) for s in samples]
     if any(len(a) < 2 for a in arrs):
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    reps = np.array([stat(*[a[rng.integers(0, len(a), len(a))] for a in arrs])
-                     for _ in range(n_boot)])
+    reps = np.array([stat(*[a[rng.integers(0, len(a), len(a))] for a in arrs]) for _ in range(n_boot)])
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -73,7 +75,9 @@ def generalization_gap(test_losses, train_losses, seed: int = 0) -> dict:
     te = np.asarray(test_losses, dtype=np.float64)
     tr = np.asarray(train_losses, dtype=np.float64)
     gap = lambda a, b: abs(a.mean() - b.mean())  # noqa: E731
-    return {"ge": float(gap(te, tr)) if len(te) and len(tr) else float("nan"),
-            "ci95": list(bootstrap_ci([te, tr], gap, seed=seed)),
-            "test": float(te.mean()) if len(te) else float("nan"),
-            "train": float(tr.mean()) if len(tr) else float("nan")}
+    return {
+        "ge": float(gap(te, tr)) if len(te) and len(tr) else float("nan"),
+        "ci95": list(bootstrap_ci([te, tr], gap, seed=seed)),
+        "test": float(te.mean()) if len(te) else float("nan"),
+        "train": float(tr.mean()) if len(tr) else float("nan"),
+    }

@@ -1,4 +1,5 @@
 """Run-time helpers shared by training, evaluation and prediction: device choice and seeds."""
+
 from __future__ import annotations
 
 import random

@@ -8,6 +8,7 @@ recommendation is the λ with the lowest validation σ(J A) whose PSNR is at mos
 dB below the baseline's.  Outputs: ``sweep.csv``/``sweep.json``, ``report.md``/``.html`` and
 ``figures/tradeoff.png`` (σ vs PSNR per λ).
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,17 @@ from .evaluate.figures import plt, save_figure
 from .evaluate.report import fmt, md_table, staged_dir, write_csv, write_json, write_report
 from .train import train
 
-KEYS = ("psnr", "ssim", "val_sigma_ja_mean", "val_sigma_ja_max", "val_sigma_j_mean",
-        "train_ref_sigma_ja_mean", "est_ratio_ja", "rel_ge", "step_time")
+KEYS = (
+    "psnr",
+    "ssim",
+    "val_sigma_ja_mean",
+    "val_sigma_ja_max",
+    "val_sigma_j_mean",
+    "train_ref_sigma_ja_mean",
+    "est_ratio_ja",
+    "rel_ge",
+    "step_time",
+)
 
 
 def recommend(rows: list[dict], max_drop: float = 0.2) -> dict | None:
@@ -28,8 +38,13 @@ def recommend(rows: list[dict], max_drop: float = 0.2) -> dict | None:
     base = next((r for r in rows if r["lambda"] == 0), None)
     if base is None:
         return None
-    ok = [r for r in rows if math.isfinite(r.get("psnr", math.nan))
-          and r["psnr"] >= base["psnr"] - max_drop and math.isfinite(r["val_sigma_ja_mean"])]
+    ok = [
+        r
+        for r in rows
+        if math.isfinite(r.get("psnr", math.nan))
+        and r["psnr"] >= base["psnr"] - max_drop
+        and math.isfinite(r["val_sigma_ja_mean"])
+    ]
     return min(ok, key=lambda r: r["val_sigma_ja_mean"]) if ok else base
 
 
@@ -47,30 +62,67 @@ def lambda_sweep(cfg, lambdas, out, overwrite: bool = False, max_drop: float = 0
     rows = []
     with staged_dir(out, overwrite) as tmp:
         for lam in lams:
-            c = replace(cfg, reg=replace(cfg.reg, name=cfg.reg.name if lam else "none",
-                                         lambda_ja=lam if lam else cfg.reg.lambda_ja,
-                                         lambda_j=lam if lam else cfg.reg.lambda_j, pool=
-                                         cfg.reg.pool if lam else 0),
-                        name=f"{cfg.name}_lam{lam:g}")
+            c = replace(
+                cfg,
+                reg=replace(
+                    cfg.reg,
+                    name=cfg.reg.name if lam else "none",
+                    lambda_ja=lam if lam else cfg.reg.lambda_ja,
+                    lambda_j=lam if lam else cfg.reg.lambda_j,
+                    pool=cfg.reg.pool if lam else 0,
+                ),
+                name=f"{cfg.name}_lam{lam:g}",
+            )
             last = train(c, tmp / "runs" / f"lam_{lam:g}", overwrite=True)
             rows.append({"lambda": lam, **{k: float(last.get(k, math.nan)) for k in KEYS}})
         rec = recommend(rows, max_drop)
         write_csv(tmp / "sweep.csv", rows)
-        write_json(tmp / "sweep.json", {"rows": rows, "recommended": rec, "max_drop": max_drop,
-                                        "config": cfg.to_dict()})
+        write_json(
+            tmp / "sweep.json", {"rows": rows, "recommended": rec, "max_drop": max_drop, "config": cfg.to_dict()}
+        )
         _figure(tmp / "figures" / "tradeoff.png", rows, rec)
-        table = md_table(["λ", "val PSNR", "SSIM", "val σ(J A) mean", "max", "val σ(J)",
-                          "train σ(J A)", "estimate / reference", "relative GE", "s/step"],
-                         [[r["lambda"], r["psnr"], r["ssim"], r["val_sigma_ja_mean"],
-                           r["val_sigma_ja_max"], r["val_sigma_j_mean"],
-                           r["train_ref_sigma_ja_mean"], r["est_ratio_ja"], r["rel_ge"],
-                           r["step_time"]] for r in rows])
-        md = [f"# λ sweep: {cfg.name} ({cfg.reg.name}, method {cfg.reg.method})", "",
-              f"{cfg.optim.epochs} epochs per λ; σ = reference (Lanczos) on the run's fixed "
-              "validation probe slices; λ = 0 is the unpenalised baseline.", "", table, "",
-              f"Recommended: **λ = {fmt(rec['lambda'])}** — the lowest validation σ(J A) with "
-              f"PSNR at most {max_drop} dB below the baseline's.", "",
-              "![trade-off](figures/tradeoff.png)"]
+        table = md_table(
+            [
+                "λ",
+                "val PSNR",
+                "SSIM",
+                "val σ(J A) mean",
+                "max",
+                "val σ(J)",
+                "train σ(J A)",
+                "estimate / reference",
+                "relative GE",
+                "s/step",
+            ],
+            [
+                [
+                    r["lambda"],
+                    r["psnr"],
+                    r["ssim"],
+                    r["val_sigma_ja_mean"],
+                    r["val_sigma_ja_max"],
+                    r["val_sigma_j_mean"],
+                    r["train_ref_sigma_ja_mean"],
+                    r["est_ratio_ja"],
+                    r["rel_ge"],
+                    r["step_time"],
+                ]
+                for r in rows
+            ],
+        )
+        md = [
+            f"# λ sweep: {cfg.name} ({cfg.reg.name}, method {cfg.reg.method})",
+            "",
+            f"{cfg.optim.epochs} epochs per λ; σ = reference (Lanczos) on the run's fixed "
+            "validation probe slices; λ = 0 is the unpenalised baseline.",
+            "",
+            table,
+            "",
+            f"Recommended: **λ = {fmt(rec['lambda'])}** — the lowest validation σ(J A) with "
+            f"PSNR at most {max_drop} dB below the baseline's.",
+            "",
+            "![trade-off](figures/tradeoff.png)",
+        ]
         write_report(tmp, "\n".join(md) + "\n", f"λ sweep {cfg.name}")
     return {"rows": rows, "recommended": rec}
 
@@ -81,8 +133,13 @@ def _figure(path: Path, rows, rec):
     ys = [r["psnr"] for r in rows]
     ax.plot(xs, ys, "o-")
     for r in rows:
-        ax.annotate(f"λ={r['lambda']:g}", (r["val_sigma_ja_mean"], r["psnr"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"λ={r['lambda']:g}",
+            (r["val_sigma_ja_mean"], r["psnr"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     if rec is not None:
         ax.plot([rec["val_sigma_ja_mean"]], [rec["psnr"]], "r*", ms=14, label="recommended")
         ax.legend()

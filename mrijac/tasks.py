@@ -3,6 +3,7 @@
 Every task yields batches as ``(y, A, target, info)`` (data flows one way: dataset -> sample
 -> model -> loss + penalty -> metrics) and builds its :class:`~mrijac.models.Reconstructor`.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,20 +29,16 @@ def build_reconstructor(cfg, meta: dict) -> Reconstructor:
     if cfg.task == "mri":
         ch = 2 if m.complex_to == "channels" else 1
         if m.name == "unet":
-            net = Unet(ch, ch, chans=m.chans, num_pool_layers=m.num_pool_layers,
-                       drop_prob=m.drop_prob)
+            net = Unet(ch, ch, chans=m.chans, num_pool_layers=m.num_pool_layers, drop_prob=m.drop_prob)
         elif m.name == "dncnn":
             net = DnCNN(ch, ch, depth=m.depth, features=m.features, batchnorm=m.batchnorm)
         else:
-            raise ValueError(f"config key model.name: {m.name!r} is not an MRI model "
-                             "(unet, dncnn, varnet)")
-        return Reconstructor(net, "adjoint", m.complex_to, tuple(meta["crop"]), m.normalize,
-                             residual=m.residual)
+            raise ValueError(f"config key model.name: {m.name!r} is not an MRI model (unet, dncnn, varnet)")
+        return Reconstructor(net, "adjoint", m.complex_to, tuple(meta["crop"]), m.normalize, residual=m.residual)
     if cfg.task == "cs":
         if m.name != "fcnet":
             raise ValueError(f"config key model.name: the cs task uses fcnet, got {m.name!r}")
-        return Reconstructor(FCNet(meta["q"], meta["p"]), "measurement", normalize=False,
-                             output="identity")
+        return Reconstructor(FCNet(meta["q"], meta["p"]), "measurement", normalize=False, output="identity")
     if m.name == "edsr":
         net = EDSR(meta["factor"], 1, m.n_resblocks, m.features)
     elif m.name == "wdsr":
@@ -69,6 +66,7 @@ class MRITask:
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data import MaskConfig, MRISliceDataset
+
         d = cfg.data
         root = Path(d.root)
         if not d.root:
@@ -78,29 +76,47 @@ class MRITask:
         for split in splits:
             path = Path((paths or {}).get(split, root / split))
             if not path.is_dir():
-                raise FileNotFoundError(f"{path}: missing {split} folder (data.root must hold "
-                                        f"{', '.join(s + '/' for s in splits)})")
+                raise FileNotFoundError(
+                    f"{path}: missing {split} folder (data.root must hold {', '.join(s + '/' for s in splits)})"
+                )
             self.datasets[split] = MRISliceDataset(
-                path, d.challenge, mode="train" if split == "train" else "val", mask=mask,
-                crop_kspace=d.crop_kspace, noise_sigma=d.noise_sigma,
+                path,
+                d.challenge,
+                mode="train" if split == "train" else "val",
+                mask=mask,
+                crop_kspace=d.crop_kspace,
+                noise_sigma=d.noise_sigma,
                 sample_rate=d.sample_rate if split == "train" else None,
-                coil_compression=d.coil_compression)
+                coil_compression=d.coil_compression,
+            )
         first = next(iter(self.datasets.values()))[0]
         self.meta = {"crop": list(first.crop), "challenge": d.challenge}
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def loader(self, split, shuffle, generator=None, sampler=None):
         from .data import collate_mri
+
         return torch.utils.data.DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle and sampler is None,
-            num_workers=self.workers, collate_fn=collate_mri, generator=generator,
-            sampler=sampler, persistent_workers=False)
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle and sampler is None,
+            num_workers=self.workers,
+            collate_fn=collate_mri,
+            generator=generator,
+            sampler=sampler,
+            persistent_workers=False,
+        )
 
     @staticmethod
     def unpack(batch, device):
         b = batch.to(device)
-        info = {"keys": [f"{f}:{int(s)}" for f, s in zip(b.fname, b.slice)], "max": b.max,
-                "fname": b.fname, "slice": b.slice, "batch": b}
+        info = {
+            "keys": [f"{f}:{int(s)}" for f, s in zip(b.fname, b.slice)],
+            "max": b.max,
+            "fname": b.fname,
+            "slice": b.slice,
+            "batch": b,
+        }
         return b.y, b.A, b.target, info
 
 
@@ -109,16 +125,20 @@ class CSTask:
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data.mnist import MNISTCompressedSensing
+
         d = cfg.data
         if paths:
             d.mnist_dir = str(next(iter(paths.values())))
         if not d.mnist_dir:
             raise ValueError("config key data.mnist_dir is empty: give the MNIST IDX folder")
         n = d.n_train + d.n_val
-        split = "train" if (Path(d.mnist_dir) / "train-images-idx3-ubyte.gz").exists() or \
-            (Path(d.mnist_dir) / "train-images-idx3-ubyte").exists() else "t10k"
-        full = MNISTCompressedSensing(d.mnist_dir, split, q=d.q, eps=d.eps, seed=cfg.train.seed,
-                                      indices=range(n))
+        split = (
+            "train"
+            if (Path(d.mnist_dir) / "train-images-idx3-ubyte.gz").exists()
+            or (Path(d.mnist_dir) / "train-images-idx3-ubyte").exists()
+            else "t10k"
+        )
+        full = MNISTCompressedSensing(d.mnist_dir, split, q=d.q, eps=d.eps, seed=cfg.train.seed, indices=range(n))
         if len(full) < n:
             raise ValueError(f"data.n_train + data.n_val = {n} exceeds the {len(full)} images")
         self.A = full.A
@@ -128,14 +148,23 @@ class CSTask:
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def loader(self, split, shuffle, generator=None, sampler=None):
-        return torch.utils.data.DataLoader(self.datasets[split], batch_size=self.batch_size,
-                                           shuffle=shuffle and sampler is None, sampler=sampler,
-                                           num_workers=self.workers, generator=generator)
+        return torch.utils.data.DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.workers,
+            generator=generator,
+        )
 
     def unpack(self, batch, device):
         y, x, _, idx = batch
-        return (y.to(device), self.A.to(device), x.to(device),
-                {"keys": [int(i) for i in idx], "max": torch.ones(len(y), device=device)})
+        return (
+            y.to(device),
+            self.A.to(device),
+            x.to(device),
+            {"keys": [int(i) for i in idx], "max": torch.ones(len(y), device=device)},
+        )
 
 
 class SRTask:
@@ -143,29 +172,34 @@ class SRTask:
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data.images import ImageFolderSR
+
         d = cfg.data
         self.datasets = {}
         for s in splits:
             folder = (paths or {}).get(s) or (d.train_dir if s == "train" else d.val_dir)
             if not folder:
                 raise ValueError(f"config key data.{s}_dir is empty: give an image folder")
-            self.datasets[s] = ImageFolderSR(folder, d.factor, d.kernel,
-                                             d.patch if s == "train" else None,
-                                             d.patches_per_image, cfg.train.seed)
+            self.datasets[s] = ImageFolderSR(
+                folder, d.factor, d.kernel, d.patch if s == "train" else None, d.patches_per_image, cfg.train.seed
+            )
         self.A = next(iter(self.datasets.values())).A
         self.meta = {"factor": d.factor}
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def loader(self, split, shuffle, generator=None, sampler=None):
         bs = self.batch_size if split == "train" else 1  # full images differ in size
-        return torch.utils.data.DataLoader(self.datasets[split], batch_size=bs,
-                                           shuffle=shuffle and sampler is None, sampler=sampler,
-                                           num_workers=self.workers, generator=generator)
+        return torch.utils.data.DataLoader(
+            self.datasets[split],
+            batch_size=bs,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.workers,
+            generator=generator,
+        )
 
     def unpack(self, batch, device):
         y, x = batch
-        return (y.to(device), self.A.to(device), x.to(device),
-                {"keys": None, "max": torch.ones(len(y), device=device)})
+        return (y.to(device), self.A.to(device), x.to(device), {"keys": None, "max": torch.ones(len(y), device=device)})
 
 
 def make_task(cfg, splits=("train", "val"), paths: dict | None = None):
@@ -182,9 +216,12 @@ def fixed_raw(task, split: str, indices, seed: int) -> list:
     base = task.loader(split, False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(indices)),
-                                             batch_size=base.batch_size or 1,
-                                             collate_fn=base.collate_fn, num_workers=0)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, list(indices)),
+            batch_size=base.batch_size or 1,
+            collate_fn=base.collate_fn,
+            num_workers=0,
+        )
         return list(loader)
 
 

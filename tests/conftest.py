@@ -23,8 +23,16 @@ def synthetic_knee(tmp_path_factory):
     tests): ``train/`` 2 volumes × 4 slices, ``val/`` 2 × 4, ``test/`` 2 × 4 (challenge
     format, with ``test_targets/``); 40×36 k-space, 32×32 targets."""
     from mrijac.data import write_synthetic_dataset
+
     root = tmp_path_factory.mktemp("synthetic_knee")
-    write_synthetic_dataset(root, "knee", "singlecoil", {"train": 2, "val": 2, "test": 2},
-                            n_slices=4, kspace_shape=(40, 36), recon_size=(32, 32),
-                            progress=False)
+    write_synthetic_dataset(
+        root,
+        "knee",
+        "singlecoil",
+        {"train": 2, "val": 2, "test": 2},
+        n_slices=4,
+        kspace_shape=(40, 36),
+        recon_size=(32, 32),
+        progress=False,
+    )
     return root

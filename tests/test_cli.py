@@ -1,4 +1,5 @@
 """The command line: help, one-line errors with exit status 2, the quick demo."""
+
 import json
 import subprocess
 import sys
@@ -8,9 +9,21 @@ import pytest
 from mrijac.cli import main
 
 
-@pytest.mark.parametrize("args", [[], ["train"], ["evaluate"], ["compare"], ["demo"], ["data"],
-                                  ["data", "synth"], ["data", "convert", "kspace"],
-                                  ["data", "convert", "images"], ["data", "maps"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["train"],
+        ["evaluate"],
+        ["compare"],
+        ["demo"],
+        ["data"],
+        ["data", "synth"],
+        ["data", "convert", "kspace"],
+        ["data", "convert", "images"],
+        ["data", "maps"],
+    ],
+)
 def test_every_subcommand_has_help(args, capsys):
     with pytest.raises(SystemExit) as e:
         main(args + ["--help"])
@@ -26,8 +39,12 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: config file not found" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "data.accelerations=[0.5]"]) == 2
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(tmp_path),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     assert "x.pt: checkpoint not found" in capsys.readouterr().err
     assert main(["train", "--help-config"]) == 0
     helptext = capsys.readouterr().out
@@ -35,8 +52,7 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
     # every key has a description; keys with fixed values list them (from the config fields)
     lines = [ln for ln in helptext.splitlines() if " = " in ln]
     assert lines and all("  — " in ln for ln in lines)
-    assert any(ln.startswith("  reg.method =") and "[forward | double_vjp | fd]" in ln
-               for ln in lines)
+    assert any(ln.startswith("  reg.method =") and "[forward | double_vjp | fd]" in ln for ln in lines)
     (tmp_path / "w.yaml").write_text("loss: {name: weighted}\n")
     assert main(["train", "--config", str(tmp_path / "w.yaml")]) == 2
     assert "loss.name=weighted needs loss.weights" in capsys.readouterr().err
@@ -44,14 +60,22 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
 
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "mrijac.cli", "demo", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "mrijac.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "report:" in res.stdout
     table = json.loads((out / "compare" / "comparison.json").read_text())
     assert [r["run"] for r in table] == ["none", "sja+sj"]
     assert all(0 < r["ssim"] <= 1 and r["sigma_ja_mean"] > 0 for r in table)
     assert (out / "compare" / "report.html").exists()
-    res = subprocess.run([sys.executable, "-m", "mrijac.cli", "demo", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "mrijac.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "--overwrite" in res.stderr

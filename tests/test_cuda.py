@@ -1,4 +1,5 @@
 """CUDA checks (skipped without a GPU): operators, penalties and a training step agree with CPU."""
+
 import pytest
 import torch
 
@@ -16,8 +17,7 @@ def test_operators_on_cuda_match_cpu():
         Ac = A.to("cuda")
         assert torch.allclose(Ac(x.cuda()).cpu(), A(x), atol=1e-10)
         y = A(x)
-        assert torch.allclose(batch_dot(Ac(x.cuda()), y.cuda()).cpu(),
-                              batch_dot(x, A.adjoint(y)), rtol=1e-10)
+        assert torch.allclose(batch_dot(Ac(x.cuda()), y.cuda()).cpu(), batch_dot(x, A.adjoint(y)), rtol=1e-10)
 
 
 def test_penalty_and_step_on_cuda_match_cpu():
@@ -25,13 +25,11 @@ def test_penalty_and_step_on_cuda_match_cpu():
     recon = Reconstructor(Unet(2, 2, chans=8, num_pool_layers=2)).double()
     A = SingleCoilMRI(torch.ones(32, dtype=torch.float64), (32, 32))
     y = A(A.random_input(batch=2, dtype=torch.float64))
-    s_cpu = spectral_norm(recon.as_function(A), y, A, n_iter=20,
-                          generator=torch.Generator().manual_seed(1))
+    s_cpu = spectral_norm(recon.as_function(A), y, A, n_iter=20, generator=torch.Generator().manual_seed(1))
     rc, Ac = recon.cuda(), A.to("cuda")
-    s_gpu = spectral_norm(rc.as_function(Ac), y.cuda(), Ac, n_iter=20,
-                          generator=torch.Generator().manual_seed(1))
+    s_gpu = spectral_norm(rc.as_function(Ac), y.cuda(), Ac, n_iter=20, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(s_gpu.cpu(), s_cpu, rtol=1e-6)
-    pen = JacobianPenalty("spectral", 1e-2, 1e-2, n_iter=1)
+    pen = JacobianPenalty("spectral", lambda_ja=1e-2, lambda_j=1e-2, n_iter=1)
     out, p, _ = pen(rc, y.cuda(), Ac)
     (out.pow(2).mean() + p).backward()
     assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in rc.parameters())

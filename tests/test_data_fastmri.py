@@ -1,4 +1,5 @@
 """fastMRI-format writer and the model-aware slice dataset."""
+
 import fastmri
 import h5py
 import numpy as np
@@ -16,17 +17,33 @@ from mrijac.operators import batch_norm2
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     root = tmp_path_factory.mktemp("sc")
-    write_synthetic_dataset(root, "knee", "singlecoil", {"train": 2, "val": 2, "test": 1},
-                            n_slices=3, kspace_shape=(48, 40), recon_size=(32, 32), progress=False)
+    write_synthetic_dataset(
+        root,
+        "knee",
+        "singlecoil",
+        {"train": 2, "val": 2, "test": 1},
+        n_slices=3,
+        kspace_shape=(48, 40),
+        recon_size=(32, 32),
+        progress=False,
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
     root = tmp_path_factory.mktemp("mc")
-    write_synthetic_dataset(root, "brain", "multicoil", {"train": 1, "test": 1}, n_slices=2,
-                            kspace_shape=(48, 40), recon_size=(32, 32), num_coils=4,
-                            progress=False)
+    write_synthetic_dataset(
+        root,
+        "brain",
+        "multicoil",
+        {"train": 1, "test": 1},
+        n_slices=2,
+        kspace_shape=(48, 40),
+        recon_size=(32, 32),
+        num_coils=4,
+        progress=False,
+    )
     return root
 
 
@@ -103,8 +120,9 @@ def test_train_masks_random_val_masks_fixed(single):
 
 
 def test_crop_kspace_consistent_operator_and_target(single):
-    ds = MRISliceDataset(single / "train", "singlecoil", crop_kspace=True,
-                         mask=MaskConfig("random", (1,), (0.5,)))  # fully sampled
+    ds = MRISliceDataset(
+        single / "train", "singlecoil", crop_kspace=True, mask=MaskConfig("random", (1,), (0.5,))
+    )  # fully sampled
     s = ds[1]
     assert s.y.shape == (32, 32) and s.mask.sum() == 32
     assert torch.allclose(s.zero_filled, s.target, atol=1e-5)
@@ -116,8 +134,7 @@ def test_crop_kspace_consistent_operator_and_target(single):
 
 
 def test_multicoil_espirit_operator_reproduces_kspace(multi, tmp_path):
-    ds = MRISliceDataset(multi / "train", "multicoil", mask=MaskConfig("equispaced_fraction",
-                                                                       (4,), (0.125,)))
+    ds = MRISliceDataset(multi / "train", "multicoil", mask=MaskConfig("equispaced_fraction", (4,), (0.125,)))
     s = ds[0]
     assert s.sens_maps.shape == (4, 48, 40)
     assert (multi / "train_maps" / s.fname).exists()  # cached beside the data
@@ -136,8 +153,7 @@ def test_multicoil_espirit_operator_reproduces_kspace(multi, tmp_path):
 
 def test_dataset_cache_and_sampling(single, tmp_path):
     cache = tmp_path / "cache.pkl"
-    ds = MRISliceDataset(single / "train", "singlecoil", use_dataset_cache=True,
-                         dataset_cache_file=cache)
+    ds = MRISliceDataset(single / "train", "singlecoil", use_dataset_cache=True, dataset_cache_file=cache)
     assert cache.exists() and len(ds) == 6
     ds = MRISliceDataset(single / "train", "singlecoil", volume_sample_rate=0.5)
     assert len(ds) == 3
@@ -175,23 +191,28 @@ def test_truncated_file(tmp_path):
         MRISliceDataset(tmp_path, "singlecoil")
 
 
-@pytest.mark.parametrize("what,match", [
-    ("no_kspace", "missing dataset 'kspace'"),
-    ("no_target", "missing dataset 'reconstruction_esc'"),
-    ("real_kspace", "'kspace' must be complex"),
-    ("wrong_dims", "singlecoil needs 3 dims"),
-    ("target_shape", "'reconstruction_esc' has shape"),
-    ("no_header", "missing dataset 'ismrmrd_header'"),
-    ("no_namespace", "ISMRMRD namespace"),
-])
+@pytest.mark.parametrize(
+    "what,match",
+    [
+        ("no_kspace", "missing dataset 'kspace'"),
+        ("no_target", "missing dataset 'reconstruction_esc'"),
+        ("real_kspace", "'kspace' must be complex"),
+        ("wrong_dims", "singlecoil needs 3 dims"),
+        ("target_shape", "'reconstruction_esc' has shape"),
+        ("no_header", "missing dataset 'ismrmrd_header'"),
+        ("no_namespace", "ISMRMRD namespace"),
+    ],
+)
 def test_bad_files_named_in_errors(tmp_path, what, match):
     p = tmp_path / "bad.h5"
     with h5py.File(p, "w") as hf:
-        hdr = b"<ismrmrdHeader xmlns='http://www.ismrm.org/ISMRMRD'><encoding><encodedSpace>" \
-              b"<matrixSize><x>16</x><y>12</y><z>1</z></matrixSize></encodedSpace><reconSpace>" \
-              b"<matrixSize><x>8</x><y>8</y><z>1</z></matrixSize></reconSpace><encodingLimits>" \
-              b"<kspace_encoding_step_1><maximum>11</maximum><center>6</center>" \
-              b"</kspace_encoding_step_1></encodingLimits></encoding></ismrmrdHeader>"
+        hdr = (
+            b"<ismrmrdHeader xmlns='http://www.ismrm.org/ISMRMRD'><encoding><encodedSpace>"
+            b"<matrixSize><x>16</x><y>12</y><z>1</z></matrixSize></encodedSpace><reconSpace>"
+            b"<matrixSize><x>8</x><y>8</y><z>1</z></matrixSize></reconSpace><encodingLimits>"
+            b"<kspace_encoding_step_1><maximum>11</maximum><center>6</center>"
+            b"</kspace_encoding_step_1></encodingLimits></encoding></ismrmrdHeader>"
+        )
         if what == "no_namespace":
             hdr = hdr.replace(b" xmlns='http://www.ismrm.org/ISMRMRD'", b"")
         if what != "no_header":
@@ -204,8 +225,7 @@ def test_bad_files_named_in_errors(tmp_path, what, match):
         if what != "no_kspace":
             hf["kspace"] = k
         if what != "no_target":
-            hf["reconstruction_esc"] = np.ones((3 if what == "target_shape" else 2, 8, 8),
-                                               np.float32)
+            hf["reconstruction_esc"] = np.ones((3 if what == "target_shape" else 2, 8, 8), np.float32)
     with pytest.raises(ValueError, match=match) as e:
         MRISliceDataset(tmp_path, "singlecoil")
     assert "bad.h5" in str(e.value)
@@ -213,8 +233,7 @@ def test_bad_files_named_in_errors(tmp_path, what, match):
 
 def test_nan_kspace_and_empty_and_missing_folders(tmp_path):
     with pytest.raises(ValueError, match="kspace contains NaN or Inf"):
-        write_volume(tmp_path / "x.h5", np.full((1, 4, 4), np.nan, np.complex64), None,
-                     "singlecoil")
+        write_volume(tmp_path / "x.h5", np.full((1, 4, 4), np.nan, np.complex64), None, "singlecoil")
     p = _good(tmp_path / "a.h5")
     with h5py.File(p, "a") as hf:
         hf["kspace"][1, 0, 0] = np.nan
@@ -251,11 +270,11 @@ def test_mask_config_validation():
 
 def test_coil_compression_keeps_the_operator_consistent(multi):
     from mrijac.data.coil_compression import compress, compression_matrix
+
     mask = MaskConfig("equispaced_fraction", (4,), (0.125,))
     full = MRISliceDataset(multi / "train", "multicoil", mode="val", mask=mask)[0]
     for n in (4, 2):
-        s = MRISliceDataset(multi / "train", "multicoil", mode="val", mask=mask,
-                            coil_compression=n)[0]
+        s = MRISliceDataset(multi / "train", "multicoil", mode="val", mask=mask, coil_compression=n)[0]
         assert s.y.shape == (n, 48, 40) and s.sens_maps.shape == (n, 48, 40)
         # same image through both operators: compressed k-space = Uᴴ (original k-space)
         x = full.operator().random_input(batch=1)
@@ -264,8 +283,7 @@ def test_coil_compression_keeps_the_operator_consistent(multi):
         U = compression_matrix(k, n)
         assert torch.allclose(s.operator()(x)[0], compress(full.operator()(x)[0], U), atol=1e-4)
         if n == 4:  # all coils kept: a unitary change of coil basis, norms unchanged
-            assert torch.allclose(batch_norm2(s.operator()(x)), batch_norm2(full.operator()(x)),
-                                  rtol=1e-4)
+            assert torch.allclose(batch_norm2(s.operator()(x)), batch_norm2(full.operator()(x)), rtol=1e-4)
         kept = batch_norm2(s.y[None]) ** 2 / batch_norm2(full.y[None]) ** 2
         assert kept > (0.999 if n == 4 else 0.8)
     with pytest.raises(ValueError, match="exceeds its 4 coils"):

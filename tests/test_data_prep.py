@@ -1,4 +1,5 @@
 """Readers, converters and data_prep on the real data in ../shared/data."""
+
 import gzip
 
 import h5py
@@ -43,8 +44,7 @@ def test_real_brain_converts_and_rss_matches(brain):
 
 def test_real_brain_espirit_operator_reproduces_kspace(brain):
     root, _ = brain
-    ds = MRISliceDataset(root / "val", "multicoil", mode="val",
-                         mask=MaskConfig("equispaced_fraction", (4,), (0.16,)))
+    ds = MRISliceDataset(root / "val", "multicoil", mode="val", mask=MaskConfig("equispaced_fraction", (4,), (0.16,)))
     s = ds[0]
     A = s.operator()
     with h5py.File(root / "val" / "brain8ch.h5") as hf:
@@ -86,6 +86,7 @@ def test_reorder_kspace_errors():
 
 def test_readers_round_trip(tmp_path, shared_data):
     from scipy.io import savemat
+
     a = (np.arange(12) + 1j).reshape(3, 4).astype(np.complex64)
     savemat(tmp_path / "v5.mat", {"kspace": a})
     assert np.array_equal(read_mat(tmp_path / "v5.mat"), a)
@@ -116,8 +117,9 @@ def test_readers_round_trip(tmp_path, shared_data):
 def test_chest_images_to_volumes(shared_data, tmp_path):
     ims, names = read_image_stack(shared_data / "mri/chest100", key="im_ori")
     assert ims.shape == (100, 256, 256)
-    w = images_to_dataset(shared_data / "mri/chest100", tmp_path, per_volume=10,
-                          split=(0.6, 0.2, 0.2), key="im_ori", progress=False)
+    w = images_to_dataset(
+        shared_data / "mri/chest100", tmp_path, per_volume=10, split=(0.6, 0.2, 0.2), key="im_ori", progress=False
+    )
     assert [len(w[s]) for s in ("train", "val", "test")] == [6, 2, 2]
     ds = SliceDataset(tmp_path / "train", "singlecoil")
     assert len(ds) == 60
@@ -181,11 +183,33 @@ def test_sr_image_folder(shared_data):
 
 
 def test_cli_data_commands(tmp_path, capsys, shared_data):
-    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--train", "1", "--val", "0",
-                 "--test", "0", "--slices", "2", "--kspace", "24x20", "--recon", "16x16"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(tmp_path / "s"),
+                "--train",
+                "1",
+                "--val",
+                "0",
+                "--test",
+                "0",
+                "--slices",
+                "2",
+                "--kspace",
+                "24x20",
+                "--recon",
+                "16x16",
+            ]
+        )
+        == 0
+    )
     assert len(SliceDataset(tmp_path / "s" / "train", "singlecoil")) == 2
-    rc = main(["data", "convert", "kspace", str(tmp_path / "missing.npy"), "--axes", "x,y",
-               "--out", str(tmp_path / "o.h5")])
+    rc = main(
+        ["data", "convert", "kspace", str(tmp_path / "missing.npy"), "--axes", "x,y", "--out", str(tmp_path / "o.h5")]
+    )
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert rc == 2 and last.startswith("mrijac: error:") and "missing.npy" in last

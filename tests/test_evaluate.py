@@ -1,4 +1,5 @@
 """Evaluation: fastMRI-identical metrics, reports, GE, comparison."""
+
 import json
 
 import fastmri
@@ -43,9 +44,18 @@ def run(tmp_path_factory, synthetic_knee):
     (root / "data").symlink_to(synthetic_knee)
     outs = {}
     for reg in ("none", "sja+sj"):
-        cfg = load_config(None, [f"data.root={root / 'data'}", "model.chans=4",
-                                 "model.num_pool_layers=2", "optim.epochs=1",
-                                 "train.progress=false", f"reg.name={reg}", "data.batch_size=2"])
+        cfg = load_config(
+            None,
+            [
+                f"data.root={root / 'data'}",
+                "model.chans=4",
+                "model.num_pool_layers=2",
+                "optim.epochs=1",
+                "train.progress=false",
+                f"reg.name={reg}",
+                "data.batch_size=2",
+            ],
+        )
         train(cfg, root / reg)
         outs[reg] = root / reg / "checkpoints" / "final.pt"
     return root, outs
@@ -54,8 +64,7 @@ def run(tmp_path_factory, synthetic_knee):
 def test_evaluate_writes_report_and_matches_fastmri(run, tmp_path):
     root, cks = run
     out = tmp_path / "ev"
-    r = evaluate_checkpoint(cks["none"], root / "data" / "val", out, jac_batches=1,
-                            progress=False)
+    r = evaluate_checkpoint(cks["none"], root / "data" / "val", out, jac_batches=1, progress=False)
     assert r["ge"] == pytest.approx(abs(r["test_loss"] - r["train_loss"]))
     for name in ("metrics.json", "metrics.csv", "report.md", "report.html"):
         assert (out / name).exists()
@@ -64,14 +73,14 @@ def test_evaluate_writes_report_and_matches_fastmri(run, tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "<img" in html and 'src="figures' not in html
     saved = json.loads((out / "metrics.json").read_text())
-    assert len(saved["per_volume"]) == 2 and saved["ge"] == pytest.approx(
-        abs(saved["test_loss"] - saved["train_loss"]))
+    assert len(saved["per_volume"]) == 2 and saved["ge"] == pytest.approx(abs(saved["test_loss"] - saved["train_loss"]))
     assert saved["jacobian"]["sigma_ja"]["max"] >= saved["jacobian"]["sigma_ja"]["mean"] > 0
     # the zero-filled baseline agrees with fastmri's own computation on the same volumes
     ds = MRISliceDataset(root / "data" / "val", "singlecoil", mode="val", crop_kspace=True)
     first = [ds[i] for i in range(len(ds)) if ds[i].fname == saved["per_volume"][0]["fname"]]
     b = collate_mri(first)
     import torch
+
     k = torch.view_as_real(b.y)
     zf = fastmri.complex_abs(fastmri.ifft2c(k)).numpy()
     ref = fe.ssim(b.target.numpy(), zf)

@@ -1,4 +1,5 @@
 """Jacobian tools against explicit Jacobians (torch.func) on small problems."""
+
 import math
 
 import pytest
@@ -7,7 +8,6 @@ from torch import nn
 
 from mrijac.jacobian import (
     JacobianPenalty,
-    WeightSpectralPenalty,
     auto_lambda,
     explicit_jacobian,
     frobenius_norm_sq,
@@ -15,7 +15,6 @@ from mrijac.jacobian import (
     operator_matrix,
     spectral_norm,
     vjp,
-    weight_decay_penalty,
 )
 from mrijac.models import DnCNN, Reconstructor
 from mrijac.operators import GaussianCS, SingleCoilMRI
@@ -26,7 +25,7 @@ DT = torch.float64
 def mlp_problem(seed=0, B=3):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    A = GaussianCS(matrix=torch.randn(7, 10, generator=g, dtype=DT) / 7 ** 0.5)
+    A = GaussianCS(matrix=torch.randn(7, 10, generator=g, dtype=DT) / 7**0.5)
     f = nn.Sequential(nn.Linear(7, 12), nn.Tanh(), nn.Linear(12, 10)).to(DT)
     y = A(torch.randn(B, 10, generator=g, dtype=DT))
     return f, y, A
@@ -48,6 +47,7 @@ def mri_problem(seed=0, B=2):
 def multicoil_problem(seed=0, B=3):
     """SENSE (3 coils) k-space in, magnitude image out."""
     from mrijac.operators import MultiCoilMRI
+
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     A = MultiCoilMRI.example(B, g)
@@ -100,8 +100,7 @@ def test_spectral_norm_monotone_in_n_iter_on_average():
     ref = torch.linalg.matrix_norm(explicit_JA(f, y, A), ord=2)
     means = []
     for n in (1, 3, 10):
-        ests = [spectral_norm(f, y, A, n_iter=n, generator=torch.Generator().manual_seed(s))
-                for s in range(10)]
+        ests = [spectral_norm(f, y, A, n_iter=n, generator=torch.Generator().manual_seed(s)) for s in range(10)]
         means.append((torch.stack(ests) / ref).mean().item())
     assert means[0] <= means[1] <= means[2] <= 1 + 1e-9
     assert means[2] > 0.9
@@ -110,16 +109,14 @@ def test_spectral_norm_monotone_in_n_iter_on_average():
 def test_forward_and_double_vjp_agree():
     f, y, A = mlp_problem()
     s1 = spectral_norm(f, y, A, n_iter=5, method="forward", generator=torch.Generator().manual_seed(3))
-    s2 = spectral_norm(f, y, A, n_iter=5, method="double_vjp",
-                       generator=torch.Generator().manual_seed(3))
+    s2 = spectral_norm(f, y, A, n_iter=5, method="double_vjp", generator=torch.Generator().manual_seed(3))
     assert torch.allclose(s1, s2, rtol=1e-10)
 
 
 def test_warm_start_returns_better_vector():
     f, y, A, _ = mri_problem(B=3)
     ref = torch.linalg.matrix_norm(explicit_JA(f, y, A), ord=2)
-    s, u = spectral_norm(f, y, A, n_iter=1, return_vector=True,
-                         generator=torch.Generator().manual_seed(0))
+    s, u = spectral_norm(f, y, A, n_iter=1, return_vector=True, generator=torch.Generator().manual_seed(0))
     errs = [((s - ref).abs() / ref).mean().item()]
     for _ in range(30):
         s, u = spectral_norm(f, y, A, n_iter=1, u0=u, return_vector=True)
@@ -138,14 +135,12 @@ def test_frobenius_unbiased(method, with_A):
     A = A if with_A else None
     ref = explicit_JA(f, y, A).pow(2).sum(dim=(1, 2))
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([frobenius_norm_sq(f, y, A, n_proj=4, method=method, generator=g)
-                         for _ in range(300)])
+    draws = torch.stack([frobenius_norm_sq(f, y, A, n_proj=4, method=method, generator=g) for _ in range(300)])
     assert ((draws.mean(0) - ref).abs() / ref).max() < 0.05
 
 
 def _param_grads(model):
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                      for p in model.parameters()])
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
 
 
 def _explicit_penalty(recon, y, A, l1, l2):
@@ -156,14 +151,16 @@ def _explicit_penalty(recon, y, A, l1, l2):
     def penalty_of(params):
         sig_ja, sig_j = [], []
         for b in range(y.shape[0]):
+
             def g(vec, b=b):
-                yb = torch.view_as_complex(vec.view(yr[b:b + 1].shape))
-                return torch.func.functional_call(recon, params, (yb, A.select(slice(b, b + 1))))\
-                    .reshape(-1)
+                yb = torch.view_as_complex(vec.view(yr[b : b + 1].shape))
+                return torch.func.functional_call(recon, params, (yb, A.select(slice(b, b + 1)))).reshape(-1)
+
             J = torch.func.jacrev(g)(yr[b].reshape(-1))
             sig_ja.append(torch.linalg.matrix_norm(J @ M[b], ord=2))
             sig_j.append(torch.linalg.matrix_norm(J, ord=2))
         return l1 * torch.stack(sig_ja).max() + l2 * torch.stack(sig_j).max()
+
     return penalty_of
 
 
@@ -194,8 +191,7 @@ def _right_singular_vectors(M, like):
     return torch.view_as_complex(V.reshape(*like.shape, 2).contiguous())
 
 
-@pytest.mark.parametrize("recompute,problem", [(False, "single"), (True, "single"),
-                                               (False, "multi")])
+@pytest.mark.parametrize("recompute,problem", [(False, "single"), (True, "single"), (False, "multi")])
 def test_fd_penalty_value_and_gradient_at_the_singular_vectors(recompute, problem):
     """method='fd' started at the exact right singular vectors: value and ∇θ equal the
     explicit λ1 max‖JA‖₂ + λ2 max‖J‖₂ (finite-difference error only), the batch output is
@@ -207,8 +203,7 @@ def test_fd_penalty_value_and_gradient_at_the_singular_vectors(recompute, proble
     sig_ref = torch.linalg.matrix_norm(JA, ord=2)
     low = int(sig_ref.argmin())
     v0["v_ja"][low] = torch.randn_like(v0["v_ja"][low])  # a non-argmax sample far from converged
-    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd",
-                          recompute=recompute)
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", recompute=recompute)
     recon.zero_grad()
     out, p, stats = pen(recon, y, A, v0=v0)
     assert "v_ja" not in stats  # the vectors come with the backward pass
@@ -250,8 +245,7 @@ def test_fd_penalty_converges_over_steps_and_on_argmax_samples():
     assert torch.allclose(hist[-1], sig, rtol=2e-3)
     assert (hist[-1] - sig).abs().max() < (hist[0] - sig).abs().min()
     for recompute in (False, True):
-        part = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", samples=1,
-                               recompute=recompute)
+        part = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", samples=1, recompute=recompute)
         out, p, st = part(recon, y, A, v0=v0, priority=torch.tensor([0.1, 0.2, 0.9]))
         p.backward()
         assert st["index"].tolist() == [2] and st["v_ja"].shape[0] == 1
@@ -264,6 +258,7 @@ def test_fd_in_float32_matches_forward_mode_jvp():
     JVP of the same vector to 0.5 % on a U-Net (InstanceNorm) reconstructor (a step of 1e-3
     misses by 1.2 %, 1e-6 by 17 %)."""
     from fastmri.models import Unet
+
     torch.manual_seed(0)
     recon = Reconstructor(Unet(2, 2, chans=8, num_pool_layers=2))
     mask = torch.zeros(2, 1, 32)
@@ -302,8 +297,7 @@ def test_fd_refuses_batchnorm_autocast_and_frobenius():
 def test_alternate_terms():
     """``alternate``: one term per penalised step, in turn, weighted × 2."""
     f, y, A = mlp_problem()
-    pen = JacobianPenalty("spectral", lambda_ja=0.5, lambda_j=0.25, n_iter=30, alternate=True,
-                          every=2)
+    pen = JacobianPenalty("spectral", lambda_ja=0.5, lambda_j=0.25, n_iter=30, alternate=True, every=2)
     seen = []
     for step in range(8):
         _, p, st = pen(f, y, A, step=step)
@@ -343,6 +337,7 @@ def test_frobenius_penalty_gradient_unbiased():
 
 def test_penalty_trains_fastmri_unet_with_forward_mode():
     from fastmri.models import Unet
+
     torch.manual_seed(0)
     recon = Reconstructor(Unet(2, 2, chans=4, num_pool_layers=2))
     A = SingleCoilMRI(torch.ones(16), (16, 16))
@@ -378,8 +373,7 @@ def test_auto_lambda():
     loss = out.pow(2).mean()
     chosen = pen.calibrate(loss.item(), stats)
     assert chosen["lambda_ja"] == auto_lambda(loss.item(), stats["term_ja"].item(), 20)
-    assert torch.allclose(pen.weighted(stats), chosen["lambda_ja"] * stats["term_ja"] +
-                          0.1 * stats["term_j"])
+    assert torch.allclose(pen.weighted(stats), chosen["lambda_ja"] * stats["term_ja"] + 0.1 * stats["term_j"])
 
 
 def test_penalty_refuses_bad_options():
@@ -389,23 +383,6 @@ def test_penalty_refuses_bad_options():
         JacobianPenalty(lambda_ja=-1)
     with pytest.raises(ValueError, match="method"):
         spectral_norm(lambda y: y, torch.zeros(1, 3), method="finite")
-
-
-def test_weight_baselines():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Linear(5, 3)).to(DT)
-    wd = weight_decay_penalty(net, 0.1)
-    assert torch.allclose(wd, 0.1 * (net[0].weight.pow(2).sum() + net[2].weight.pow(2).sum()))
-    sw = WeightSpectralPenalty(net, lam=2.0, n_iter=200)
-    s = sw.sigmas()
-    ref0 = torch.linalg.matrix_norm(net[0].weight.reshape(4, -1), ord=2)
-    assert torch.allclose(s["0"], ref0, rtol=1e-6)
-    val = sw()
-    val.backward()
-    # d/dW σ(W)² = 2σ u vᵀ: the gradient's spectral norm is λ σ
-    g = net[2].weight.grad
-    assert torch.allclose(torch.linalg.matrix_norm(g, ord=2),
-                          2.0 * torch.linalg.matrix_norm(net[2].weight, ord=2), rtol=1e-6)
 
 
 def test_penalty_on_argmax_samples_keeps_the_gradient():
@@ -419,8 +396,7 @@ def test_penalty_on_argmax_samples_keeps_the_gradient():
     g_full = _param_grads(recon)
     part = JacobianPenalty("spectral", lambda_ja=1.0, n_iter=300, samples=1)
     recon.zero_grad()
-    out_p, p_p, st_p = part(recon, y, A, generator=torch.Generator().manual_seed(0),
-                            priority=st["sigma_ja"])
+    out_p, p_p, st_p = part(recon, y, A, generator=torch.Generator().manual_seed(0), priority=st["sigma_ja"])
     p_p.backward()
     assert st_p["index"].tolist() == [int(st["sigma_ja"].argmax())]
     assert torch.allclose(out_p, out_f, atol=1e-12)  # every sample's output, in batch order
@@ -437,22 +413,20 @@ from mrijac.jacobian import reference_sigma  # noqa: E402
 @pytest.mark.parametrize("problem", ["mlp", "mri", "multicoil"])
 @pytest.mark.parametrize("with_A", [True, False])
 def test_reference_sigma_matches_explicit_svd(problem, with_A):
-    f, y, A = {"mlp": mlp_problem, "mri": lambda: mri_problem()[:3],
-               "multicoil": lambda: multicoil_problem()[:3]}[problem]()
+    f, y, A = {"mlp": mlp_problem, "mri": lambda: mri_problem()[:3], "multicoil": lambda: multicoil_problem()[:3]}[
+        problem
+    ]()
     op = A if with_A else None
     M = explicit_JA(f, y, op)
     U, S, Vh = torch.linalg.svd(M)
-    r = reference_sigma(f, y, op, tol=1e-6, max_iter=100, stall_tol=0.0,
-                        generator=torch.Generator().manual_seed(0))
+    r = reference_sigma(f, y, op, tol=1e-6, max_iter=100, stall_tol=0.0, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(r.sigma, S[:, 0], rtol=1e-4)
     assert bool(r.converged.all()) and float(r.residual.max()) <= 1e-6
     # default stopping (residual, or the value stalled): the value to 1e-4, in fewer steps
-    d = reference_sigma(f, y, op, tol=1e-4, max_iter=100,
-                        generator=torch.Generator().manual_seed(0))
+    d = reference_sigma(f, y, op, tol=1e-4, max_iter=100, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(d.sigma, S[:, 0], rtol=1e-4) and d.iterations <= r.iterations
     # the returned vectors are a singular pair: J A v = σ u
-    Mv = M @ torch.view_as_real(r.v).reshape(len(y), -1, 1) if r.v.is_complex() else \
-        M @ r.v.reshape(len(y), -1, 1)
+    Mv = M @ torch.view_as_real(r.v).reshape(len(y), -1, 1) if r.v.is_complex() else M @ r.v.reshape(len(y), -1, 1)
     assert torch.allclose(Mv.squeeze(-1), S[:, :1] * r.u.reshape(len(y), -1), atol=1e-5)
 
 
@@ -471,8 +445,7 @@ def _flat_top(n=120, seed=0):
     g = torch.Generator().manual_seed(seed)
     Q1, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
     Q2, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
-    s = torch.cat([1.0 - 0.002 * torch.arange(30, dtype=DT), 0.5 * torch.rand(n - 30, generator=g,
-                                                                            dtype=DT)])
+    s = torch.cat([1.0 - 0.002 * torch.arange(30, dtype=DT), 0.5 * torch.rand(n - 30, generator=g, dtype=DT)])
     return Q1 @ torch.diag(s) @ Q2.T, s.max()
 
 
@@ -480,8 +453,7 @@ def test_reference_sigma_on_a_flat_topped_spectrum_beats_power_iteration():
     M, smax = _flat_top()
     f = _Linear(M)
     y = torch.randn(2, M.shape[1], generator=torch.Generator().manual_seed(1), dtype=DT)
-    r = reference_sigma(f, y, None, tol=1e-4, max_iter=100,
-                        generator=torch.Generator().manual_seed(2))
+    r = reference_sigma(f, y, None, tol=1e-4, max_iter=100, generator=torch.Generator().manual_seed(2))
     assert abs(float(r.sigma.min()) - float(smax)) / float(smax) < 1e-4
     # power iteration with as many products stays measurably below (flat top: σ2/σ1 = 0.998)
     p = spectral_norm(f, y, None, n_iter=r.iterations, generator=torch.Generator().manual_seed(2))
@@ -498,3 +470,24 @@ def test_reference_sigma_warm_start_and_errors():
         reference_sigma(f, y, A, max_iter=0)
     with pytest.raises(ValueError, match="tol"):
         reference_sigma(f, y, A, tol=0)
+
+
+def test_penalty_api_is_keyword_only_with_schedule_and_typed_stats():
+    from mrijac.jacobian import PenaltySchedule, PenaltyStats
+
+    f, y, A, recon = mri_problem()
+    with pytest.raises(TypeError):
+        JacobianPenalty("spectral", 0.1, 0.1)  # λ by position is refused
+    pen = JacobianPenalty("spectral", lambda_ja=0.1, lambda_j=0.2, schedule=PenaltySchedule(every=2))
+    assert (pen.every, pen.alternate, pen.hold) == (2, False, False)
+    out, p, stats = pen(f, y, A, step=0)
+    assert isinstance(stats, PenaltyStats) and set(stats.sigma) == {"ja", "j"}
+    assert stats.sigma["ja"].shape == (len(y),) and set(stats.terms) == {"ja", "j"}
+    assert set(stats.vectors) == {"u_ja", "u_j"} and stats.index is None
+    assert torch.allclose(p, 0.1 * 2 * stats.terms["ja"] + 0.2 * 2 * stats.terms["j"])  # × every
+    _, p1, empty = pen(f, y, A, step=1)  # not a penalised step
+    assert float(p1) == 0 and isinstance(empty, PenaltyStats) and not empty.sigma
+    with pytest.raises(ValueError, match="either schedule"):
+        JacobianPenalty(lambda_ja=0.1, schedule=PenaltySchedule(), every=3)
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        PenaltySchedule(every=0)

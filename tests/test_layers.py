@@ -1,16 +1,31 @@
 """Modules import downward only: operators → models/jacobian/data → tasks/inference → train,
 evaluate → cli.  Parsed from the source (imports inside functions count too)."""
+
 import ast
 from pathlib import Path
 
 import mrijac
 
 ROOT = Path(mrijac.__file__).parent
-LAYER = {"atomic": 0, "operators": 0, "metrics": 0, "runtime": 0,
-         "models": 1, "jacobian": 1, "data": 1,
-         "config": 2, "tasks": 2, "checkpoint": 2, "inference": 2,
-         "train": 3, "evaluate": 3,
-         "demo": 4, "sweep": 4, "cli": 4}
+LAYER = {
+    "atomic": 0,
+    "operators": 0,
+    "metrics": 0,
+    "runtime": 0,
+    "models": 1,
+    "jacobian": 1,
+    "data": 1,
+    "regularizers": 1,
+    "config": 2,
+    "tasks": 2,
+    "checkpoint": 2,
+    "inference": 2,
+    "train": 3,
+    "evaluate": 3,
+    "demo": 4,
+    "sweep": 4,
+    "cli": 4,
+}
 
 
 def _unit(parts: list[str]) -> str:
@@ -24,7 +39,7 @@ def _imports(path: Path):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = pkg[:len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
                 target = base + (node.module.split(".") if node.module else [])
                 names = [a.name for a in node.names] if not target else []
                 yield _unit(target) if target else _unit(names)
@@ -37,8 +52,11 @@ def _imports(path: Path):
 
 
 def test_every_unit_has_a_layer():
-    units = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()
-             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
+    units = {
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+    }
     assert units <= set(LAYER), f"assign a layer to {sorted(units - set(LAYER))}"
 
 

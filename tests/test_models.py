@@ -93,7 +93,7 @@ def test_reconstructor_jacobian_is_whole_map():
     phase = torch.stack([x.real, x.imag], 1) / x.abs()[:, None]  # d|x|/d(re, im)
     D = torch.zeros(12, 24, dtype=torch.float64)
     for i in range(12):
-        D[i, 2 * i:2 * i + 2] = phase[i]
+        D[i, 2 * i : 2 * i + 2] = phase[i]
     Ah = explicit_jacobian(A.adjoint, y)[0]
     assert torch.allclose(J, D @ Ah, atol=1e-10)
 
@@ -104,13 +104,13 @@ def test_varnet_reconstructor_jacobian_and_penalty():
     from mrijac.jacobian import JacobianPenalty, jvp
     from mrijac.models import VarNetReconstructor
     from mrijac.operators import make_mask
+
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     m = make_mask("equispaced_fraction", (16, 16), 4, 0.2, seed=0)
     sens = torch.randn(1, 2, 16, 16, dtype=torch.complex128, generator=g)
     A = MultiCoilMRI(m.double(), sens)
-    r = VarNetReconstructor((12, 12), num_cascades=2, chans=4, pools=1, sens_chans=4,
-                            sens_pools=1).double()
+    r = VarNetReconstructor((12, 12), num_cascades=2, chans=4, pools=1, sens_chans=4, sens_pools=1).double()
     y = A(A.random_input(batch=1, generator=g, dtype=torch.float64))
     f = r.as_function(A)
     assert f(y).shape == (1, 12, 12)
@@ -118,7 +118,7 @@ def test_varnet_reconstructor_jacobian_and_penalty():
     v = torch.randn(y.shape, dtype=torch.complex128, generator=g)
     _, t = jvp(f, y, v)
     assert torch.allclose(t.reshape(-1), J @ torch.view_as_real(v).reshape(-1), atol=1e-8)
-    out, p, st = JacobianPenalty("spectral", 0.1, 0.1, n_iter=2)(r, y, A)
+    out, p, st = JacobianPenalty("spectral", lambda_ja=0.1, lambda_j=0.1, n_iter=2)(r, y, A)
     (out.pow(2).mean() + p).backward()
     assert all(q.grad is not None for q in r.parameters())
     with pytest.raises(ValueError, match="column"):

@@ -1,4 +1,5 @@
 """Shared tests for every registered operator, plus references (fastmri, sigpy)."""
+
 import fastmri
 import numpy as np
 import pytest
@@ -89,6 +90,7 @@ def test_differentiable_forward_and_reverse(cls):
     assert torch.allclose(grad, A.normal(x.detach()), atol=1e-10)
     # forward mode: tangent of a linear map is the map itself
     import torch.autograd.forward_ad as fwAD
+
     with fwAD.dual_level():
         t = fwAD.unpack_dual(A(fwAD.make_dual(x.detach(), v))).tangent
     assert torch.allclose(t, A(v), atol=1e-10)
@@ -129,8 +131,9 @@ def test_multicoil_equals_sigpy_sense():
     assert np.allclose(A.adjoint(y)[0].numpy(), S.H * (y[0].numpy()), atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel,factor", [("gaussian", 2), ("gaussian", 4), ("uniform", 2),
-                                           ("bicubic", 2), ("bicubic", 4)])
+@pytest.mark.parametrize(
+    "kernel,factor", [("gaussian", 2), ("gaussian", 4), ("uniform", 2), ("bicubic", 2), ("bicubic", 4)]
+)
 def test_blur_downsample_equals_sigpy(kernel, factor):
     g = torch.Generator().manual_seed(6)
     H, W = 16, 24
@@ -140,8 +143,7 @@ def test_blur_downsample_equals_sigpy(kernel, factor):
     x = torch.randn(1, 1, H, W, generator=g, dtype=torch.float64)
     # sigpy: full convolution with the flipped kernel (= correlation), crop to "same", decimate
     conv = sp.linop.ConvolveData((H, W), k[::-1, ::-1].copy(), mode="full")
-    crop = sp.linop.Slice(conv.oshape, (slice(K0 // 2, K0 // 2 + H),
-                                        slice(K1 // 2, K1 // 2 + W)))
+    crop = sp.linop.Slice(conv.oshape, (slice(K0 // 2, K0 // 2 + H), slice(K1 // 2, K1 // 2 + W)))
     down = sp.linop.Downsample((H, W), (factor, factor))
     op = down * crop * conv
     ref = op * x[0, 0].numpy()
@@ -175,6 +177,7 @@ def test_masks_seeded_and_reference():
     assert torch.equal(m1, make_mask("random", (32, 64), 4, 0.08, seed=1))
     assert not torch.equal(m1, make_mask("random", (32, 64), 4, 0.08, seed=2))
     from fastmri.data.subsample import RandomMaskFunc
+
     ref, _ = RandomMaskFunc([0.08], [4])((1, 32, 64, 2), seed=1)
     assert torch.equal(m1, ref.reshape(64).float())
     eq = make_mask("equispaced_fraction", (32, 64), 4, 0.08, seed=1)

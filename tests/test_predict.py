@@ -1,4 +1,5 @@
 """predict -> fastMRI submission files; scored by mrijac and by fastmri.evaluate alike."""
+
 import argparse
 
 import h5py
@@ -16,9 +17,18 @@ from mrijac.train.trainer import train
 def trained(tmp_path_factory, synthetic_knee):
     root = tmp_path_factory.mktemp("pr")
     (root / "data").symlink_to(synthetic_knee)
-    cfg = load_config(None, [f"data.root={root / 'data'}", "model.chans=4",
-                             "model.num_pool_layers=2", "optim.epochs=1", "train.progress=false",
-                             "reg.name=sja+sj", "data.batch_size=2"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root / 'data'}",
+            "model.chans=4",
+            "model.num_pool_layers=2",
+            "optim.epochs=1",
+            "train.progress=false",
+            "reg.name=sja+sj",
+            "data.batch_size=2",
+        ],
+    )
     train(cfg, root / "run")
     return root, root / "run" / "checkpoints" / "final.pt"
 
@@ -32,8 +42,13 @@ def test_predict_test_files_and_round_trip_with_fastmri_evaluate(trained, tmp_pa
         rec = hf["reconstruction"]
         assert rec.dtype == "float32" and rec.shape == (4, 32, 32)  # 4 slices per volume
     ours = evaluate_predictions(out, root / "data" / "test_targets", tmp_path / "ev")
-    args = argparse.Namespace(target_path=root / "data" / "test_targets", predictions_path=out,
-                              challenge="singlecoil", acquisition=None, acceleration=None)
+    args = argparse.Namespace(
+        target_path=root / "data" / "test_targets",
+        predictions_path=out,
+        challenge="singlecoil",
+        acquisition=None,
+        acceleration=None,
+    )
     ref = fe.evaluate(args, "reconstruction_esc")
     val = lambda a: float(np.asarray(a).reshape(-1)[0])  # noqa: E731 (fastmri keeps arrays)
     # per-volume values are bit-equal to fastmri's (test_evaluate); runstats, which aggregates
@@ -47,16 +62,44 @@ def test_predict_test_files_and_round_trip_with_fastmri_evaluate(trained, tmp_pa
 
 def test_predict_cli_and_errors(trained, tmp_path, capsys):
     root, ck = trained
-    assert main(["predict", "--checkpoint", str(ck), "--data", str(root / "data" / "val"),
-                 "--out", str(tmp_path / "p")]) == 0
-    assert main(["evaluate", "--predictions", str(tmp_path / "p"), "--targets",
-                 str(root / "data" / "val"), "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(ck), "--data", str(root / "data" / "val"), "--out", str(tmp_path / "p")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(tmp_path / "p"),
+                "--targets",
+                str(root / "data" / "val"),
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
     assert "SSIM" in capsys.readouterr().out
-    assert main(["evaluate", "--predictions", str(tmp_path / "p"), "--targets",
-                 str(root / "data" / "test_targets"), "--out", str(tmp_path / "e2")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(tmp_path / "p"),
+                "--targets",
+                str(root / "data" / "test_targets"),
+                "--out",
+                str(tmp_path / "e2"),
+            ]
+        )
+        == 2
+    )
     assert "no prediction for target" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(ck), "--data", str(root / "data" / "val"),
-                 "--out", str(tmp_path / "p")]) == 2
+    assert (
+        main(["predict", "--checkpoint", str(ck), "--data", str(root / "data" / "val"), "--out", str(tmp_path / "p")])
+        == 2
+    )
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -64,6 +107,7 @@ def test_reconstruct_numpy_kspace_in_one_call(trained):
     from mrijac.checkpoint import load_model
     from mrijac.data import MRISliceDataset, collate_mri
     from mrijac.evaluate.predict import reconstruct_kspace
+
     root, ck = trained
     ds = MRISliceDataset(root / "data" / "val", "singlecoil", mode="val", crop_kspace=True)
     b = collate_mri([ds[0], ds[1]])

@@ -1,4 +1,5 @@
 """The README's Python examples run as written (every ```python block, in order, one namespace)."""
+
 import re
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Training: config, regularizers, checkpoints, resume, NaN stop, tasks, DDP (2 CPU processes)."""
+
 import math
 import os
 import socket
@@ -14,10 +15,17 @@ from mrijac.config import load_config, save_config, valid_keys
 from mrijac.data import write_synthetic_dataset
 from mrijac.train.trainer import NonFiniteError, Trainer, train
 
-BASE = ["model.chans=4", "model.num_pool_layers=2", "data.batch_size=2", "optim.epochs=2",
-        "data.num_workers=0",
-        "train.progress=false", "train.ref_slices=2", "train.ref_max_iter=8",
-        "train.ge_batches=1"]
+BASE = [
+    "model.chans=4",
+    "model.num_pool_layers=2",
+    "data.batch_size=2",
+    "optim.epochs=2",
+    "data.num_workers=0",
+    "train.progress=false",
+    "train.ref_slices=2",
+    "train.ref_max_iter=8",
+    "train.ge_batches=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +39,8 @@ def cfg_for(data, *over):
 
 def test_config_yaml_overrides_and_errors(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"task": "mri", "reg": {"name": "sja", "lambda_ja": 0.01},
-                                 "optim": {"lr": 3e-4}}))
-    cfg = load_config(p, ["reg.n_iter=2", "data.accelerations=[4,8]",
-                          "data.center_fractions=[0.08,0.04]"])
+    p.write_text(yaml.safe_dump({"task": "mri", "reg": {"name": "sja", "lambda_ja": 0.01}, "optim": {"lr": 3e-4}}))
+    cfg = load_config(p, ["reg.n_iter=2", "data.accelerations=[4,8]", "data.center_fractions=[0.08,0.04]"])
     assert cfg.reg.name == "sja" and cfg.reg.lambda_ja == 0.01 and cfg.reg.n_iter == 2
     assert cfg.optim.lr == 3e-4 and cfg.data.accelerations == [4, 8]
     save_config(cfg, tmp_path / "saved.yaml")
@@ -44,12 +50,14 @@ def test_config_yaml_overrides_and_errors(tmp_path):
     p.write_text("optim:\n  speed: 3\n")
     with pytest.raises(ValueError, match=r"c.yaml: unknown config key 'optim.speed'"):
         load_config(p)
-    for bad, msg in [("reg.lambda_ja=-0.1", "reg.lambda_ja must be a number >= 0"),
-                     ("data.accelerations=[0.5]", "acceleration must be >= 1"),
-                     ("optim.epochs=two", "optim.epochs must be an integer"),
-                     ("reg.name=magic", "reg.name must be one of"),
-                     ("model.normalize=3", "must be true or false"),
-                     ("data.batch_size=0", "data.batch_size must be > 0")]:
+    for bad, msg in [
+        ("reg.lambda_ja=-0.1", "reg.lambda_ja must be a number >= 0"),
+        ("data.accelerations=[0.5]", "acceleration must be >= 1"),
+        ("optim.epochs=two", "optim.epochs must be an integer"),
+        ("reg.name=magic", "reg.name must be one of"),
+        ("model.normalize=3", "must be true or false"),
+        ("data.batch_size=0", "data.batch_size must be > 0"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             load_config(None, [bad])
     assert "reg.lambda_j" in valid_keys()
@@ -61,8 +69,9 @@ def test_train_each_regularizer(data, tmp_path, reg):
     row = train(cfg_for(data, f"reg.name={reg}", "optim.epochs=1"), out)
     assert (out / "config.yaml").exists() and (out / "history.csv").exists()
     assert (out / "checkpoints" / "final.pt").exists() and list((out / "tb").iterdir())
-    assert all(k in row for k in ("train_loss", "val_loss", "ge", "ssim", "psnr",
-                                  "val_sigma_ja_mean", "val_sigma_j_mean"))
+    assert all(
+        k in row for k in ("train_loss", "val_loss", "ge", "ssim", "psnr", "val_sigma_ja_mean", "val_sigma_j_mean")
+    )
     ck = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ck["final"] and ck["train_loss_eval"] > 0
     if reg in ("sja+sj", "fja+fj"):
@@ -70,12 +79,16 @@ def test_train_each_regularizer(data, tmp_path, reg):
         assert row["train_penalty"] > 0
 
 
-@pytest.mark.parametrize("extra", [["reg.method=forward"],
-                                   ["reg.method=fd", "reg.every=3", "reg.every_mode=hold"],
-                                   ["reg.method=fd", "reg.pool=2", "reg.pool_refresh=2"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["reg.method=forward"],
+        ["reg.method=fd", "reg.every=3", "reg.every_mode=hold"],
+        ["reg.method=fd", "reg.pool=2", "reg.pool_refresh=2"],
+    ],
+)
 def test_resume_gives_the_same_weights(data, tmp_path, extra):
-    over = ["reg.name=sja+sj", "reg.warm_start=sample", "optim.schedule=step", "optim.step_size=1",
-            *extra]
+    over = ["reg.name=sja+sj", "reg.warm_start=sample", "optim.schedule=step", "optim.step_size=1", *extra]
     train(cfg_for(data, *over), tmp_path / "full")
     train(cfg_for(data, *over, "optim.epochs=1"), tmp_path / "part")
     t = Trainer(cfg_for(data, *over), tmp_path / "part", resume=True)
@@ -92,8 +105,10 @@ def test_resume_gives_the_same_weights(data, tmp_path, extra):
 def test_every_k_hold_reapplies_the_penalty_gradient(data, tmp_path):
     """reg.every_mode=hold: between penalised steps the gradient is the data gradient plus the
     held penalty gradient of the last penalised step (not scaled by k)."""
-    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.every=2", "reg.every_mode=hold",
-                        "reg.lambda_ja=0.1", "reg.lambda_j=0.1"), tmp_path / "r")
+    t = Trainer(
+        cfg_for(data, "reg.name=sja+sj", "reg.every=2", "reg.every_mode=hold", "reg.lambda_ja=0.1", "reg.lambda_j=0.1"),
+        tmp_path / "r",
+    )
     assert t.jac.factor == 1
     it = iter(t._loader(0))
     y, A, target, info = t.task.unpack(next(it), t.device)
@@ -107,6 +122,7 @@ def test_every_k_hold_reapplies_the_penalty_gradient(data, tmp_path):
     def spy():
         seen["grad"] = [p.grad.clone() for p in t.model.parameters()]
         real_step()
+
     t.opt.step = spy
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     t.train_step(y, A, target, info)  # step 1: not penalised, held gradient added
@@ -162,23 +178,58 @@ def test_checkpoint_errors(data, tmp_path):
 
 
 def test_dncnn_and_double_vjp_method(data, tmp_path):
-    train(cfg_for(data, "model.name=dncnn", "model.depth=3", "model.features=8",
-                  "reg.name=sja", "reg.method=double_vjp", "optim.epochs=1"), tmp_path / "d")
+    train(
+        cfg_for(
+            data,
+            "model.name=dncnn",
+            "model.depth=3",
+            "model.features=8",
+            "reg.name=sja",
+            "reg.method=double_vjp",
+            "optim.epochs=1",
+        ),
+        tmp_path / "d",
+    )
 
 
 def test_cs_and_sr_tasks(shared_data, tmp_path):
-    cs = load_config(None, ["task=cs", f"data.mnist_dir={shared_data / 'mnist'}", "data.q=40",
-                            "data.n_train=32", "data.n_val=16", "data.batch_size=16",
-                            "model.name=fcnet", "reg.name=sja+sj", "optim.epochs=2",
-                            "train.progress=false", "data.eps=0.1"])
+    cs = load_config(
+        None,
+        [
+            "task=cs",
+            f"data.mnist_dir={shared_data / 'mnist'}",
+            "data.q=40",
+            "data.n_train=32",
+            "data.n_val=16",
+            "data.batch_size=16",
+            "model.name=fcnet",
+            "reg.name=sja+sj",
+            "optim.epochs=2",
+            "train.progress=false",
+            "data.eps=0.1",
+        ],
+    )
     row = train(cs, tmp_path / "cs")
     assert row["psnr"] > 0 and "val_sigma_ja_mean" in row
-    sr = load_config(None, ["task=sr", f"data.train_dir={shared_data / 'sr/Set5'}",
-                            f"data.val_dir={shared_data / 'sr/Set5'}", "data.patch=24",
-                            "data.patches_per_image=2", "data.batch_size=5", "model.name=edsr",
-                            "model.n_resblocks=1", "model.features=8", "reg.name=sja",
-                            "optim.epochs=1", "train.progress=false", "train.ref_max_iter=8",
-                            "train.ref_slices=2"])
+    sr = load_config(
+        None,
+        [
+            "task=sr",
+            f"data.train_dir={shared_data / 'sr/Set5'}",
+            f"data.val_dir={shared_data / 'sr/Set5'}",
+            "data.patch=24",
+            "data.patches_per_image=2",
+            "data.batch_size=5",
+            "model.name=edsr",
+            "model.n_resblocks=1",
+            "model.features=8",
+            "reg.name=sja",
+            "optim.epochs=1",
+            "train.progress=false",
+            "train.ref_max_iter=8",
+            "train.ref_slices=2",
+        ],
+    )
     row = train(sr, tmp_path / "sr")
     assert row["psnr"] > 0 and row["val_sigma_ja_mean"] > 0
 
@@ -194,9 +245,20 @@ def test_ddp_two_cpu_processes_with_penalty(data, tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "-m", "mrijac.cli", "train", "--config",
-           str(tmp_path / "c.yaml"), "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "mrijac.cli",
+        "train",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     ck = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "final.pt")
@@ -205,8 +267,7 @@ def test_ddp_two_cpu_processes_with_penalty(data, tmp_path):
 
 
 def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
-    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.samples=1", "data.batch_size=4"),
-                tmp_path / "r")
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.samples=1", "data.batch_size=4"), tmp_path / "r")
     row = t.fit()
     assert row["train_penalty"] > 0 and 0 <= row["data_wait_frac"] < 1
     sig = [v["sigma"] for k, v in t.warm.items()]
@@ -218,8 +279,10 @@ def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
 def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, extra):
     """reg.method=fd with alternating terms: penalised, every sample's vectors stored after
     the backward pass (unit norm, in the spaces of J A and J), σ recorded for priorities."""
-    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.method=fd", "reg.alternate=true",
-                        "data.batch_size=4", *extra), tmp_path / "r")
+    t = Trainer(
+        cfg_for(data, "reg.name=sja+sj", "reg.method=fd", "reg.alternate=true", "data.batch_size=4", *extra),
+        tmp_path / "r",
+    )
     row = t.fit()
     assert row["train_penalty"] > 0 and math.isfinite(row["train_sigma_ja"])
     assert math.isfinite(row["train_sigma_j"])  # both terms got their turn
@@ -233,9 +296,11 @@ def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, ext
     assert all(e["v_ja"].shape == (32, 32) for e in entries if "v_ja" in e)  # image space
     assert all(e["v_j"].shape[-1] == 32 for e in entries if "v_j" in e)  # k-space (f's input)
     assert any("v_ja" in e for e in entries) and any("v_j" in e for e in entries)
-    for bad, msg in [(["reg.name=fja+fj"], "spectral penalties"),
-                     (["train.precision=bf16"], "needs train.precision=32"),
-                     (["reg.fd_step=1.5"], "reg.fd_step")]:
+    for bad, msg in [
+        (["reg.name=fja+fj"], "spectral penalties"),
+        (["train.precision=bf16"], "needs train.precision=32"),
+        (["reg.fd_step=1.5"], "reg.fd_step"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             cfg_for(data, "reg.name=sja+sj", "reg.method=fd", *bad)
 
@@ -244,17 +309,28 @@ def test_pool_estimate_tracks_the_reference_sigma(data, tmp_path):
     """reg.pool: the tracked samples' vectors advance every step, so the estimate the penalty
     uses agrees with the converged (Lanczos) σ of the same sample and weights."""
     from mrijac.jacobian import reference_sigma
-    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.method=fd", "reg.pool=1",
-                        "reg.pool_refresh=3", "reg.lambda_ja=0.1", "reg.lambda_j=0.1",
-                        "optim.epochs=4", "optim.lr=0.0003"), tmp_path / "r")
+
+    t = Trainer(
+        cfg_for(
+            data,
+            "reg.name=sja+sj",
+            "reg.method=fd",
+            "reg.pool=1",
+            "reg.pool_refresh=3",
+            "reg.lambda_ja=0.1",
+            "reg.lambda_j=0.1",
+            "optim.epochs=4",
+            "optim.lr=0.0003",
+        ),
+        tmp_path / "r",
+    )
     row = t.fit()
     assert len(t.pool.entries) == 1 and t.warm is None
     e = t.pool.entries[0]
     y, A = t.pool.sample(t.task, e.index, t.device)
     t.model.eval()
     f = t.model.as_function(A)
-    ref = max(float(reference_sigma(f, y, op, tol=1e-6, max_iter=200).sigma[0])
-              for op in (A, None))
+    ref = max(float(reference_sigma(f, y, op, tol=1e-6, max_iter=200).sigma[0]) for op in (A, None))
     assert abs(e.sigma - ref) / ref < 0.05, (e.sigma, ref)
     for k in ("est_ratio_ja", "est_ratio_j"):
         assert 0.9 < row[k] < 1.1, row
@@ -268,6 +344,7 @@ def test_sigterm_mid_epoch_checkpoint_and_exact_resume(data, tmp_path, monkeypat
     import signal
 
     from mrijac.train.trainer import Interrupted
+
     over = ["reg.name=sja+sj", "data.batch_size=1"]  # 8 steps per epoch
     train(cfg_for(data, *over), tmp_path / "full")
     t = Trainer(cfg_for(data, *over), tmp_path / "cut")
@@ -293,13 +370,13 @@ def test_sigterm_mid_epoch_checkpoint_and_exact_resume(data, tmp_path, monkeypat
 
 def test_bf16_autocast_training_and_penalty_accuracy(data, tmp_path):
     from mrijac.jacobian import spectral_norm
-    row = train(cfg_for(data, "reg.name=sja+sj", "train.precision=bf16", "optim.epochs=1"),
-                tmp_path / "bf16")
+
+    row = train(cfg_for(data, "reg.name=sja+sj", "train.precision=bf16", "optim.epochs=1"), tmp_path / "bf16")
     assert math.isfinite(row["train_loss"]) and row["train_penalty"] > 0
     model, _, _ = load_model(tmp_path / "bf16" / "checkpoints" / "final.pt")
     from mrijac.data import MRISliceDataset, collate_mri
-    b = collate_mri([MRISliceDataset(data / "val", "singlecoil", mode="val", crop_kspace=True)[i]
-                     for i in range(2)])
+
+    b = collate_mri([MRISliceDataset(data / "val", "singlecoil", mode="val", crop_kspace=True)[i] for i in range(2)])
     f = model.as_function(b.A)
     ref = spectral_norm(f, b.y, b.A, n_iter=5, generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -311,21 +388,43 @@ def test_bf16_autocast_training_and_penalty_accuracy(data, tmp_path):
 
 def test_varnet_multicoil_training_with_penalty(tmp_path):
     root = tmp_path / "mc"
-    write_synthetic_dataset(root, "brain", "multicoil", {"train": 1, "val": 1}, n_slices=2,
-                            kspace_shape=(32, 32), recon_size=(24, 24), num_coils=4,
-                            progress=False)
-    cfg = load_config(None, [f"data.root={root}", "data.challenge=multicoil", "model.name=varnet",
-                             "model.cascades=2", "model.chans=4", "model.num_pool_layers=2",
-                             "data.mask_type=equispaced_fraction", "data.center_fractions=[0.125]",
-                             "reg.name=sja+sj", "optim.epochs=1", "train.progress=false",
-                             "data.batch_size=2", "data.coil_compression=3",
-                             "train.ref_max_iter=8"])
+    write_synthetic_dataset(
+        root,
+        "brain",
+        "multicoil",
+        {"train": 1, "val": 1},
+        n_slices=2,
+        kspace_shape=(32, 32),
+        recon_size=(24, 24),
+        num_coils=4,
+        progress=False,
+    )
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.challenge=multicoil",
+            "model.name=varnet",
+            "model.cascades=2",
+            "model.chans=4",
+            "model.num_pool_layers=2",
+            "data.mask_type=equispaced_fraction",
+            "data.center_fractions=[0.125]",
+            "reg.name=sja+sj",
+            "optim.epochs=1",
+            "train.progress=false",
+            "data.batch_size=2",
+            "data.coil_compression=3",
+            "train.ref_max_iter=8",
+        ],
+    )
     row = train(cfg, tmp_path / "run")
     assert row["train_penalty"] > 0 and row["val_sigma_ja_mean"] > 0 and row["ssim"] > 0
 
 
 def test_out_of_memory_batches_are_skipped_then_stop(data, tmp_path, monkeypatch, capsys):
     from mrijac.train.trainer import Interrupted
+
     t = Trainer(cfg_for(data, "data.batch_size=1", "optim.epochs=1"), tmp_path / "r")
     real, calls = t.train_step, {"n": 0}
 
@@ -345,13 +444,16 @@ def test_out_of_memory_batches_are_skipped_then_stop(data, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("mask", ["poisson", "gaussian1d"])  # poisson hung in sigpy before
 def test_training_with_variable_density_masks(data, tmp_path, mask):
-    row = train(cfg_for(data, f"data.mask_type={mask}", "data.center_fractions=[0.16]",
-                        "reg.name=sja", "optim.epochs=1"), tmp_path / mask)
+    row = train(
+        cfg_for(data, f"data.mask_type={mask}", "data.center_fractions=[0.16]", "reg.name=sja", "optim.epochs=1"),
+        tmp_path / mask,
+    )
     assert row["train_penalty"] > 0 and 0 < row["ssim"] <= 1
 
 
 def test_warm_store_keeps_per_sample_vectors_and_falls_back_to_batch():
     from mrijac.train.warm import WarmStore
+
     store = WarmStore("sample", limit_bytes=3 * (4 * 4 + 4))  # three samples: v (4 floats) + σ
     v = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
     store.put(["a", "b"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 3.0])})
@@ -374,9 +476,11 @@ def test_config_reads_scientific_notation_and_numeric_strings(tmp_path):
     cfg = load_config(p, ["reg.lambda_w=5e-5", "optim.epochs=3"])
     assert cfg.optim.lr == 1e-4 and cfg.reg.lambda_ja == 2e-3 and cfg.reg.lambda_w == 5e-5
     assert cfg.train.precision == "32" and cfg.optim.epochs == 3
-    for bad, msg in [("optim.lr=abc", "optim.lr must be a number"),
-                     ("optim.epochs=2.5", "optim.epochs must be an integer"),
-                     ("optim.lr=nan", "optim.lr must be > 0"),
-                     ("train.jac_stats_batches=2", "replaced by train.ref_slices")]:
+    for bad, msg in [
+        ("optim.lr=abc", "optim.lr must be a number"),
+        ("optim.epochs=2.5", "optim.epochs must be an integer"),
+        ("optim.lr=nan", "optim.lr must be > 0"),
+        ("train.jac_stats_batches=2", "replaced by train.ref_slices"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             load_config(None, [bad])

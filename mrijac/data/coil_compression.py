@@ -5,6 +5,7 @@ virtual k-space is ``Uᴴ k`` and, because the combination is the same at every 
 virtual coil maps are ``Uᴴ S``: the SENSE operator with compressed maps maps an image to the
 compressed k-space exactly as the original operator maps it to the original k-space.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,7 @@ def compression_matrix(kspace: torch.Tensor, num_virtual: int) -> torch.Tensor:
     """``Uᴴ`` ``(N, C)`` from k-space ``(C, H, W)`` (complex); N ≤ C."""
     C = kspace.shape[0]
     if not 1 <= num_virtual <= C:
-        raise ValueError(f"coil compression to {num_virtual} virtual coils needs 1 ≤ N ≤ {C} "
-                         "(the number of coils)")
+        raise ValueError(f"coil compression to {num_virtual} virtual coils needs 1 ≤ N ≤ {C} (the number of coils)")
     U, _, _ = torch.linalg.svd(kspace.reshape(C, -1).to(torch.complex128), full_matrices=False)
     return U[:, :num_virtual].conj().T.to(kspace.dtype)
 

@@ -1,4 +1,5 @@
 """Coil sensitivity maps: ESPIRiT (sigpy) from auto-calibration lines, cached beside the data."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ import sigpy.mri
 from ..atomic import atomic_path
 
 
-def espirit_maps(kspace: np.ndarray, calib_width: int = 24, thresh: float = 0.02,
-                 crop: float = 0.95, kernel_width: int = 6) -> np.ndarray:
+def espirit_maps(
+    kspace: np.ndarray, calib_width: int = 24, thresh: float = 0.02, crop: float = 0.95, kernel_width: int = 6
+) -> np.ndarray:
     """ESPIRiT maps ``(C, H, W)`` complex64 from one slice's k-space ``(C, H, W)``.
 
     Only the central ``calib_width`` × ``calib_width`` auto-calibration region is used, so
@@ -22,9 +24,14 @@ def espirit_maps(kspace: np.ndarray, calib_width: int = 24, thresh: float = 0.02
     if kspace.ndim != 3:
         raise ValueError(f"espirit_maps expects (C, H, W) k-space, got {kspace.shape}")
     calib_width = int(min(calib_width, *kspace.shape[-2:]))
-    maps = sigpy.mri.app.EspiritCalib(kspace.astype(np.complex64), calib_width=calib_width,
-                                      thresh=thresh, kernel_width=min(kernel_width, calib_width),
-                                      crop=crop, show_pbar=False).run()
+    maps = sigpy.mri.app.EspiritCalib(
+        kspace.astype(np.complex64),
+        calib_width=calib_width,
+        thresh=thresh,
+        kernel_width=min(kernel_width, calib_width),
+        crop=crop,
+        show_pbar=False,
+    ).run()
     return np.asarray(maps, dtype=np.complex64)
 
 
@@ -77,14 +84,16 @@ class CoilMapStore:
         p = self.path(fname)
         if not p.exists():
             if not self.compute:
-                raise FileNotFoundError(f"{p}: no coil maps for {fname}; run "
-                                        f"`python data_prep/coil_maps.py {Path(fname).parent}`")
+                raise FileNotFoundError(
+                    f"{p}: no coil maps for {fname}; run `python data_prep/coil_maps.py {Path(fname).parent}`"
+                )
             write_maps(p, compute_volume_maps(fname, self.calib_width), fname)
         with h5py.File(p, "r") as hf:
             if "sens_maps" not in hf:
                 raise ValueError(f"{p}: missing dataset 'sens_maps'")
             m = hf["sens_maps"]
             if tuple(m.shape[1:]) != tuple(shape):
-                raise ValueError(f"{p}: coil maps of shape {m.shape[1:]} do not match k-space "
-                                 f"{tuple(shape)} of {fname}")
+                raise ValueError(
+                    f"{p}: coil maps of shape {m.shape[1:]} do not match k-space {tuple(shape)} of {fname}"
+                )
             return m[slice_num]

@@ -5,6 +5,7 @@
 * magnitude image sets -> fastMRI volumes with simulated k-space (optional smooth phase and
   coils), for training on real anatomy without raw data.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,12 +27,10 @@ def reorder_kspace(k: np.ndarray, axes: str) -> np.ndarray:
     ``y`` (phase encode, becomes W), ``coil`` and ``slice``; e.g. BART's ``x,y,coil``.
     """
     names = [a.strip() for a in axes.split(",") if a.strip()]
-    if sorted(set(names)) != sorted(names) or not set(names) <= set(AXES) or \
-            not {"x", "y"} <= set(names):
+    if sorted(set(names)) != sorted(names) or not set(names) <= set(AXES) or not {"x", "y"} <= set(names):
         raise ValueError(f"axes must name x, y and optionally coil, slice once each, got {axes!r}")
     if len(names) != k.ndim:
-        raise ValueError(f"axes {axes!r} name {len(names)} axes but the k-space has {k.ndim} "
-                         f"(shape {k.shape})")
+        raise ValueError(f"axes {axes!r} name {len(names)} axes but the k-space has {k.ndim} (shape {k.shape})")
     for extra in ("coil", "slice"):
         if extra not in names:
             k = k[..., None]
@@ -54,9 +53,15 @@ def emulated_single_coil(kspace: np.ndarray) -> np.ndarray:
     return np.stack(out).astype(np.complex64)
 
 
-def convert_kspace(k: np.ndarray, out: str | Path, axes: str, challenge: str = "multicoil",
-                   recon_size: tuple[int, int] | None = None, acquisition: str = "CONVERTED",
-                   fft_axes_are_image: bool = False) -> Path:
+def convert_kspace(
+    k: np.ndarray,
+    out: str | Path,
+    axes: str,
+    challenge: str = "multicoil",
+    recon_size: tuple[int, int] | None = None,
+    acquisition: str = "CONVERTED",
+    fft_axes_are_image: bool = False,
+) -> Path:
     """Write raw k-space as one fastMRI volume.
 
     ``challenge="multicoil"``: kspace ``(S, C, H, W)``, target RSS.  ``"singlecoil"``: a
@@ -81,10 +86,17 @@ def convert_kspace(k: np.ndarray, out: str | Path, axes: str, challenge: str = "
     return write_volume(out, data, target, challenge, acquisition, recon_size)
 
 
-def convert_images(images: np.ndarray, out: str | Path, challenge: str = "singlecoil",
-                   phase: bool = True, num_coils: int = 8, seed: int = 0,
-                   kspace_shape: tuple[int, int] | None = None, acquisition: str = "IMAGES",
-                   names: list[str] | None = None) -> Path:
+def convert_images(
+    images: np.ndarray,
+    out: str | Path,
+    challenge: str = "singlecoil",
+    phase: bool = True,
+    num_coils: int = 8,
+    seed: int = 0,
+    kspace_shape: tuple[int, int] | None = None,
+    acquisition: str = "IMAGES",
+    names: list[str] | None = None,
+) -> Path:
     """Magnitude images ``(S, h, w)`` -> one fastMRI volume with simulated k-space.
 
     Each image is scaled to a peak of 1, optionally given a smooth random phase, placed in the
@@ -107,11 +119,12 @@ def convert_images(images: np.ndarray, out: str | Path, challenge: str = "single
         yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
         for s in range(S):
             c = rng.uniform(-1, 1, 4)
-            ph = np.pi * (c[0] + 0.5 * c[1] * xx + 0.5 * c[2] * yy) + \
-                0.5 * c[3] * smooth_field((h, w), max(h, w) / 8, rng)
-            img[s, (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w] = x[s] * np.exp(1j * ph)
+            ph = np.pi * (c[0] + 0.5 * c[1] * xx + 0.5 * c[2] * yy) + 0.5 * c[3] * smooth_field(
+                (h, w), max(h, w) / 8, rng
+            )
+            img[s, (H - h) // 2 : (H - h) // 2 + h, (W - w) // 2 : (W - w) // 2 + w] = x[s] * np.exp(1j * ph)
     else:
-        img[:, (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w] = x
+        img[:, (H - h) // 2 : (H - h) // 2 + h, (W - w) // 2 : (W - w) // 2 + w] = x
     if challenge == "multicoil":
         maps = sigpy.mri.birdcage_maps((num_coils, H, W), r=1.5, nzz=num_coils)
         k = fft2c_np(maps[None] * img[:, None])
@@ -121,5 +134,4 @@ def convert_images(images: np.ndarray, out: str | Path, challenge: str = "single
         raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
     k = k.astype(np.complex64)
     extra = {"sources": ",".join(sorted(set(names)))[:60000]} if names else None
-    return write_volume(out, k, targets_from_kspace(k, (h, w)), challenge, acquisition, (h, w),
-                        extra_attrs=extra)
+    return write_volume(out, k, targets_from_kspace(k, (h, w)), challenge, acquisition, (h, w), extra_attrs=extra)

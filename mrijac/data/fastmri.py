@@ -10,6 +10,7 @@ operators into an :class:`MRIBatch` whose ``A`` is a batched ``SingleCoilMRI``/`
 fastMRI conventions: a random mask per sample in training; a fixed mask per volume (seeded from
 the file name) in validation; the file's own ``mask`` for test/challenge files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,19 +51,23 @@ class MaskConfig:
         self.accelerations = tuple(np.atleast_1d(self.accelerations).tolist())
         self.center_fractions = tuple(np.atleast_1d(self.center_fractions).tolist())
         if len(self.accelerations) != len(self.center_fractions):
-            raise ValueError("mask accelerations and center_fractions must have the same length, "
-                             f"got {self.accelerations} and {self.center_fractions}")
+            raise ValueError(
+                "mask accelerations and center_fractions must have the same length, "
+                f"got {self.accelerations} and {self.center_fractions}"
+            )
         for a, c in zip(self.accelerations, self.center_fractions):
             check_mask_params(a, c)
             if self.type.startswith(("equispaced", "magic")) and c * a >= 1:
-                raise ValueError(f"{self.type} masks need center_fraction < 1/acceleration, "
-                                 f"got {c} with acceleration {a}")
+                raise ValueError(
+                    f"{self.type} masks need center_fraction < 1/acceleration, got {c} with acceleration {a}"
+                )
 
     def sample(self, shape: tuple[int, int], seed, choice: int) -> torch.Tensor:
         """Mask ``(1, W)`` (column masks) or ``(H, W)`` for one slice."""
         a, c = self.accelerations[choice], self.center_fractions[choice]
         if self.type in COLUMN_MASKS and self.type != "gaussian1d":
             from fastmri.data.subsample import create_mask_for_mask_type
+
             func = create_mask_for_mask_type(self.type, [c], [int(a)])
             m, _ = func((1, shape[0], shape[1], 2), seed=seed)
             return m.reshape(1, shape[1]).float()
@@ -121,8 +126,9 @@ class MRIBatch:
 
     def to(self, device, non_blocking: bool = False) -> "MRIBatch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa
-        return MRIBatch(mv(self.y), self.A.to(device), mv(self.target), mv(self.max),
-                        self.fname, mv(self.slice), self.crop)
+        return MRIBatch(
+            mv(self.y), self.A.to(device), mv(self.target), mv(self.max), self.fname, mv(self.slice), self.crop
+        )
 
     def __len__(self):
         return self.y.shape[0]
@@ -132,8 +138,9 @@ def collate_mri(samples: list[MRISample]) -> MRIBatch:
     """Stack samples (same k-space and target sizes) and their operators."""
     shapes = {tuple(s.y.shape) for s in samples}
     if len(shapes) > 1:
-        raise ValueError(f"cannot batch slices of different k-space shapes {sorted(shapes)}: use "
-                         "batch_size 1 or crop_kspace=True")
+        raise ValueError(
+            f"cannot batch slices of different k-space shapes {sorted(shapes)}: use batch_size 1 or crop_kspace=True"
+        )
     H = max(s.mask.shape[0] for s in samples)
     mask = torch.stack([s.mask.expand(H, s.mask.shape[-1]) for s in samples])
     if samples[0].sens_maps is None:
@@ -141,10 +148,15 @@ def collate_mri(samples: list[MRISample]) -> MRIBatch:
     else:
         A = MultiCoilMRI(mask, torch.stack([s.sens_maps for s in samples]))
     target = None if samples[0].target is None else torch.stack([s.target for s in samples])
-    return MRIBatch(torch.stack([s.y for s in samples]), A, target,
-                    torch.tensor([s.max for s in samples], dtype=torch.float32),
-                    [s.fname for s in samples], torch.tensor([s.slice for s in samples]),
-                    samples[0].crop)
+    return MRIBatch(
+        torch.stack([s.y for s in samples]),
+        A,
+        target,
+        torch.tensor([s.max for s in samples], dtype=torch.float32),
+        [s.fname for s in samples],
+        torch.tensor([s.slice for s in samples]),
+        samples[0].crop,
+    )
 
 
 def zero_filled(y: torch.Tensor, multicoil: bool, crop: tuple) -> torch.Tensor:
@@ -173,9 +185,16 @@ class MRISliceTransform:
             and coil maps alike, so the operator stays consistent); 0 or None: off.
     """
 
-    def __init__(self, challenge: str, mask: MaskConfig | None = None, mode: str = "train",
-                 crop_kspace: bool = False, coil_maps: CoilMapStore | None = None,
-                 noise_sigma: float = 0.0, coil_compression: int | None = None):
+    def __init__(
+        self,
+        challenge: str,
+        mask: MaskConfig | None = None,
+        mode: str = "train",
+        crop_kspace: bool = False,
+        coil_maps: CoilMapStore | None = None,
+        noise_sigma: float = 0.0,
+        coil_compression: int | None = None,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if challenge == "multicoil" and coil_maps is None:
@@ -198,8 +217,7 @@ class MRISliceTransform:
             maps = torch.from_numpy(self.coil_maps.get(path, slice_num, tuple(kspace.shape)))
         if maps is not None and self.coil_compression:
             if self.coil_compression > k.shape[0]:
-                raise ValueError(f"{path}: coil_compression {self.coil_compression} exceeds its "
-                                 f"{k.shape[0]} coils")
+                raise ValueError(f"{path}: coil_compression {self.coil_compression} exceeds its {k.shape[0]} coils")
             U = compression_matrix(k, self.coil_compression)  # test files: sampled lines only
             k, maps = compress(k, U), compress(maps, U)
         H, W = k.shape[-2:]
@@ -229,12 +247,12 @@ class MRISliceTransform:
             if not self.crop:  # columns fastMRI never acquired stay out of the mask
                 pl, pr = attrs.get("padding_left", 0), attrs.get("padding_right", W)
                 if 0 < pl or pr < W:
-                    m[..., :max(pl, 0)] = 0
+                    m[..., : max(pl, 0)] = 0
                     m[..., pr:] = 0
             num_low = int(round(W * self.mask.center_fractions[choice]))
         y = k * (m if maps is None else m[None])
         if self.noise_sigma > 0:
-            g = torch.randn(y.shape + (2,)) * (self.noise_sigma / 2 ** 0.5)
+            g = torch.randn(y.shape + (2,)) * (self.noise_sigma / 2**0.5)
             y = y + torch.view_as_complex(g) * (m if maps is None else m[None])
         crop = (min(h, y.shape[-2]), min(w, y.shape[-1]))
         tgt = None
@@ -242,8 +260,7 @@ class MRISliceTransform:
             tgt = torch.from_numpy(np.asarray(target, dtype=np.float32))
             if tuple(tgt.shape) != crop:
                 tgt = center_crop(tgt, crop)
-        mx = float(attrs["max"]) if "max" in attrs else \
-            float(tgt.max()) if tgt is not None else float("nan")
+        mx = float(attrs["max"]) if "max" in attrs else float(tgt.max()) if tgt is not None else float("nan")
         return MRISample(y.contiguous(), m, maps, tgt, crop, mx, fname, int(slice_num), num_low)
 
 
@@ -261,11 +278,23 @@ class MRISliceDataset(SliceDataset):
         Other arguments are SliceDataset's.
     """
 
-    def __init__(self, root, challenge: str, mode: str = "train", mask: MaskConfig | None = None,
-                 crop_kspace: bool = False, maps_dir=None, noise_sigma: float = 0.0,
-                 use_dataset_cache: bool = False, sample_rate=None, volume_sample_rate=None,
-                 dataset_cache_file="dataset_cache.pkl", num_cols=None, raw_sample_filter=None,
-                 coil_compression: int | None = None):
+    def __init__(
+        self,
+        root,
+        challenge: str,
+        mode: str = "train",
+        mask: MaskConfig | None = None,
+        crop_kspace: bool = False,
+        maps_dir=None,
+        noise_sigma: float = 0.0,
+        use_dataset_cache: bool = False,
+        sample_rate=None,
+        volume_sample_rate=None,
+        dataset_cache_file="dataset_cache.pkl",
+        num_cols=None,
+        raw_sample_filter=None,
+        coil_compression: int | None = None,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: data folder not found")
@@ -275,13 +304,22 @@ class MRISliceDataset(SliceDataset):
         store = None
         if challenge == "multicoil":
             store = CoilMapStore(maps_dir or default_maps_dir(root))
-        transform = MRISliceTransform(challenge, mask, mode, crop_kspace, store, noise_sigma,
-                                      coil_compression)
-        super().__init__(root, challenge, transform, use_dataset_cache, sample_rate,
-                         volume_sample_rate, dataset_cache_file, num_cols, raw_sample_filter)
+        transform = MRISliceTransform(challenge, mask, mode, crop_kspace, store, noise_sigma, coil_compression)
+        super().__init__(
+            root,
+            challenge,
+            transform,
+            use_dataset_cache,
+            sample_rate,
+            volume_sample_rate,
+            dataset_cache_file,
+            num_cols,
+            raw_sample_filter,
+        )
         if not self.raw_samples:
-            raise ValueError(f"{root}: no fastMRI .h5 slices found (is it the right folder and "
-                             f"challenge '{challenge}'?)")
+            raise ValueError(
+                f"{root}: no fastMRI .h5 slices found (is it the right folder and challenge '{challenge}'?)"
+            )
 
     def _retrieve_metadata(self, fname):
         fname = Path(fname)
@@ -291,35 +329,40 @@ class MRISliceDataset(SliceDataset):
         try:
             hf = h5py.File(fname, "r")
         except OSError as err:
-            raise ValueError(f"{fname}: not a readable HDF5 file (truncated or corrupt?): {err}") \
-                from None
+            raise ValueError(f"{fname}: not a readable HDF5 file (truncated or corrupt?): {err}") from None
         with hf:
             if "kspace" not in hf:
                 raise ValueError(f"{fname}: missing dataset 'kspace' (keys: {sorted(hf.keys())})")
             k = hf["kspace"]
             want = 3 if self._challenge == "singlecoil" else 4
             if k.ndim != want:
-                raise ValueError(f"{fname}: 'kspace' has shape {k.shape}; {self._challenge} "
-                                 f"needs {want} dims ({'S, H, W' if want == 3 else 'S, C, H, W'})")
+                raise ValueError(
+                    f"{fname}: 'kspace' has shape {k.shape}; {self._challenge} "
+                    f"needs {want} dims ({'S, H, W' if want == 3 else 'S, C, H, W'})"
+                )
             if not np.issubdtype(k.dtype, np.complexfloating):
                 raise ValueError(f"{fname}: 'kspace' must be complex, got {k.dtype}")
             hdr = read_header(hf, fname)
             key = TARGET_KEYS[self._challenge]
             if self._mode != "test":
                 if key not in hf:
-                    raise ValueError(f"{fname}: missing dataset '{key}' (needed in {self._mode} "
-                                     "mode; test files are read with mode='test')")
+                    raise ValueError(
+                        f"{fname}: missing dataset '{key}' (needed in {self._mode} "
+                        "mode; test files are read with mode='test')"
+                    )
                 t = hf[key]
                 if t.ndim != 3 or t.shape[0] != k.shape[0]:
-                    raise ValueError(f"{fname}: '{key}' has shape {t.shape}, expected "
-                                     f"({k.shape[0]}, h, w)")
+                    raise ValueError(f"{fname}: '{key}' has shape {t.shape}, expected ({k.shape[0]}, h, w)")
             elif "mask" not in hf:
                 raise ValueError(f"{fname}: test files need a 'mask' dataset")
             enc_w = hdr["encoding_size"][1]
             pad_left = enc_w // 2 - hdr["enc_center"]
-            metadata = {"padding_left": pad_left, "padding_right": pad_left + hdr["enc_max"] + 1,
-                        "encoding_size": hdr["encoding_size"], "recon_size": hdr["recon_size"],
-                        "_path": str(fname), **hf.attrs}
+            metadata = {
+                "padding_left": pad_left,
+                "padding_right": pad_left + hdr["enc_max"] + 1,
+                "encoding_size": hdr["encoding_size"],
+                "recon_size": hdr["recon_size"],
+                "_path": str(fname),
+                **hf.attrs,
+            }
             return metadata, k.shape[0]
-
-

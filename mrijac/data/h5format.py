@@ -7,6 +7,7 @@ sizes and the phase-encode ``encodingLimits``), attributes ``acquisition``, ``ma
 ``patient_id``; test files also hold ``mask`` ``(W,)`` and attributes ``acceleration`` and
 ``num_low_frequency``.  Files are written to a temporary name and renamed.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as etree
@@ -21,8 +22,9 @@ ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
 
 
-def ismrmrd_header(enc_size: tuple[int, int], recon_size: tuple[int, int],
-                   fov_mm: tuple[float, float] = (280.0, 280.0)) -> bytes:
+def ismrmrd_header(
+    enc_size: tuple[int, int], recon_size: tuple[int, int], fov_mm: tuple[float, float] = (280.0, 280.0)
+) -> bytes:
     """Minimal ISMRMRD XML header: encoded/recon matrix sizes and phase-encode limits.
 
     ``enc_size = (H, W)``: readout × phase-encode k-space size; ``recon_size = (h, w)``.
@@ -51,11 +53,19 @@ def ismrmrd_header(enc_size: tuple[int, int], recon_size: tuple[int, int],
 """.encode()
 
 
-def write_volume(path: str | Path, kspace: np.ndarray, target: np.ndarray | None,
-                 challenge: str, acquisition: str = "SYNTHETIC",
-                 recon_size: tuple[int, int] | None = None, patient_id: str = "",
-                 mask: np.ndarray | None = None, acceleration: float | None = None,
-                 num_low_frequency: int | None = None, extra_attrs: dict | None = None) -> Path:
+def write_volume(
+    path: str | Path,
+    kspace: np.ndarray,
+    target: np.ndarray | None,
+    challenge: str,
+    acquisition: str = "SYNTHETIC",
+    recon_size: tuple[int, int] | None = None,
+    patient_id: str = "",
+    mask: np.ndarray | None = None,
+    acceleration: float | None = None,
+    num_low_frequency: int | None = None,
+    extra_attrs: dict | None = None,
+) -> Path:
     """Write one fastMRI-format volume atomically (temporary file, then rename).
 
     Args:
@@ -70,16 +80,16 @@ def write_volume(path: str | Path, kspace: np.ndarray, target: np.ndarray | None
     kspace = np.asarray(kspace)
     want = 3 if challenge == "singlecoil" else 4
     if kspace.ndim != want or not np.iscomplexobj(kspace):
-        raise ValueError(f"{path}: kspace for {challenge} must be complex with {want} dims, "
-                         f"got {kspace.dtype} {kspace.shape}")
+        raise ValueError(
+            f"{path}: kspace for {challenge} must be complex with {want} dims, got {kspace.dtype} {kspace.shape}"
+        )
     if not np.isfinite(kspace).all():
         raise ValueError(f"{path}: kspace contains NaN or Inf")
     H, W = kspace.shape[-2:]
     if target is not None:
         target = np.asarray(target, dtype=np.float32)
         if target.ndim != 3 or target.shape[0] != kspace.shape[0]:
-            raise ValueError(f"{path}: target must be (S, h, w) with S = {kspace.shape[0]}, "
-                             f"got {target.shape}")
+            raise ValueError(f"{path}: target must be (S, h, w) with S = {kspace.shape[0]}, got {target.shape}")
         recon_size = recon_size or tuple(target.shape[-2:])
     recon_size = tuple(recon_size or (min(H, W), min(H, W)))
     path = Path(path)
@@ -94,8 +104,7 @@ def write_volume(path: str | Path, kspace: np.ndarray, target: np.ndarray | None
         hf.attrs["patient_id"] = patient_id or path.stem
         if mask is not None:
             if acceleration is None or num_low_frequency is None:
-                raise ValueError(f"{path}: a test file's mask needs acceleration and "
-                                 "num_low_frequency")
+                raise ValueError(f"{path}: a test file's mask needs acceleration and num_low_frequency")
             hf.create_dataset("mask", data=np.asarray(mask).astype(bool).reshape(W))
             hf.attrs["acceleration"] = int(round(acceleration))
             hf.attrs["num_low_frequency"] = int(num_low_frequency)
@@ -107,8 +116,7 @@ def write_volume(path: str | Path, kspace: np.ndarray, target: np.ndarray | None
 def read_header(hf: h5py.File, fname) -> dict:
     """Sizes from ``ismrmrd_header``; ``ValueError`` naming the file if it is unusable."""
     if "ismrmrd_header" not in hf:
-        raise ValueError(f"{fname}: missing dataset 'ismrmrd_header' (fastMRI files carry "
-                         "an ISMRMRD XML header)")
+        raise ValueError(f"{fname}: missing dataset 'ismrmrd_header' (fastMRI files carry an ISMRMRD XML header)")
     try:
         root = etree.fromstring(hf["ismrmrd_header"][()])
     except etree.ParseError as err:
@@ -118,13 +126,15 @@ def read_header(hf: h5py.File, fname) -> dict:
     def q(path):
         el = root.find("/".join(f"m:{p}" for p in path), ns)
         if el is None or el.text is None:
-            raise ValueError(f"{fname}: 'ismrmrd_header' lacks {'/'.join(path)} in the ISMRMRD "
-                             f"namespace {ISMRMRD_NS}")
+            raise ValueError(f"{fname}: 'ismrmrd_header' lacks {'/'.join(path)} in the ISMRMRD namespace {ISMRMRD_NS}")
         return int(float(el.text))
 
     enc = ["encoding", "encodedSpace", "matrixSize"]
     rec = ["encoding", "reconSpace", "matrixSize"]
     lim = ["encoding", "encodingLimits", "kspace_encoding_step_1"]
-    return {"encoding_size": (q(enc + ["x"]), q(enc + ["y"]), q(enc + ["z"])),
-            "recon_size": (q(rec + ["x"]), q(rec + ["y"]), q(rec + ["z"])),
-            "enc_center": q(lim + ["center"]), "enc_max": q(lim + ["maximum"])}
+    return {
+        "encoding_size": (q(enc + ["x"]), q(enc + ["y"]), q(enc + ["z"])),
+        "recon_size": (q(rec + ["x"]), q(rec + ["y"]), q(rec + ["z"])),
+        "enc_center": q(lim + ["center"]),
+        "enc_max": q(lim + ["maximum"]),
+    }

@@ -1,4 +1,5 @@
 """Image folders for super-resolution (Set5/Set14, DIV2K, …): patches and full images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,15 @@ class ImageFolderSR(torch.utils.data.Dataset):
         seed: patch positions are drawn from ``seed`` and the index (reproducible epochs).
     """
 
-    def __init__(self, folder, factor: int = 2, kernel: str = "gaussian",
-                 patch: int | None = 48, patches_per_image: int = 16, seed: int = 0):
+    def __init__(
+        self,
+        folder,
+        factor: int = 2,
+        kernel: str = "gaussian",
+        patch: int | None = 48,
+        patches_per_image: int = 16,
+        seed: int = 0,
+    ):
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: image folder not found")
@@ -61,5 +69,5 @@ class ImageFolderSR(torch.utils.data.Dataset):
             rng = np.random.default_rng((self.seed, self.epoch, i))
             t = rng.integers(0, im.shape[0] - self.patch + 1)
             left = rng.integers(0, im.shape[1] - self.patch + 1)
-            x = torch.from_numpy(im[t:t + self.patch, left:left + self.patch].copy())[None]
+            x = torch.from_numpy(im[t : t + self.patch, left : left + self.patch].copy())[None]
         return self.A(x[None])[0], x

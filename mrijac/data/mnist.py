@@ -1,4 +1,5 @@
 """MNIST (IDX files) for the Gaussian compressed-sensing module."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,8 +11,7 @@ import torch
 from ..operators.cs import GaussianCS
 from ..operators.noise import sphere_noise
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32,
-              0x0E: np.float64}
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32, 0x0E: np.float64}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -58,8 +58,16 @@ class MNISTCompressedSensing(torch.utils.data.Dataset):
     images).
     """
 
-    def __init__(self, folder, split: str = "t10k", q: int = 160, eps: float = 0.0,
-                 seed: int = 0, indices=None, noise_seed: int = 0):
+    def __init__(
+        self,
+        folder,
+        split: str = "t10k",
+        q: int = 160,
+        eps: float = 0.0,
+        seed: int = 0,
+        indices=None,
+        noise_seed: int = 0,
+    ):
         imgs, labels = find_mnist(folder, split)
         x = read_idx(imgs).astype(np.float32) / 255.0
         self.x = torch.from_numpy(x.reshape(len(x), -1))

@@ -6,6 +6,7 @@ vary smoothly through the volume.  Two families: ``knee`` (femur, tibia with mar
 cortical rim, cartilage, fat, muscle) and ``brain`` (scalp, skull, CSF, grey/white matter,
 ventricles, lesions).  Intensities lie in [0, 1] before the phase.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,10 +38,20 @@ class _Params:
         self.rot = rng.uniform(-0.25, 0.25)
         self.shift = rng.uniform(-0.04, 0.04, 2)
         self.scale = rng.uniform(0.85, 1.05)
-        self.i = {k: rng.uniform(lo, hi) for k, (lo, hi) in {
-            "soft": (0.35, 0.5), "fat": (0.7, 0.95), "marrow": (0.45, 0.7), "cart": (0.75, 1.0),
-            "csf": (0.15, 0.3), "gm": (0.45, 0.6), "wm": (0.65, 0.85), "scalp": (0.6, 0.9),
-            "lesion": (0.85, 1.0)}.items()}
+        self.i = {
+            k: rng.uniform(lo, hi)
+            for k, (lo, hi) in {
+                "soft": (0.35, 0.5),
+                "fat": (0.7, 0.95),
+                "marrow": (0.45, 0.7),
+                "cart": (0.75, 1.0),
+                "csf": (0.15, 0.3),
+                "gm": (0.45, 0.6),
+                "wm": (0.65, 0.85),
+                "scalp": (0.6, 0.9),
+                "lesion": (0.85, 1.0),
+            }.items()
+        }
         self.aspect = rng.uniform(0.8, 1.15)
         self.gap = rng.uniform(0.03, 0.07)
         self.n_lesions = int(rng.integers(0, 4))
@@ -74,7 +85,7 @@ def _slice(p: _Params, shape, z: float) -> np.ndarray:
             img = img * (1 - bone) + 0.03 * (bone - marrow)
             img += marrow * p.i["marrow"] * (1 + 0.15 * fine)
             cart = _ellipse(X, Y, 0, cy - sign * 0.012, bw * 0.95, 0.2, edge=0.006) * (1 - bone)
-            cart *= (np.abs(Y) < p.gap + 0.03)
+            cart *= np.abs(Y) < p.gap + 0.03
             img += p.i["cart"] * cart
     else:
         e = 0.006
@@ -87,15 +98,15 @@ def _slice(p: _Params, shape, z: float) -> np.ndarray:
         wm *= _ellipse(X, Y, 0, 0, 0.24 * p.aspect * taper, 0.32 * taper)
         img += brain * (p.i["gm"] * (1 - wm) + p.i["wm"] * wm) * (1 + 0.04 * fine)
         for sx in (-1, 1):
-            v = _ellipse(X, Y, sx * 0.045, -0.03, 0.03 * taper, 0.11 * taper, theta=sx * 0.3,
-                         edge=e)
+            v = _ellipse(X, Y, sx * 0.045, -0.03, 0.03 * taper, 0.11 * taper, theta=sx * 0.3, edge=e)
             img = img * (1 - v) + p.i["csf"] * v
         for (lx, ly), r in zip(p.lesions, p.lesion_r):
             les = _ellipse(X, Y, lx * p.aspect * taper, ly * taper, r, r * 1.3, edge=0.01) * brain
             img = img * (1 - les) + p.i["lesion"] * les
     img = np.clip(img, 0, None)
-    ph = np.pi * (p.phase[0] + 0.6 * p.phase[1] * X + 0.6 * p.phase[2] * Y
-                  + 0.8 * p.phase[3] * X * Y + 0.3 * p.phase[4] * tex)
+    ph = np.pi * (
+        p.phase[0] + 0.6 * p.phase[1] * X + 0.6 * p.phase[2] * Y + 0.8 * p.phase[3] * X * Y + 0.3 * p.phase[4] * tex
+    )
     return img * np.exp(1j * ph)
 
 

@@ -1,4 +1,5 @@
 """Dataset-level preparation: image sets split into volumes, coil maps for a folder, subsets."""
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,18 @@ from .convert import convert_images
 from .readers import read_image_stack
 
 
-def images_to_dataset(source, out, per_volume: int = 10, split=(0.8, 0.2, 0.0),
-                      challenge: str = "singlecoil", phase: bool = True, num_coils: int = 8,
-                      seed: int = 0, key: str | None = None, progress: bool = True) -> dict:
+def images_to_dataset(
+    source,
+    out,
+    per_volume: int = 10,
+    split=(0.8, 0.2, 0.0),
+    challenge: str = "singlecoil",
+    phase: bool = True,
+    num_coils: int = 8,
+    seed: int = 0,
+    key: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Split an image set into volumes of ``per_volume`` slices and train/val/test folders.
 
     Images keep their file order inside a volume; volumes are assigned to splits by the
@@ -41,10 +51,12 @@ def images_to_dataset(source, out, per_volume: int = 10, split=(0.8, 0.2, 0.0),
     return written
 
 
-def maps_for_folder(root, maps_dir=None, calib_width: int = 24, overwrite: bool = False,
-                    progress: bool = True) -> list[Path]:
+def maps_for_folder(
+    root, maps_dir=None, calib_width: int = 24, overwrite: bool = False, progress: bool = True
+) -> list[Path]:
     """ESPIRiT maps for every multi-coil volume of ``root`` into ``maps_dir`` (``<root>_maps``)."""
     import h5py
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found")

@@ -1,5 +1,6 @@
 """Readers for raw k-space and image files: BART ``.cfl/.hdr``, MATLAB ``.mat`` (v5 and v7.3),
 NumPy ``.npy``, PNG/JPEG/TIFF images.  Errors name the file and what was expected."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,12 +25,12 @@ def read_cfl(path: str | Path) -> np.ndarray:
     try:
         dims = [int(d) for d in lines[0].split()]
     except (IndexError, ValueError):
-        raise ValueError(f"{hdr}: expected a line of integer dimensions after '# Dimensions'") \
-            from None
+        raise ValueError(f"{hdr}: expected a line of integer dimensions after '# Dimensions'") from None
     data = np.fromfile(cfl, dtype=np.complex64)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{cfl}: holds {data.size} complex values, header {hdr.name} says "
-                         f"{dims} = {int(np.prod(dims))}")
+        raise ValueError(
+            f"{cfl}: holds {data.size} complex values, header {hdr.name} says {dims} = {int(np.prod(dims))}"
+        )
     while len(dims) > 1 and dims[-1] == 1:
         dims.pop()
     return data.reshape(dims, order="F")
@@ -57,6 +58,7 @@ def read_mat(path: str | Path, key: str | None = None) -> np.ndarray:
             key = _pick_key(path, names, key)
             return _h5_array(hf[key])
     from scipy.io import loadmat
+
     try:
         d = loadmat(path)
     except Exception as err:  # scipy raises several types for non-MAT input
@@ -94,6 +96,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """Greyscale float image in [0, 1] ``(H, W)`` (colour converted to luminance)."""
     from skimage import io
     from skimage.color import rgb2gray, rgba2rgb
+
     path = Path(path)
     try:
         im = io.imread(path)
@@ -113,8 +116,7 @@ def read_image_stack(source: str | Path, key: str | None = None) -> tuple[np.nda
     """
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES + (".mat", ".npy"))
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + (".mat", ".npy"))
         if not files:
             raise ValueError(f"{source}: no images (.png/.jpg/.tif) or .mat/.npy files found")
     elif source.exists():

@@ -8,6 +8,7 @@ Gaussian thermal noise; targets are computed from the noisy fully sampled k-spac
 fastMRI's are (ESC magnitude for single-coil, RSS for multi-coil, centre-cropped).  Test files
 carry their own ``mask`` and masked k-space and no target.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,9 +49,16 @@ def targets_from_kspace(kspace: np.ndarray, recon_size: tuple[int, int]) -> np.n
     return np.asarray(center_crop(mag, recon_size), dtype=np.float32)
 
 
-def synth_volume(kind: str, challenge: str, n_slices: int, kspace_shape: tuple[int, int],
-                 recon_size: tuple[int, int], seed: int, num_coils: int = 8,
-                 noise: float = 0.002) -> tuple[np.ndarray, np.ndarray]:
+def synth_volume(
+    kind: str,
+    challenge: str,
+    n_slices: int,
+    kspace_shape: tuple[int, int],
+    recon_size: tuple[int, int],
+    seed: int,
+    num_coils: int = 8,
+    noise: float = 0.002,
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic volume: ``(kspace, target)`` (complex64, float32).
 
     The phantom fills the central ``recon_size`` region of an ``kspace_shape`` image; coil
@@ -60,12 +68,12 @@ def synth_volume(kind: str, challenge: str, n_slices: int, kspace_shape: tuple[i
     H, W = kspace_shape
     h, w = min(recon_size[0], H), min(recon_size[1], W)
     img = np.zeros((n_slices, H, W), np.complex128)
-    img[..., (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w] = \
-        phantom_volume(kind, n_slices, (h, w), seed)
+    img[..., (H - h) // 2 : (H - h) // 2 + h, (W - w) // 2 : (W - w) // 2 + w] = phantom_volume(
+        kind, n_slices, (h, w), seed
+    )
     rng = np.random.default_rng(seed + 7919)
     if challenge == "multicoil":
-        maps = sigpy.mri.birdcage_maps((num_coils, H, W), r=1.5 + 0.5 * rng.random(),
-                                       nzz=num_coils)
+        maps = sigpy.mri.birdcage_maps((num_coils, H, W), r=1.5 + 0.5 * rng.random(), nzz=num_coils)
         coil_img = maps[None] * img[:, None]
     else:
         coil_img = img
@@ -76,13 +84,21 @@ def synth_volume(kind: str, challenge: str, n_slices: int, kspace_shape: tuple[i
     return k, targets_from_kspace(k, recon_size)
 
 
-def write_synthetic_dataset(out: str | Path, kind: str = "knee", challenge: str = "singlecoil",
-                            volumes: dict | None = None, n_slices: int = 8,
-                            kspace_shape: tuple[int, int] = (64, 48),
-                            recon_size: tuple[int, int] = (32, 32), num_coils: int = 8,
-                            seed: int = 0, test_acceleration: int = 4,
-                            test_center_fraction: float = 0.08, noise: float = 0.002,
-                            progress: bool = True) -> dict[str, list[Path]]:
+def write_synthetic_dataset(
+    out: str | Path,
+    kind: str = "knee",
+    challenge: str = "singlecoil",
+    volumes: dict | None = None,
+    n_slices: int = 8,
+    kspace_shape: tuple[int, int] = (64, 48),
+    recon_size: tuple[int, int] = (32, 32),
+    num_coils: int = 8,
+    seed: int = 0,
+    test_acceleration: int = 4,
+    test_center_fraction: float = 0.08,
+    noise: float = 0.002,
+    progress: bool = True,
+) -> dict[str, list[Path]]:
     """Write ``out/{train,val,test}/*.h5`` in fastMRI format; returns the written paths.
 
     ``volumes`` maps split -> number of volumes (default ``{"train": 4, "val": 2, "test": 1}``);
@@ -98,23 +114,41 @@ def write_synthetic_dataset(out: str | Path, kind: str = "knee", challenge: str 
     split_code = {"train": 0, "val": 1, "test": 2}
     for split, i in tqdm(todo, desc=f"synth {kind} {challenge}", disable=not progress):
         vseed = seed * 100_003 + split_code[split] * 10_007 + i
-        k, target = synth_volume(kind, challenge, n_slices, kspace_shape, recon_size, vseed,
-                                 num_coils, noise)
+        k, target = synth_volume(kind, challenge, n_slices, kspace_shape, recon_size, vseed, num_coils, noise)
         name = f"{'file' if kind == 'knee' else 'file_brain'}_{challenge}_{split}_{i:04d}.h5"
         path = out / split / name
         if split == "test":
-            mask, num_low = fastmri_mask("equispaced_fraction" if challenge == "multicoil"
-                                         else "random", k.shape[-1], test_center_fraction,
-                                         test_acceleration, seed=vseed)
+            mask, num_low = fastmri_mask(
+                "equispaced_fraction" if challenge == "multicoil" else "random",
+                k.shape[-1],
+                test_center_fraction,
+                test_acceleration,
+                seed=vseed,
+            )
             m = mask.numpy().astype(bool)
-            write_volume(path, k * m, None, challenge, ACQ[kind], recon_size, mask=m,
-                         acceleration=test_acceleration, num_low_frequency=num_low,
-                         extra_attrs={"synthetic_seed": vseed})
+            write_volume(
+                path,
+                k * m,
+                None,
+                challenge,
+                ACQ[kind],
+                recon_size,
+                mask=m,
+                acceleration=test_acceleration,
+                num_low_frequency=num_low,
+                extra_attrs={"synthetic_seed": vseed},
+            )
             # ground truth of test files is kept apart, as fastMRI's organisers do
-            write_volume(out / "test_targets" / name, k, target, challenge, ACQ[kind],
-                         recon_size, extra_attrs={"synthetic_seed": vseed})
+            write_volume(
+                out / "test_targets" / name,
+                k,
+                target,
+                challenge,
+                ACQ[kind],
+                recon_size,
+                extra_attrs={"synthetic_seed": vseed},
+            )
         else:
-            write_volume(path, k, target, challenge, ACQ[kind], recon_size,
-                         extra_attrs={"synthetic_seed": vseed})
+            write_volume(path, k, target, challenge, ACQ[kind], recon_size, extra_attrs={"synthetic_seed": vseed})
         written[split].append(path)
     return written

@@ -1,4 +1,5 @@
 """``mrijac compare``: one table and figure across runs (e.g. one per regularizer)."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,19 @@ from pathlib import Path
 from .figures import bars_figure, curves_figure
 from .report import md_table, staged_dir, write_csv, write_json, write_report
 
-COLUMNS = ["ssim", "psnr", "nmse", "ge", "rel_ge", "test_loss", "train_loss", "sigma_ja_mean",
-           "sigma_ja_max", "sigma_j_mean", "sigma_j_max"]
+COLUMNS = [
+    "ssim",
+    "psnr",
+    "nmse",
+    "ge",
+    "rel_ge",
+    "test_loss",
+    "train_loss",
+    "sigma_ja_mean",
+    "sigma_ja_max",
+    "sigma_j_mean",
+    "sigma_j_max",
+]
 
 
 def _read_history(run: Path) -> list[dict]:
@@ -37,9 +49,14 @@ def load_run(path) -> dict:
     mj = next((p for p in (path / "metrics.json", path / "eval" / "metrics.json") if p.exists()), None)
     if mj is not None:
         r = json.loads(mj.read_text())
-        row = {"run": path.name, "regularizer": r.get("regularizer"),
-               "test_loss": r.get("test_loss"), "train_loss": r.get("train_loss"), "ge": r.get("ge"),
-               "rel_ge": (r.get("generalization") or {}).get("rel_ge")}
+        row = {
+            "run": path.name,
+            "regularizer": r.get("regularizer"),
+            "test_loss": r.get("test_loss"),
+            "train_loss": r.get("train_loss"),
+            "ge": r.get("ge"),
+            "rel_ge": (r.get("generalization") or {}).get("rel_ge"),
+        }
         for m, v in r.get("aggregate", {}).items():
             row[m] = v["mean"]
         for k in ("sigma_ja", "sigma_j"):
@@ -53,12 +70,21 @@ def load_run(path) -> dict:
     if not hist:
         raise ValueError(f"{path}: neither metrics.json (an evaluation) nor history.csv (a run)")
     last = hist[-1]
-    row = {"run": path.name, "regularizer": "?", "test_loss": last.get("val_l2"),
-           "train_loss": last.get("train_l2"), "ge": last.get("ge"), "rel_ge": last.get("rel_ge"),
-           "ssim": last.get("ssim"),
-           "psnr": last.get("psnr"), "nmse": last.get("nmse"),
-           "sigma_ja_mean": last.get("val_sigma_ja_mean"), "sigma_ja_max": last.get("val_sigma_ja_max"),
-           "sigma_j_mean": last.get("val_sigma_j_mean"), "sigma_j_max": last.get("val_sigma_j_max")}
+    row = {
+        "run": path.name,
+        "regularizer": "?",
+        "test_loss": last.get("val_l2"),
+        "train_loss": last.get("train_l2"),
+        "ge": last.get("ge"),
+        "rel_ge": last.get("rel_ge"),
+        "ssim": last.get("ssim"),
+        "psnr": last.get("psnr"),
+        "nmse": last.get("nmse"),
+        "sigma_ja_mean": last.get("val_sigma_ja_mean"),
+        "sigma_ja_max": last.get("val_sigma_ja_max"),
+        "sigma_j_mean": last.get("val_sigma_j_mean"),
+        "sigma_j_max": last.get("val_sigma_j_max"),
+    }
     return {"row": row, "history": hist}
 
 
@@ -86,17 +112,29 @@ def compare_runs(runs: list, out, overwrite: bool = False, names: list[str] | No
         write_csv(tmp / "comparison.csv", table)
         (tmp / "figures").mkdir()
         bars = bars_figure(tmp / "figures" / "comparison.png", table)
-        curves = curves_figure(tmp / "figures" / "curves.png",
-                               {r["run"]: d["history"] for r, d in zip(table, loaded) if d["history"]})
+        curves = curves_figure(
+            tmp / "figures" / "curves.png", {r["run"]: d["history"] for r, d in zip(table, loaded) if d["history"]}
+        )
         cols = [c for c in COLUMNS if any(isinstance(r.get(c), (int, float)) for r in table)]
-        lines = ["# Comparison of runs", "",
-                 md_table(["run", "regularizer"] + cols,
-                          [[r["run"], r.get("regularizer")] + [r.get(c) for c in cols] for r in table])]
+        lines = [
+            "# Comparison of runs",
+            "",
+            md_table(
+                ["run", "regularizer"] + cols,
+                [[r["run"], r.get("regularizer")] + [r.get(c) for c in cols] for r in table],
+            ),
+        ]
         if len(table) > 1:
             dcols = [c for c in cols if any(f"d_{c}" in r for r in table[1:])]
-            lines += ["", f"## Differences against `{base['run']}`", "",
-                      md_table(["run"] + [f"Δ {c}" for c in dcols],
-                               [[r["run"]] + [r.get(f"d_{c}") for c in dcols] for r in table[1:]])]
+            lines += [
+                "",
+                f"## Differences against `{base['run']}`",
+                "",
+                md_table(
+                    ["run"] + [f"Δ {c}" for c in dcols],
+                    [[r["run"]] + [r.get(f"d_{c}") for c in dcols] for r in table[1:]],
+                ),
+            ]
         if bars:
             lines += ["", "![metrics across runs](figures/comparison.png)"]
         if curves:

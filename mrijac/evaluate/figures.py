@@ -1,4 +1,5 @@
 """PNG figures for reports: reconstructions with error maps, training curves, comparisons."""
+
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 
 def save_figure(fig, path: Path) -> Path:
     from ..atomic import atomic_path
+
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
@@ -45,23 +47,36 @@ def reconstruction_figure(path, target, zero_filled, pred, title="", metrics=Non
 
 COMPOSITE = {  # panel -> (history column, line style, label suffix)
     "σ(J A): reference vs training estimate": [
-        ("val_sigma_ja_mean", "-", "val reference"), ("train_ref_sigma_ja_mean", "--",
-                                                      "train reference"),
-        ("train_sigma_ja", ":", "training-time estimate")],
+        ("val_sigma_ja_mean", "-", "val reference"),
+        ("train_ref_sigma_ja_mean", "--", "train reference"),
+        ("train_sigma_ja", ":", "training-time estimate"),
+    ],
 }
 
 
-def curves_figure(path, histories: dict[str, list[dict]],
-                  keys=("train_loss", "val_loss", "ge", "rel_ge", "ssim", "psnr",
-                        "σ(J A): reference vs training estimate", "est_ratio_ja",
-                        "val_sigma_j_mean")) -> Path | None:
+def curves_figure(
+    path,
+    histories: dict[str, list[dict]],
+    keys=(
+        "train_loss",
+        "val_loss",
+        "ge",
+        "rel_ge",
+        "ssim",
+        "psnr",
+        "σ(J A): reference vs training estimate",
+        "est_ratio_ja",
+        "val_sigma_j_mean",
+    ),
+) -> Path | None:
     """Metric curves over epochs, one colour per run.  ``ge``/``rel_ge`` are drawn with their
     bootstrap 95 % band (``*_lo``/``*_hi``); the σ panel shows the converged reference σ on
     the validation and training probes beside the estimate the penalty trained with."""
+
     def cols_of(k):
         return [c for c, _, _ in COMPOSITE[k]] if k in COMPOSITE else [k]
-    keys = [k for k in keys if any(_finite(r.get(c)) for c in cols_of(k)
-                                   for h in histories.values() for r in h)]
+
+    keys = [k for k in keys if any(_finite(r.get(c)) for c in cols_of(k) for h in histories.values() for r in h)]
     if not keys:
         return None
     cols = min(4, len(keys))
@@ -75,10 +90,12 @@ def curves_figure(path, histories: dict[str, list[dict]],
             for col, style, suffix in lines:
                 pts = [(r["epoch"], r[col]) for r in h if _finite(r.get(col))]
                 if pts:
-                    ax.plot(*zip(*pts), style, marker="o", ms=3, color=c,
-                            label=f"{name} {suffix}".strip())
-            band = [(r["epoch"], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for r in h
-                    if _finite(r.get(f"{k}_lo")) and _finite(r.get(f"{k}_hi"))]
+                    ax.plot(*zip(*pts), style, marker="o", ms=3, color=c, label=f"{name} {suffix}".strip())
+            band = [
+                (r["epoch"], r.get(f"{k}_lo"), r.get(f"{k}_hi"))
+                for r in h
+                if _finite(r.get(f"{k}_lo")) and _finite(r.get(f"{k}_hi"))
+            ]
             if band:
                 e, lo, hi = zip(*band)
                 ax.fill_between(e, lo, hi, color=c, alpha=0.15)
@@ -89,15 +106,14 @@ def curves_figure(path, histories: dict[str, list[dict]],
         ax.grid(alpha=0.3)
         if k in COMPOSITE:
             ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, Path(path))
 
 
-def bars_figure(path, table: list[dict], keys=("ssim", "psnr", "ge", "sigma_ja_mean",
-                                                "sigma_j_mean")) -> Path | None:
+def bars_figure(path, table: list[dict], keys=("ssim", "psnr", "ge", "sigma_ja_mean", "sigma_j_mean")) -> Path | None:
     """One bar chart per metric across runs."""
     keys = [k for k in keys if any(_finite(r.get(k)) for r in table)]
     if not keys:

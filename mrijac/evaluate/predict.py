@@ -1,5 +1,6 @@
 """``mrijac predict``: reconstruct every volume of a folder into fastMRI's submission format,
 and score a folder of such predictions against targets (as ``fastmri.evaluate`` does)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,15 @@ def _h5_files(folder: Path) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_folder(checkpoint, data, out, device: str = "auto", batch_size: int | None = None,
-                   overwrite: bool = False, progress: bool = True) -> list[Path]:
+def predict_folder(
+    checkpoint,
+    data,
+    out,
+    device: str = "auto",
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
     """Write ``out/<file>.h5`` with ``reconstruction`` (float32 ``(S, h, w)``) for every volume.
 
     Files that carry their own ``mask`` (test/challenge files, no target needed) are
@@ -36,6 +44,7 @@ def predict_folder(checkpoint, data, out, device: str = "auto", batch_size: int 
     fastMRI's validation convention (a fixed mask per volume, seeded from the file name).
     """
     from ..data import MaskConfig, MRISliceDataset, collate_mri
+
     data = Path(data)
     files = _h5_files(data)
     model, cfg, _ = load_model(checkpoint, resolve_device(device))
@@ -46,12 +55,18 @@ def predict_folder(checkpoint, data, out, device: str = "auto", batch_size: int 
         with h5py.File(f, "r") as hf:
             with_mask.append("mask" in hf)
     if any(with_mask) and not all(with_mask):
-        raise ValueError(f"{data}: mixes files with and without their own 'mask'; put test and "
-                         "validation files in separate folders")
+        raise ValueError(
+            f"{data}: mixes files with and without their own 'mask'; put test and validation files in separate folders"
+        )
     d = cfg.data
-    ds = MRISliceDataset(data, d.challenge, mode="test" if all(with_mask) else "val",
-                         mask=MaskConfig(d.mask_type, tuple(d.accelerations), tuple(d.center_fractions)),
-                         crop_kspace=d.crop_kspace, coil_compression=d.coil_compression)
+    ds = MRISliceDataset(
+        data,
+        d.challenge,
+        mode="test" if all(with_mask) else "val",
+        mask=MaskConfig(d.mask_type, tuple(d.accelerations), tuple(d.center_fractions)),
+        crop_kspace=d.crop_kspace,
+        coil_compression=d.coil_compression,
+    )
     bs = batch_size or (d.batch_size if d.crop_kspace else 1)
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate_mri)
     dev = next(model.parameters()).device
@@ -71,8 +86,7 @@ def predict_folder(checkpoint, data, out, device: str = "auto", batch_size: int 
     return written
 
 
-def evaluate_predictions(predictions, targets, out, challenge: str | None = None,
-                         overwrite: bool = False) -> dict:
+def evaluate_predictions(predictions, targets, out, challenge: str | None = None, overwrite: bool = False) -> dict:
     """Score ``predictions/<f>.h5`` (``reconstruction``) against ``targets/<f>.h5``.
 
     Like ``fastmri.evaluate``: the target key is ``reconstruction_esc`` (single-coil) or
@@ -81,6 +95,7 @@ def evaluate_predictions(predictions, targets, out, challenge: str | None = None
     use the target volume's maximum.  Writes metrics.json/csv and report.md/html into ``out``.
     """
     from fastmri.data.transforms import center_crop
+
     predictions, targets = Path(predictions), Path(targets)
     per = []
     for tf in _h5_files(targets):
@@ -102,24 +117,27 @@ def evaluate_predictions(predictions, targets, out, challenge: str | None = None
             raise ValueError(f"{pf}: reconstruction {p.shape} does not match target {t.shape}")
         per.append({"fname": tf.name, **volume_metrics(t, p)})
     agg = aggregate(per)
-    result = {"predictions": str(predictions), "targets": str(targets), "per_volume": per,
-              "aggregate": agg}
+    result = {"predictions": str(predictions), "targets": str(targets), "per_volume": per, "aggregate": agg}
     with staged_dir(out, overwrite) as tmp:
         write_json(tmp / "metrics.json", result)
         write_csv(tmp / "metrics.csv", per)
-        md = ["# Evaluation of predictions", "", f"Predictions `{predictions}`, targets "
-              f"`{targets}`, {len(per)} volumes.", "",
-              md_table(["metric", "mean ± std"], [[m.upper(), f"{v['mean']:.4f} ± {v['std']:.4f}"]
-                                                  for m, v in agg.items()]), "",
-              md_table(["volume", "SSIM", "PSNR", "NMSE"],
-                       [[r["fname"], r["ssim"], r["psnr"], r["nmse"]] for r in per])]
+        md = [
+            "# Evaluation of predictions",
+            "",
+            f"Predictions `{predictions}`, targets `{targets}`, {len(per)} volumes.",
+            "",
+            md_table(
+                ["metric", "mean ± std"], [[m.upper(), f"{v['mean']:.4f} ± {v['std']:.4f}"] for m, v in agg.items()]
+            ),
+            "",
+            md_table(["volume", "SSIM", "PSNR", "NMSE"], [[r["fname"], r["ssim"], r["psnr"], r["nmse"]] for r in per]),
+        ]
         write_report(tmp, "\n".join(md) + "\n", "mrijac: predictions")
     return result
 
 
 @torch.no_grad()
-def reconstruct_kspace(model, kspace, mask, sens_maps=None, device: str = "cpu",
-                       batch_size: int = 8) -> np.ndarray:
+def reconstruct_kspace(model, kspace, mask, sens_maps=None, device: str = "cpu", batch_size: int = 8) -> np.ndarray:
     """Reconstruct masked k-space given as NumPy arrays or tensors, in one call.
 
     Args:
@@ -136,6 +154,7 @@ def reconstruct_kspace(model, kspace, mask, sens_maps=None, device: str = "cpu",
     """
     from ..data.coil_maps import espirit_maps
     from ..operators import MultiCoilMRI, SingleCoilMRI
+
     if not isinstance(model, torch.nn.Module):
         model, cfg, _ = load_model(model, resolve_device(device))
         multicoil = cfg.data.challenge == "multicoil"
@@ -145,8 +164,10 @@ def reconstruct_kspace(model, kspace, mask, sens_maps=None, device: str = "cpu",
     k = torch.as_tensor(np.asarray(kspace)).to(torch.complex64)
     per_slice = 3 if multicoil else 2
     if k.dim() not in (per_slice, per_slice + 1):
-        raise ValueError(f"kspace of shape {tuple(k.shape)}: expected {'(C, H, W)' if multicoil else '(H, W)'}"
-                         " for a slice or with a leading slice axis for a volume")
+        raise ValueError(
+            f"kspace of shape {tuple(k.shape)}: expected {'(C, H, W)' if multicoil else '(H, W)'}"
+            " for a slice or with a leading slice axis for a volume"
+        )
     single = k.dim() == per_slice
     k = k[None] if single else k
     m = torch.as_tensor(np.asarray(mask)).float()
@@ -155,18 +176,20 @@ def reconstruct_kspace(model, kspace, mask, sens_maps=None, device: str = "cpu",
             m_np = m.numpy().reshape(-1, k.shape[-1]).max(0)
             c = k.shape[-1] // 2
             width = 1
-            while c - width >= 0 and c + width < len(m_np) and m_np[c - width:c + width + 1].all():
+            while c - width >= 0 and c + width < len(m_np) and m_np[c - width : c + width + 1].all():
                 width += 1
-            maps = torch.from_numpy(np.stack([espirit_maps(s.numpy(), calib_width=max(2 * width - 1, 4))
-                                              for s in k]))
+            maps = torch.from_numpy(np.stack([espirit_maps(s.numpy(), calib_width=max(2 * width - 1, 4)) for s in k]))
         else:
             maps = torch.as_tensor(np.asarray(sens_maps)).to(torch.complex64)
             maps = maps[None] if maps.dim() == 3 else maps
     outs = []
     for i in range(0, k.shape[0], batch_size):
-        kb = k[i:i + batch_size].to(dev)  # the mask broadcasts over the batch
-        A = MultiCoilMRI(m.to(dev), maps[i:i + batch_size].to(dev)) if multicoil else \
-            SingleCoilMRI(m.to(dev), tuple(kb.shape[-2:]))
+        kb = k[i : i + batch_size].to(dev)  # the mask broadcasts over the batch
+        A = (
+            MultiCoilMRI(m.to(dev), maps[i : i + batch_size].to(dev))
+            if multicoil
+            else SingleCoilMRI(m.to(dev), tuple(kb.shape[-2:]))
+        )
         outs.append(model(kb, A).float().cpu())
     out = torch.cat(outs).numpy()
     return out[0] if single else out

@@ -1,4 +1,5 @@
 """Evaluation outputs: metrics.json, metrics.csv, report.md and a self-contained report.html."""
+
 from __future__ import annotations
 
 import base64
@@ -81,8 +82,7 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
             out.append("<table>")
             for i, r in enumerate(rows):
                 tag = "th" if i == 0 else "td"
-                out.append("<tr>" + "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in r)
-                           + "</tr>")
+                out.append("<tr>" + "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in r) + "</tr>")
             out.append("</table>")
             table.clear()
 
@@ -103,22 +103,28 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
             level = len(line) - len(line.lstrip("#"))
             out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
         elif line.startswith("![") and "](" in line:
-            alt = line[2:line.index("]")]
-            src = line[line.index("](") + 2:line.rindex(")")]
+            alt = line[2 : line.index("]")]
+            src = line[line.index("](") + 2 : line.rindex(")")]
             p = base / src
             if p.exists():
                 data = base64.b64encode(p.read_bytes()).decode()
-                out.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
-                           f'{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+                out.append(
+                    f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
+                    f'{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+                )
         elif line.strip():
             out.append(f"<p>{html.escape(line)}</p>")
     flush_table()
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-             "padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
-             "pre{background:#f6f6f6;padding:8px}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+        "pre{background:#f6f6f6;padding:8px}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
 
 
 def write_report(out: Path, md: str, title: str) -> None:

@@ -1,4 +1,5 @@
 """``mrijac evaluate``: score a checkpoint on a data folder and write the report."""
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,18 @@ from .figures import curves_figure, reconstruction_figure
 from .report import fmt, md_table, staged_dir, write_csv, write_json, write_report
 
 
-def evaluate_checkpoint(checkpoint, data, out, overwrite: bool = False, device: str = "auto",
-                        n_figures: int = 3, jac_batches: int = 4, jac_tol: float = 1e-3,
-                        jac_max_iter: int = 60, progress: bool = True) -> dict:
+def evaluate_checkpoint(
+    checkpoint,
+    data,
+    out,
+    overwrite: bool = False,
+    device: str = "auto",
+    n_figures: int = 3,
+    jac_batches: int = 4,
+    jac_tol: float = 1e-3,
+    jac_max_iter: int = 60,
+    progress: bool = True,
+) -> dict:
     """Evaluate ``checkpoint`` on ``data`` (MRI: a folder of fastMRI volumes with targets;
     CS: an MNIST folder; SR: an image folder) and write metrics.json, metrics.csv, report.md,
     report.html and figures/ into ``out``.  Returns the metrics dictionary.
@@ -42,13 +52,24 @@ def evaluate_checkpoint(checkpoint, data, out, overwrite: bool = False, device: 
             raise ValueError(f"{data}: no targets to evaluate against (test files?)")
         s = score(rec, cfg.task)
         gen = generalization(cfg, ck, data, rec)
-        js = jacobian_stats(model, _first_batches(task, loader, dev, jac_batches), jac_tol,
-                            jac_max_iter, seed=cfg.train.seed)
-        result = {"checkpoint": str(checkpoint), "data": str(data), "task": cfg.task,
-                  "model": cfg.model.name, "regularizer": cfg.reg.name, "epochs": ck.get("epoch"),
-                  "per_volume": s["per_volume"], "aggregate": s["aggregate"],
-                  "test_loss": rec["l2"], "train_loss": gen.get("train"), "ge": gen.get("ge"),
-                  "generalization": gen, "jacobian": js}
+        js = jacobian_stats(
+            model, _first_batches(task, loader, dev, jac_batches), jac_tol, jac_max_iter, seed=cfg.train.seed
+        )
+        result = {
+            "checkpoint": str(checkpoint),
+            "data": str(data),
+            "task": cfg.task,
+            "model": cfg.model.name,
+            "regularizer": cfg.reg.name,
+            "epochs": ck.get("epoch"),
+            "per_volume": s["per_volume"],
+            "aggregate": s["aggregate"],
+            "test_loss": rec["l2"],
+            "train_loss": gen.get("train"),
+            "ge": gen.get("ge"),
+            "generalization": gen,
+            "jacobian": js,
+        }
         if "zero_filled" in s:
             result["zero_filled"] = s["zero_filled"]
         write_json(tmp / "metrics.json", result)
@@ -70,14 +91,18 @@ def evaluate_checkpoint(checkpoint, data, out, overwrite: bool = False, device: 
 def held_out_reason(cfg, data) -> str | None:
     """``None`` when ``data`` is the held-out split of the training distribution (the
     run's own validation folder); otherwise why a generalization error would not be one."""
-    ref = {"mri": lambda: Path(cfg.data.root) / "val" if cfg.data.root else None,
-           "sr": lambda: Path(cfg.data.val_dir) if cfg.data.val_dir else None,
-           "cs": lambda: Path(cfg.data.mnist_dir) if cfg.data.mnist_dir else None}[cfg.task]()
+    ref = {
+        "mri": lambda: Path(cfg.data.root) / "val" if cfg.data.root else None,
+        "sr": lambda: Path(cfg.data.val_dir) if cfg.data.val_dir else None,
+        "cs": lambda: Path(cfg.data.mnist_dir) if cfg.data.mnist_dir else None,
+    }[cfg.task]()
     if ref is not None and Path(data).resolve() == ref.resolve():
         return None
-    return (f"GE omitted: {data} is not the held-out split of the training distribution "
-            f"({ref}); a loss gap to another dataset measures the change of data (scale, "
-            "anatomy, sampling), not generalization")
+    return (
+        f"GE omitted: {data} is not the held-out split of the training distribution "
+        f"({ref}); a loss gap to another dataset measures the change of data (scale, "
+        "anatomy, sampling), not generalization"
+    )
 
 
 def generalization(cfg, ck, data, rec) -> dict:
@@ -92,13 +117,16 @@ def generalization(cfg, ck, data, rec) -> dict:
         train_l2 = float(ck.get("train_loss_eval", math.nan))
         if not math.isfinite(train_l2):
             return {"omitted": "GE omitted: the checkpoint holds no training loss (not final)"}
-        return {"ge": abs(rec["l2"] - train_l2), "test": rec["l2"], "train": train_l2,
-                "ci95": [math.nan, math.nan], "note": "checkpoint without per-sample "
-                "training losses: no interval"}
+        return {
+            "ge": abs(rec["l2"] - train_l2),
+            "test": rec["l2"],
+            "train": train_l2,
+            "ci95": [math.nan, math.nan],
+            "note": "checkpoint without per-sample training losses: no interval",
+        }
     ge = generalization_gap(rec["l2_values"], tr_l2, seed=cfg.train.seed)
     rel = generalization_gap(rec["rel_values"], tr_rel, seed=cfg.train.seed)
-    return {**ge, "rel_ge": rel["ge"], "rel_ci95": rel["ci95"], "rel_test": rel["test"],
-            "rel_train": rel["train"]}
+    return {**ge, "rel_ge": rel["ge"], "rel_ci95": rel["ci95"], "rel_test": rel["test"], "rel_train": rel["train"]}
 
 
 def _first_batches(task, loader, device, n: int) -> list:
@@ -126,9 +154,14 @@ def _figures(folder: Path, rec, s, task_name, n) -> list[str]:
             label = f"image {it['name']}"
         m = per.get(it["name"], {})
         fname = f"recon_{Path(it['name']).stem}.png"
-        reconstruction_figure(folder / fname, t, z, p, label,
-                              {"reconstruction": f"SSIM {fmt(m.get('ssim'))}, PSNR "
-                                                 f"{fmt(m.get('psnr'))} dB"})
+        reconstruction_figure(
+            folder / fname,
+            t,
+            z,
+            p,
+            label,
+            {"reconstruction": f"SSIM {fmt(m.get('ssim'))}, PSNR {fmt(m.get('psnr'))} dB"},
+        )
         names.append(f"figures/{fname}")
     return names
 
@@ -147,10 +180,16 @@ def _ge_lines(g: dict) -> list[str]:
     ci = lambda c: "–" if not c or not math.isfinite(c[0]) else f"[{c[0]:.4g}, {c[1]:.4g}]"  # noqa: E731
     rows = [["ℓ2 ‖f(y) − x‖", fmt(g["test"]), fmt(g["train"]), fmt(g["ge"]), ci(g.get("ci95"))]]
     if "rel_ge" in g:
-        rows.append(["relative ‖f(y) − x‖/‖x‖", fmt(g["rel_test"]), fmt(g["rel_train"]),
-                     fmt(g["rel_ge"]), ci(g.get("rel_ci95"))])
-    return [md_table(["loss", "test (held-out)", "train", "GE = |test − train|",
-                      "95 % bootstrap interval"], rows)]
+        rows.append(
+            [
+                "relative ‖f(y) − x‖/‖x‖",
+                fmt(g["rel_test"]),
+                fmt(g["rel_train"]),
+                fmt(g["rel_ge"]),
+                ci(g.get("rel_ci95")),
+            ]
+        )
+    return [md_table(["loss", "test (held-out)", "train", "GE = |test − train|", "95 % bootstrap interval"], rows)]
 
 
 def _markdown(r, figs, curves) -> str:
@@ -161,23 +200,43 @@ def _markdown(r, figs, curves) -> str:
             row = [m.upper(), f"{agg[m]['mean']:.4f} ± {agg[m]['std']:.4f}"]
             row.append(f"{zf[m]['mean']:.4f} ± {zf[m]['std']:.4f}" if m in zf else "–")
             rows.append(row)
-    lines = [f"# Evaluation of `{Path(r['checkpoint']).name}`", "",
-             f"Task {r['task']}, model {r['model']}, regularizer {r['regularizer']}, "
-             f"{r['epochs']} epochs; data `{r['data']}`, {len(r['per_volume'])} volumes/images.",
-             "", "## Metrics (mean ± std over volumes)", "",
-             md_table(["metric", "model", "zero-filled"], rows), "",
-             "## Generalization", ""] + _ge_lines(r.get("generalization") or {})
+    lines = [
+        f"# Evaluation of `{Path(r['checkpoint']).name}`",
+        "",
+        f"Task {r['task']}, model {r['model']}, regularizer {r['regularizer']}, "
+        f"{r['epochs']} epochs; data `{r['data']}`, {len(r['per_volume'])} volumes/images.",
+        "",
+        "## Metrics (mean ± std over volumes)",
+        "",
+        md_table(["metric", "model", "zero-filled"], rows),
+        "",
+        "## Generalization",
+        "",
+    ] + _ge_lines(r.get("generalization") or {})
     js = r.get("jacobian") or {}
     if js:
-        lines += ["", f"## Jacobian statistics ({js['n_samples']} samples; converged reference "
-                  f"σ by Lanczos bidiagonalization, relative residual ≤ {js['max_residual']:.1e}"
-                  f", ≤ {js['iterations']} steps, {js['seconds']:.1f} s)", "",
-                  md_table(["norm", "mean", "max"],
-                           [["σ(J A)", js["sigma_ja"]["mean"], js["sigma_ja"]["max"]],
-                            ["σ(J)", js["sigma_j"]["mean"], js["sigma_j"]["max"]]])]
-    lines += ["", "## Per volume", "",
-              md_table(["volume", "SSIM", "PSNR", "NMSE"],
-                       [[p["fname"], p["ssim"], p["psnr"], p["nmse"]] for p in r["per_volume"]])]
+        lines += [
+            "",
+            f"## Jacobian statistics ({js['n_samples']} samples; converged reference "
+            f"σ by Lanczos bidiagonalization, relative residual ≤ {js['max_residual']:.1e}"
+            f", ≤ {js['iterations']} steps, {js['seconds']:.1f} s)",
+            "",
+            md_table(
+                ["norm", "mean", "max"],
+                [
+                    ["σ(J A)", js["sigma_ja"]["mean"], js["sigma_ja"]["max"]],
+                    ["σ(J)", js["sigma_j"]["mean"], js["sigma_j"]["max"]],
+                ],
+            ),
+        ]
+    lines += [
+        "",
+        "## Per volume",
+        "",
+        md_table(
+            ["volume", "SSIM", "PSNR", "NMSE"], [[p["fname"], p["ssim"], p["psnr"], p["nmse"]] for p in r["per_volume"]]
+        ),
+    ]
     if figs:
         lines += ["", "## Reconstructions", ""] + [f"![{Path(f).stem}]({f})" for f in figs]
     if curves:

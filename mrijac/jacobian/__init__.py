@@ -1,12 +1,26 @@
 """Jacobian products, norm estimates and penalties."""
+
 from .finite_diff import fd_power_step
 from .lam import auto_lambda
 from .norms import frobenius_norm_sq, frobenius_terms, power_iteration, spectral_norm
-from .penalties import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
+from .penalties import JacobianPenalty, PenaltySchedule, PenaltyStats
 from .products import explicit_jacobian, jvp, operator_matrix, vjp
 from .reference import ReferenceSigma, reference_sigma
 
-__all__ = ["jvp", "vjp", "explicit_jacobian", "operator_matrix", "spectral_norm",
-           "frobenius_norm_sq", "frobenius_terms", "power_iteration", "fd_power_step",
-           "JacobianPenalty", "WeightSpectralPenalty", "weight_decay_penalty", "auto_lambda",
-           "reference_sigma", "ReferenceSigma"]
+__all__ = [
+    "jvp",
+    "vjp",
+    "explicit_jacobian",
+    "operator_matrix",
+    "spectral_norm",
+    "frobenius_norm_sq",
+    "frobenius_terms",
+    "power_iteration",
+    "fd_power_step",
+    "JacobianPenalty",
+    "PenaltySchedule",
+    "PenaltyStats",
+    "auto_lambda",
+    "reference_sigma",
+    "ReferenceSigma",
+]

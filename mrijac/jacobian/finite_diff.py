@@ -26,14 +26,17 @@ error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``;
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
 network whose samples do not interact (InstanceNorm yes; BatchNorm in training mode no).
 """
+
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..operators.base import batch_norm2
 from .products import jvp, vjp
-from .vectors import adjoint_op, apply_op, normalize, random_input, to_real
+from .vectors import Network, Operator, adjoint_op, apply_op, normalize, random_input, to_real
 
 OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
 
@@ -52,13 +55,17 @@ def check_fd_network(model) -> None:
     if isinstance(model, nn.Module):
         for name, mod in model.named_modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
-                raise ValueError(f"method='fd' stacks perturbed copies of samples into the batch, "
-                                 f"but {name or 'the model'} is a BatchNorm in training mode whose "
-                                 "batch statistics would mix them: use a network without "
-                                 "BatchNorm (model.batchnorm=false) or method='forward'")
+                raise ValueError(
+                    f"method='fd' stacks perturbed copies of samples into the batch, "
+                    f"but {name or 'the model'} is a BatchNorm in training mode whose "
+                    "batch statistics would mix them: use a network without "
+                    "BatchNorm (model.batchnorm=false) or method='forward'"
+                )
     if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
-        raise ValueError("method='fd' (finite differences) needs float32/float64 passes, not "
-                         "autocast (train.precision=bf16/fp16): use method='forward'")
+        raise ValueError(
+            "method='fd' (finite differences) needs float32/float64 passes, not "
+            "autocast (train.precision=bf16/fp16): use method='forward'"
+        )
 
 
 def _real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -78,10 +85,20 @@ def _stacked_op(A, idx: torch.Tensor | None, copies: int, with_batch: bool):
     return parts[0] if len(parts) == 1 else type(A).cat(parts)
 
 
-def fd_power_step(make_fn, y: torch.Tensor, A, with_A: list[bool], idx: torch.Tensor | None,
-                  v0: list | None = None, h: float | None = None, n_pre: int = 0,
-                  generator: torch.Generator | None = None, sink: dict | None = None,
-                  names: list | None = None, recompute: bool = False):
+def fd_power_step(
+    make_fn: Callable[[Operator], Network],
+    y: torch.Tensor,
+    A: Operator,
+    with_A: list[bool],
+    idx: torch.Tensor | None,
+    v0: list | None = None,
+    h: float | None = None,
+    n_pre: int = 0,
+    generator: torch.Generator | None = None,
+    sink: dict | None = None,
+    names: list | None = None,
+    recompute: bool = False,
+):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
     Args:
@@ -137,12 +154,13 @@ def fd_power_step(make_fn, y: torch.Tensor, A, with_A: list[bool], idx: torch.Te
             out, out1 = out_all[:B], out_all[B:]
         else:
             from torch.utils.checkpoint import checkpoint
+
             out1 = checkpoint(make_fn(_stacked_op(A, idx, K, False)), Xc, use_reentrant=False)
             out = make_fn(A)(y)
     out0 = out if idx is None else out[idx]
     surrogates, sigmas = [], []
     for k in range(K):
-        o1 = out1[k * S:(k + 1) * S]
+        o1 = out1[k * S : (k + 1) * S]
         step = steps[k].to(rdt).view(-1, *[1] * (o1.dim() - 1))
         diff = (o1 - out0) / step
         sig = batch_norm2(diff.detach())
@@ -150,6 +168,7 @@ def fd_power_step(make_fn, y: torch.Tensor, A, with_A: list[bool], idx: torch.Te
         surrogates.append(_real_dot(u, diff))
         sigmas.append(sig)
     if sink is not None:
+
         def hook(g, ops=ops, vs=vs):
             for k, (op, gk) in enumerate(zip(ops, g.detach().split(S))):
                 w = adjoint_op(op, gk)
@@ -161,7 +180,6 @@ def fd_power_step(make_fn, y: torch.Tensor, A, with_A: list[bool], idx: torch.Te
                 # penalty) hands zeros: keep what an earlier pass found
                 prev = sink.get(names[k], vs[k])
                 sink[names[k]] = torch.where(keep, new, prev).detach()
+
         Xc.register_hook(hook)
     return out, surrogates, sigmas
-
-

@@ -1,4 +1,5 @@
 """Automatic choice of the regularization weight (the paper's Algorithm 4)."""
+
 from __future__ import annotations
 
 import math
@@ -19,4 +20,4 @@ def auto_lambda(loss: float, penalty: float, gamma: float = 20.0) -> float:
         if not math.isfinite(val) or val <= 0:
             raise ValueError(f"auto λ needs a positive finite {name}, got {val}")
     alpha = math.floor(math.log10(loss / penalty))
-    return 10.0 ** alpha / gamma
+    return 10.0**alpha / gamma

@@ -4,18 +4,27 @@
 ``None`` for the identity, giving the model-agnostic ``||J(y)||``).  Every estimate is per
 sample, ``(B,)``, from batched products — never a full Jacobian.
 """
+
 from __future__ import annotations
 
 import torch
 
 from ..operators.base import batch_norm2
 from .products import check_method, jvp, third_order_hint, vjp
-from .vectors import adjoint_op, apply_op, input_dim, normalize, randn_like, random_input
+from .vectors import Network, Operator, adjoint_op, apply_op, input_dim, normalize, randn_like, random_input
 
 
-def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str = "forward",
-                    u0: list | None = None, create_graph: bool = False,
-                    return_vectors: bool = False, generator: torch.Generator | None = None):
+def power_iteration(
+    f: Network,
+    y: torch.Tensor,
+    ops: list,
+    n_iter: int = 1,
+    method: str = "forward",
+    u0: list | None = None,
+    create_graph: bool = False,
+    return_vectors: bool = False,
+    generator: torch.Generator | None = None,
+):
     """Joint power iteration for ``||J(y) A_k||₂``, ``k = 1..K``, stacked in one batch.
 
     The K problems share ``y``: they run as one batch ``cat([y]*K)`` whose tangents are
@@ -55,9 +64,17 @@ def power_iteration(f, y: torch.Tensor, ops: list, n_iter: int = 1, method: str 
     return out_all[:B], sigmas, vectors
 
 
-def spectral_norm(f, y: torch.Tensor, A=None, n_iter: int = 3, method: str = "forward",
-                  u0: torch.Tensor | None = None, return_vector: bool = False,
-                  create_graph: bool = False, generator: torch.Generator | None = None):
+def spectral_norm(
+    f: Network,
+    y: torch.Tensor,
+    A: Operator = None,
+    n_iter: int = 3,
+    method: str = "forward",
+    u0: torch.Tensor | None = None,
+    return_vector: bool = False,
+    create_graph: bool = False,
+    generator: torch.Generator | None = None,
+):
     """Estimate ``σ_b = ||J_f(y_b) A_b||₂`` per sample by power iteration (Algorithm 2).
 
     Args:
@@ -73,13 +90,21 @@ def spectral_norm(f, y: torch.Tensor, A=None, n_iter: int = 3, method: str = "fo
     Returns:
         ``σ`` ``(B,)`` real, or ``(σ, u)`` when ``return_vector``.
     """
-    _, sig, vec = power_iteration(f, y, [A], n_iter, method, None if u0 is None else [u0],
-                                  create_graph, return_vector, generator)
+    _, sig, vec = power_iteration(
+        f, y, [A], n_iter, method, None if u0 is None else [u0], create_graph, return_vector, generator
+    )
     return (sig[0], vec[0]) if return_vector else sig[0]
 
 
-def frobenius_terms(f, y: torch.Tensor, ops: list, n_proj: int = 1, method: str = "forward",
-                    create_graph: bool = False, generator: torch.Generator | None = None):
+def frobenius_terms(
+    f: Network,
+    y: torch.Tensor,
+    ops: list,
+    n_proj: int = 1,
+    method: str = "forward",
+    create_graph: bool = False,
+    generator: torch.Generator | None = None,
+):
     """Unbiased estimates of ``||J(y) A_k||F²`` for K operators, stacked in one pass.
 
     ``method="forward"``: ``d_in · ||J A ẑ||²`` with ``ẑ`` uniform on the unit sphere of A's
@@ -112,15 +137,27 @@ def frobenius_terms(f, y: torch.Tensor, ops: list, n_proj: int = 1, method: str 
             except RuntimeError as err:
                 raise third_order_hint(err) from err
         parts = g.split(B)
-        sq = torch.stack([batch_norm2(adjoint_op(ops[k], parts[k * n_proj + j])).pow(2)
-                          for k in range(K) for j in range(n_proj)]).view(K, n_proj, B).mean(1)
+        sq = (
+            torch.stack(
+                [batch_norm2(adjoint_op(ops[k], parts[k * n_proj + j])).pow(2) for k in range(K) for j in range(n_proj)]
+            )
+            .view(K, n_proj, B)
+            .mean(1)
+        )
         if not create_graph:
             out_all, sq = out_all.detach(), sq.detach()
     return out_all[:B], list(sq)
 
 
-def frobenius_norm_sq(f, y: torch.Tensor, A=None, n_proj: int = 1, method: str = "forward",
-                      create_graph: bool = False, generator: torch.Generator | None = None):
+def frobenius_norm_sq(
+    f: Network,
+    y: torch.Tensor,
+    A: Operator = None,
+    n_proj: int = 1,
+    method: str = "forward",
+    create_graph: bool = False,
+    generator: torch.Generator | None = None,
+):
     """Unbiased estimate of ``||J_f(y_b) A_b||F²`` per sample, ``(B,)`` (Algorithm 1).
 
     See :func:`frobenius_terms` for the two estimators; ``n_proj`` projections are averaged.

@@ -3,17 +3,72 @@
 Paper names: ``sja`` (spectral ``||J A||₂``), ``sj`` (spectral ``||J||₂``), ``fja``/``fj``
 (Frobenius), ``wd`` (weight decay), ``sw`` (spectral norm of the weights).
 """
+
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
 
 from .finite_diff import OTHERS_WEIGHT, check_fd_network, fd_power_step
 from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
 from .products import METHODS
+from .vectors import Network, Operator
 
 KINDS = ("spectral", "frobenius")
+
+
+@dataclass(frozen=True)
+class PenaltySchedule:
+    """When the penalty acts: every ``every`` steps (weighted ×``every`` so its average weight
+    is unchanged, unless ``hold``: the caller re-applies the last penalty gradient in
+    between); with ``alternate`` and both terms, ``J A`` and ``J`` in turn, each ×2."""
+
+    every: int = 1
+    alternate: bool = False
+    hold: bool = False
+
+    def __post_init__(self):
+        if int(self.every) < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+
+
+class PenaltyStats(dict):
+    """What one :class:`JacobianPenalty` call measured — a mapping (``"sigma_ja"``,
+    ``"term_ja"``, ``"v_ja"``/``"u_ja"``, ``"fro_ja"``, ``"index"``, and the same for ``j``;
+    stores and checkpoints keep using these keys) with typed views:
+
+    * :attr:`sigma` — per-sample estimates ``{"ja": (S,), "j": (S,)}`` of ``‖J A‖₂``/``‖J‖₂``;
+    * :attr:`frobenius` — per-sample ``‖J A‖F²``/``‖J‖F²`` estimates (Frobenius kind);
+    * :attr:`terms` — the unweighted differentiable terms (``max`` or ``Σ`` over the batch);
+    * :attr:`vectors` — next warm-start vectors (``u_*`` left, output space; ``v_*`` right,
+      input space of the operator; with ``method="fd"`` filled in by the backward pass);
+    * :attr:`index` — batch rows the per-sample entries belong to (``None``: all rows).
+    """
+
+    def _by_term(self, prefix: str) -> dict:
+        return {t: self[f"{prefix}_{t}"] for t in ("ja", "j") if f"{prefix}_{t}" in self}
+
+    @property
+    def sigma(self) -> dict[str, torch.Tensor]:
+        return self._by_term("sigma")
+
+    @property
+    def frobenius(self) -> dict[str, torch.Tensor]:
+        return self._by_term("fro")
+
+    @property
+    def terms(self) -> dict[str, torch.Tensor]:
+        return self._by_term("term")
+
+    @property
+    def vectors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.items() if k.startswith(("u_", "v_"))}
+
+    @property
+    def index(self) -> torch.Tensor | None:
+        return self.get("index")
 
 
 def _check_lambda(name, val):
@@ -81,35 +136,63 @@ class JacobianPenalty:
             can be restricted to those samples.
     """
 
-    def __init__(self, kind: str = "spectral", lambda_ja=0.0, lambda_j=0.0, n_iter: int = 1,
-                 n_proj: int = 1, method: str = "forward", every: int = 1, gamma: float = 20.0,
-                 warm_start_vectors: bool = True, samples: int | None = None,
-                 alternate: bool = False, fd_step: float | None = None,
-                 recompute: bool = False, hold: bool = False):
+    def __init__(
+        self,
+        kind: str = "spectral",
+        *,
+        lambda_ja: float | str = 0.0,
+        lambda_j: float | str = 0.0,
+        n_iter: int = 1,
+        n_proj: int = 1,
+        method: str = "forward",
+        schedule: PenaltySchedule | None = None,
+        every: int = 1,
+        alternate: bool = False,
+        hold: bool = False,
+        gamma: float = 20.0,
+        warm_start_vectors: bool = True,
+        samples: int | None = None,
+        fd_step: float | None = None,
+        recompute: bool = False,
+    ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if method not in METHODS + ("fd",):
             raise ValueError(f"method must be one of {METHODS + ('fd',)}, got {method!r}")
         if method == "fd" and kind != "spectral":
-            raise ValueError("method='fd' is for the spectral penalty; the Frobenius penalty "
-                             "takes 'forward' or 'double_vjp'")
+            raise ValueError(
+                "method='fd' is for the spectral penalty; the Frobenius penalty takes 'forward' or 'double_vjp'"
+            )
         if fd_step is not None and not 0 < float(fd_step) < 1:
             raise ValueError(f"fd_step must be in (0, 1), got {fd_step}")
-        if int(every) < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        if schedule is None:
+            schedule = PenaltySchedule(int(every), bool(alternate), bool(hold))
+        elif (every, alternate, hold) != (1, False, False):
+            raise ValueError("give either schedule=PenaltySchedule(…) or every/alternate/hold")
+        self.schedule = schedule
         self.kind = kind
         self.lambda_ja = _check_lambda("lambda_ja", lambda_ja)
         self.lambda_j = _check_lambda("lambda_j", lambda_j)
         self.n_iter, self.n_proj, self.method = int(n_iter), int(n_proj), method
-        self.every, self.gamma = int(every), float(gamma)
+        self.gamma = float(gamma)
         self.warm_start_vectors = warm_start_vectors
         if samples is not None and (int(samples) < 1 or kind != "spectral"):
             raise ValueError(f"samples must be >= 1 and needs kind='spectral', got {samples}")
         self.samples = None if samples is None else int(samples)
-        self.alternate = bool(alternate)
         self.fd_step = None if fd_step is None else float(fd_step)
         self.recompute = bool(recompute)
-        self.hold = bool(hold)
+
+    @property
+    def every(self) -> int:
+        return self.schedule.every
+
+    @property
+    def alternate(self) -> bool:
+        return self.schedule.alternate
+
+    @property
+    def hold(self) -> bool:
+        return self.schedule.hold
 
     @property
     def terms(self) -> list[str]:
@@ -135,9 +218,17 @@ class JacobianPenalty:
         """Weight of a penalised step: ``every`` (1 with ``hold``), × 2 with ``alternate``."""
         return (1 if self.hold else self.every) * (2 if self.alternate and len(self.terms) == 2 else 1)
 
-    def __call__(self, f, y: torch.Tensor, A=None, step: int | None = None,
-                 v0: dict | None = None, generator: torch.Generator | None = None,
-                 priority: torch.Tensor | None = None, index: torch.Tensor | None = None):
+    def __call__(
+        self,
+        f: Network | torch.nn.Module,
+        y: torch.Tensor,
+        A: Operator = None,
+        step: int | None = None,
+        v0: dict | None = None,
+        generator: torch.Generator | None = None,
+        priority: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ):
         """``(out, penalty, stats)``; ``f`` is a callable ``y -> x̂`` or a module with
         ``as_function(A)``.  With ``samples`` set, ``stats["index"]`` lists the samples whose
         σ and vectors ``stats`` holds (in that order); ``priority`` ``(B,)`` ranks them.
@@ -146,18 +237,19 @@ class JacobianPenalty:
         module = f if callable(getattr(f, "as_function", None)) else None
         fn = module.as_function(A) if module is not None else f
         if not self.active(step):
-            return fn(y), y.new_zeros((), dtype=y.real.dtype), {}
+            return fn(y), y.new_zeros((), dtype=y.real.dtype), PenaltyStats()
         terms = self.terms_at(step)
         B = y.shape[0]
         subset = self.samples is not None and self.samples < B
         if subset and module is None:
-            raise ValueError("JacobianPenalty(samples=…) needs a module with as_function(A) "
-                             "(a Reconstructor), not a plain callable")
+            raise ValueError(
+                "JacobianPenalty(samples=…) needs a module with as_function(A) (a Reconstructor), not a plain callable"
+            )
         if index is not None and self.method != "fd":
             raise ValueError("JacobianPenalty(index=…) needs method='fd'")
         if self.method == "fd":
             if index is None and subset:
-                index = self._order(y, priority)[:self.samples]
+                index = self._order(y, priority)[: self.samples]
             return self._fd(module, fn, y, A, terms, v0, generator, index)
         if subset:
             return self._subset(module, y, A, terms, v0, generator, priority)
@@ -168,8 +260,7 @@ class JacobianPenalty:
         B = y.shape[0]
         if priority is None:
             return torch.arange(B, device=y.device)  # the loader already shuffled the batch
-        return torch.argsort(torch.as_tensor(priority, device=y.device).reshape(B),
-                             descending=True)
+        return torch.argsort(torch.as_tensor(priority, device=y.device).reshape(B), descending=True)
 
     def _fd(self, module, fn, y, A, terms, v0, generator, idx):
         check_fd_network(module if module is not None else fn)
@@ -178,16 +269,28 @@ class JacobianPenalty:
         if v0 is not None:
             vs = [v0.get(f"v_{t}") for t in terms]
             vs = [None if v is None else (v if idx is None else v[idx]) for v in vs]
-        cold = v0 is None or any(v is None for v in vs) or (
-            v0.get("cold") is not None and bool(v0["cold"].reshape(-1)[
-                slice(None) if idx is None else idx].any()))
+        cold = (
+            v0 is None
+            or any(v is None for v in vs)
+            or (v0.get("cold") is not None and bool(v0["cold"].reshape(-1)[slice(None) if idx is None else idx].any()))
+        )
         # a first visit starts from one exact iteration: as good as forward mode's n = 1
         n_pre = max(self.n_iter - 1, 1 if cold else 0)
-        stats: dict = {}
+        stats = PenaltyStats()
         out, surr, sig = fd_power_step(
-            make_fn, y, A, [t == "ja" for t in terms], idx, vs, self.fd_step, n_pre, generator,
-            sink=stats if self.warm_start_vectors else None, names=[f"v_{t}" for t in terms],
-            recompute=self.recompute)
+            make_fn,
+            y,
+            A,
+            [t == "ja" for t in terms],
+            idx,
+            vs,
+            self.fd_step,
+            n_pre,
+            generator,
+            sink=stats if self.warm_start_vectors else None,
+            names=[f"v_{t}" for t in terms],
+            recompute=self.recompute,
+        )
         for k, t in enumerate(terms):
             stats[f"sigma_{t}"] = sig[k]
             # value max_b σ̂_b; the other copies get a gradient of weight OTHERS_WEIGHT so that
@@ -205,8 +308,7 @@ class JacobianPenalty:
         sub = lambda op, i: None if op is None else op.select(i)  # noqa: E731
         A_idx = sub(A, idx)
         v0_idx = None if v0 is None else {n: v[idx] for n, v in v0.items() if v is not None}
-        out_idx, pen, stats = self._full(module.as_function(A_idx), y[idx], A_idx, terms,
-                                         v0_idx, generator)
+        out_idx, pen, stats = self._full(module.as_function(A_idx), y[idx], A_idx, terms, v0_idx, generator)
         out_rest = module.as_function(sub(A, rest))(y[rest])
         inv = torch.empty_like(order)
         inv[order] = torch.arange(B, device=order.device)
@@ -215,21 +317,27 @@ class JacobianPenalty:
 
     def _full(self, f, y, A, terms, v0, generator):
         ops = [A if t == "ja" else None for t in terms]
-        stats = {}
+        stats = PenaltyStats()
         if self.kind == "spectral":
             vs = None if v0 is None else [v0.get(f"u_{t}") for t in terms]
-            out, sig, vec = power_iteration(f, y, ops, self.n_iter, self.method, vs,
-                                            create_graph=True,
-                                            return_vectors=self.warm_start_vectors,
-                                            generator=generator)
+            out, sig, vec = power_iteration(
+                f,
+                y,
+                ops,
+                self.n_iter,
+                self.method,
+                vs,
+                create_graph=True,
+                return_vectors=self.warm_start_vectors,
+                generator=generator,
+            )
             for k, t in enumerate(terms):
                 stats[f"sigma_{t}"] = sig[k].detach()
                 stats[f"term_{t}"] = sig[k].max()
                 if vec is not None:
                     stats[f"u_{t}"] = vec[k]
         else:
-            out, sq = frobenius_terms(f, y, ops, self.n_proj, self.method, create_graph=True,
-                                      generator=generator)
+            out, sq = frobenius_terms(f, y, ops, self.n_proj, self.method, create_graph=True, generator=generator)
             for k, t in enumerate(terms):
                 stats[f"fro_{t}"] = sq[k].detach()
                 stats[f"term_{t}"] = sq[k].sum()
@@ -263,67 +371,3 @@ class JacobianPenalty:
     def load_state_dict(self, state: dict) -> None:
         self.lambda_ja = _check_lambda("lambda_ja", state["lambda_ja"])
         self.lambda_j = _check_lambda("lambda_j", state["lambda_j"])
-
-
-def _weight_layers(model: nn.Module):
-    for name, mod in model.named_modules():
-        w = getattr(mod, "weight", None)
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)) \
-                and isinstance(w, torch.Tensor) and w.requires_grad:
-            yield name, mod
-
-
-def weight_decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
-    """``λ Σ ||W||²`` over the weights of convolutional and linear layers (not biases/norms)."""
-    total = sum(mod.weight.pow(2).sum() for _, mod in _weight_layers(model))
-    return lam * total if torch.is_tensor(total) else torch.zeros(())
-
-
-class WeightSpectralPenalty:
-    """Spectral-norm regularization of the weights (Yoshida & Miyato 2017).
-
-    ``(λ/2) Σ_l σ(W_l)²`` with ``σ(W_l)`` the largest singular value of layer ``l``'s weight
-    reshaped to ``(out, in·k·k)`` (``(in, out·k·k)`` for transposed convolutions), estimated by
-    ``n_iter`` power iterations per step with vectors kept between steps.
-    """
-
-    def __init__(self, model: nn.Module, lam: float, n_iter: int = 1, seed: int = 0):
-        self.lam, self.n_iter = float(lam), int(n_iter)
-        self.layers = dict(_weight_layers(model))
-        g = torch.Generator().manual_seed(seed)
-        self.u = {}
-        for name, mod in self.layers.items():
-            W = self._matrix(mod)
-            self.u[name] = nn.functional.normalize(
-                torch.randn(W.shape[0], generator=g, dtype=W.dtype), dim=0).to(W.device)
-
-    @staticmethod
-    def _matrix(mod):
-        w = mod.weight
-        if isinstance(mod, nn.ConvTranspose2d):
-            w = w.transpose(0, 1)
-        return w.reshape(w.shape[0], -1)
-
-    def sigmas(self) -> dict[str, torch.Tensor]:
-        """Differentiable ``σ(W_l)`` per layer (updates the stored vectors)."""
-        out = {}
-        for name, mod in self.layers.items():
-            W = self._matrix(mod)
-            u = self.u[name].to(W.device, W.dtype)
-            with torch.no_grad():
-                for _ in range(self.n_iter):
-                    v = nn.functional.normalize(W.T @ u, dim=0)
-                    u = nn.functional.normalize(W @ v, dim=0)
-            self.u[name] = u
-            out[name] = u @ W @ v
-        return out
-
-    def __call__(self) -> torch.Tensor:
-        s = self.sigmas()
-        return 0.5 * self.lam * sum(x.pow(2) for x in s.values())
-
-    def state_dict(self) -> dict:
-        return {"u": {k: v.cpu() for k, v in self.u.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.u = dict(state["u"])

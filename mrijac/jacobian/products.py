@@ -6,12 +6,13 @@ convolutions, per-sample normalisation); then one batched product gives every sa
 real-linear directional derivative and ``vjp`` the real-view transpose ``Jᵀu`` packed back
 as a complex tensor (PyTorch's conjugate-Wirtinger convention does exactly this).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .vectors import randn_like, to_real
+from .vectors import Network, randn_like, to_real
 
 METHODS = ("forward", "double_vjp")
 
@@ -24,13 +25,14 @@ def check_method(method: str) -> None:
 def third_order_hint(err: RuntimeError) -> RuntimeError:
     msg = str(err)
     if "3rd+ order" in msg or "double backward" in msg.lower():
-        return RuntimeError(f"{msg}\nThis network cannot be differentiated three times "
-                            "(InstanceNorm/BatchNorm): use method='forward' (forward-mode AD).")
+        return RuntimeError(
+            f"{msg}\nThis network cannot be differentiated three times "
+            "(InstanceNorm/BatchNorm): use method='forward' (forward-mode AD)."
+        )
     return err
 
 
-def jvp(f, y: torch.Tensor, v: torch.Tensor, method: str = "forward",
-        create_graph: bool = False):
+def jvp(f: Network, y: torch.Tensor, v: torch.Tensor, method: str = "forward", create_graph: bool = False):
     """``(f(y), J(y) v)`` for a batch.
 
     Args:
@@ -70,8 +72,13 @@ def jvp(f, y: torch.Tensor, v: torch.Tensor, method: str = "forward",
     return out, t
 
 
-def vjp(f, y: torch.Tensor, u: torch.Tensor | None = None, create_graph: bool = False,
-        generator: torch.Generator | None = None):
+def vjp(
+    f: Network,
+    y: torch.Tensor,
+    u: torch.Tensor | None = None,
+    create_graph: bool = False,
+    generator: torch.Generator | None = None,
+):
     """``(f(y), J(y)ᵀ u)`` for a batch.
 
     ``u`` has the output's shape and dtype; ``None`` draws a standard normal ``u`` (from
@@ -92,7 +99,7 @@ def vjp(f, y: torch.Tensor, u: torch.Tensor | None = None, create_graph: bool = 
     return out, g, u
 
 
-def explicit_jacobian(f, y: torch.Tensor) -> torch.Tensor:
+def explicit_jacobian(f: Network, y: torch.Tensor) -> torch.Tensor:
     """Real-view Jacobian per sample, ``(B, out_dim, in_dim)`` (for checks on small problems).
 
     A complex input or output counts as its real view ``(…, 2)`` flattened (re, im

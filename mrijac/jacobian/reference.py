@@ -16,6 +16,7 @@ residual guarantees a singular value of ``J A`` within ``residual·σ₁`` of th
 converges to the *top* one at a rate governed by the gap relative to the spread of the
 spectrum, far faster than power iteration's ``(σ₂/σ₁)^{2k}`` on a flat top.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .products import jvp, third_order_hint
-from .vectors import adjoint_op, apply_op, normalize, random_input, to_real
+from .vectors import Network, Operator, adjoint_op, apply_op, normalize, random_input, to_real
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ReferenceSigma:
             measurement space when ``A`` is ``None``) — a warm start for the next call.
         u: ``(B, …)`` unit left singular vector in the output space of ``f``.
     """
+
     sigma: torch.Tensor
     residual: torch.Tensor
     converged: torch.Tensor
@@ -50,8 +52,7 @@ class ReferenceSigma:
 def _dots(a: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
     """Real inner products ``⟨basis_j[b], a[b]⟩`` as ``(B, k)`` float64."""
     ar = to_real(a).reshape(a.shape[0], -1).double()
-    return torch.stack([(to_real(q).reshape(q.shape[0], -1).double() * ar).sum(1)
-                        for q in basis], 1)
+    return torch.stack([(to_real(q).reshape(q.shape[0], -1).double() * ar).sum(1) for q in basis], 1)
 
 
 def _orthogonalize(a: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
@@ -70,10 +71,16 @@ def _combine(basis: list[torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
     return sum(c[:, j].view(_bshape(q)) * q for j, q in enumerate(basis))
 
 
-def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int = 60,
-                    v0: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None,
-                    stall_tol: float | None = None) -> ReferenceSigma:
+def reference_sigma(
+    f: Network,
+    y: torch.Tensor,
+    A: Operator = None,
+    tol: float = 1e-3,
+    max_iter: int = 60,
+    v0: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    stall_tol: float | None = None,
+) -> ReferenceSigma:
     """Converged ``σ_b = ‖J_f(y_b) A_b‖₂`` per sample by Lanczos bidiagonalization.
 
     Args:
@@ -156,16 +163,18 @@ def reference_sigma(f, y: torch.Tensor, A=None, tol: float = 1e-3, max_iter: int
         sigma = S[:, 0]
         resid = b * P[:, -1, 0].abs() / sigma.clamp_min(1e-300)
         history.append(sigma)
-        stalled = (history[-1] - history[-4]) <= stall_tol * history[-1] if k >= 4 else \
-            torch.zeros_like(resid, dtype=torch.bool)
+        stalled = (
+            (history[-1] - history[-4]) <= stall_tol * history[-1]
+            if k >= 4
+            else torch.zeros_like(resid, dtype=torch.bool)
+        )
         if bool(((resid <= tol) | stalled).all()):
             break
         if k < max_iter:
             V.append(g / nb.clamp_min(1e-300).to(g.real.dtype).view(_bshape(g)))
     v_top = normalize(_combine(V[:k], Q[:, :, 0]))
     u_top = normalize(_combine(U, P[:, :, 0]))
-    return ReferenceSigma(sigma.detach(), resid.detach(), (resid <= tol).detach(), k,
-                          v_top.detach(), u_top.detach())
+    return ReferenceSigma(sigma.detach(), resid.detach(), (resid <= tol).detach(), k, v_top.detach(), u_top.detach())
 
 
 def _bshape(a: torch.Tensor) -> tuple:

@@ -1,10 +1,17 @@
 """Vectors of the Jacobian tools: real views, random and unit vectors per sample, operator
 application where ``None`` stands for the identity (the model-agnostic ``‖J‖`` terms)."""
+
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from ..operators.base import batch_norm2
+
+if TYPE_CHECKING:
+    from ..operators.base import LinearOperator
 
 
 def to_real(t: torch.Tensor) -> torch.Tensor:
@@ -40,3 +47,9 @@ def random_input(op, y: torch.Tensor, generator=None) -> torch.Tensor:
     with torch.no_grad():
         like = y if op is None else op.adjoint(y)
     return randn_like(like, generator)
+
+
+# Types of the Jacobian tools' arguments: a network on a batch, and a forward operator (or
+# ``None`` for the identity, i.e. the model-agnostic ‖J‖ terms).
+Network = Callable[[torch.Tensor], torch.Tensor]
+Operator = Optional["LinearOperator"]

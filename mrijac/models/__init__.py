@@ -1,4 +1,5 @@
 """Reconstruction networks and the measurement-to-image wrapper."""
+
 from __future__ import annotations
 
 from fastmri.models import Unet
@@ -15,8 +16,7 @@ MODELS = ("unet", "dncnn", "varnet", "fcnet", "edsr", "wdsr")
 
 def build_network(name: str, **kwargs):
     """Network by name: ``unet`` (fastmri's Unet), ``dncnn``, ``fcnet``, ``edsr``, ``wdsr``."""
-    table = {"unet": Unet, "dncnn": DnCNN, "fcnet": FCNet, "edsr": EDSR, "wdsr": WDSR,
-             "varnet": VarNetReconstructor}
+    table = {"unet": Unet, "dncnn": DnCNN, "fcnet": FCNet, "edsr": EDSR, "wdsr": WDSR, "varnet": VarNetReconstructor}
     if name not in table:
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
     try:
@@ -25,6 +25,16 @@ def build_network(name: str, **kwargs):
         raise ValueError(f"bad arguments for model {name!r}: {err}") from None
 
 
-__all__ = ["Unet", "DnCNN", "FCNet", "EDSR", "WDSR", "Reconstructor", "VarNetReconstructor",
-           "build_network",
-           "center_crop", "safe_abs", "MODELS"]
+__all__ = [
+    "Unet",
+    "DnCNN",
+    "FCNet",
+    "EDSR",
+    "WDSR",
+    "Reconstructor",
+    "VarNetReconstructor",
+    "build_network",
+    "center_crop",
+    "safe_abs",
+    "MODELS",
+]

@@ -1,4 +1,5 @@
 """DnCNN (Zhang et al. 2017): conv-ReLU, (conv-BN-ReLU) × (depth-2), conv; residual output."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -17,8 +18,15 @@ class DnCNN(nn.Module):
         residual: predict the residual (DnCNN) or the image itself.
     """
 
-    def __init__(self, in_chans: int = 1, out_chans: int = 1, depth: int = 17,
-                 features: int = 64, batchnorm: bool = True, residual: bool = True):
+    def __init__(
+        self,
+        in_chans: int = 1,
+        out_chans: int = 1,
+        depth: int = 17,
+        features: int = 64,
+        batchnorm: bool = True,
+        residual: bool = True,
+    ):
         super().__init__()
         if depth < 2:
             raise ValueError(f"DnCNN depth must be >= 2, got {depth}")

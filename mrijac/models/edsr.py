@@ -1,4 +1,5 @@
 """EDSR baseline (Lim et al. 2017) for super-resolution."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,9 @@ from torch import nn
 class ResBlock(nn.Module):
     def __init__(self, feats: int, res_scale: float = 1.0):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(feats, feats, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(feats, feats, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(feats, feats, 3, padding=1), nn.ReLU(), nn.Conv2d(feats, feats, 3, padding=1)
+        )
         self.res_scale = res_scale
 
     def forward(self, x):
@@ -36,12 +38,14 @@ class EDSR(nn.Module):
     Baseline size: 16 blocks, 64 features, ``res_scale`` 1.  ``(B, C, h, w) -> (B, C, s·h, s·w)``.
     """
 
-    def __init__(self, scale: int = 2, n_colors: int = 1, n_resblocks: int = 16,
-                 n_feats: int = 64, res_scale: float = 1.0):
+    def __init__(
+        self, scale: int = 2, n_colors: int = 1, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0
+    ):
         super().__init__()
         self.head = nn.Conv2d(n_colors, n_feats, 3, padding=1)
-        self.body = nn.Sequential(*[ResBlock(n_feats, res_scale) for _ in range(n_resblocks)],
-                                  nn.Conv2d(n_feats, n_feats, 3, padding=1))
+        self.body = nn.Sequential(
+            *[ResBlock(n_feats, res_scale) for _ in range(n_resblocks)], nn.Conv2d(n_feats, n_feats, 3, padding=1)
+        )
         self.tail = nn.Sequential(upsampler(n_feats, scale), nn.Conv2d(n_feats, n_colors, 3, padding=1))
 
     def forward(self, x):

@@ -1,4 +1,5 @@
 """The paper's fully connected network for Gaussian compressed sensing."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -13,8 +14,7 @@ class FCNet(nn.Module):
     def __init__(self, q: int, p: int, hidden: int | None = None):
         super().__init__()
         h = hidden or p
-        self.net = nn.Sequential(nn.Linear(q, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-                                 nn.Linear(h, p))
+        self.net = nn.Sequential(nn.Linear(q, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, p))
 
     def forward(self, y):
         return self.net(y)

@@ -3,6 +3,7 @@
 The Jacobian penalties differentiate this whole map (input transform, normalisation,
 network, output transform), so ``J(y)`` is the Jacobian of what the user actually gets.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,13 +45,22 @@ class Reconstructor(nn.Module):
             output channels.
     """
 
-    def __init__(self, net: nn.Module, input: str = "adjoint", complex_to: str = "channels",
-                 crop: tuple[int, int] | None = None, normalize: bool = True,
-                 output: str = "magnitude", residual: bool = False):
+    def __init__(
+        self,
+        net: nn.Module,
+        input: str = "adjoint",
+        complex_to: str = "channels",
+        crop: tuple[int, int] | None = None,
+        normalize: bool = True,
+        output: str = "magnitude",
+        residual: bool = False,
+    ):
         super().__init__()
-        for name, val, ok in (("input", input, ("adjoint", "measurement")),
-                              ("complex_to", complex_to, ("channels", "magnitude")),
-                              ("output", output, ("magnitude", "identity"))):
+        for name, val, ok in (
+            ("input", input, ("adjoint", "measurement")),
+            ("complex_to", complex_to, ("channels", "magnitude")),
+            ("output", output, ("magnitude", "identity")),
+        ):
             if val not in ok:
                 raise ValueError(f"Reconstructor {name} must be one of {ok}, got {val!r}")
         self.net, self.input, self.complex_to = net, input, complex_to

@@ -5,6 +5,7 @@ The unrolled network takes the masked k-space ``y`` and the mask of the operator
 differentiate the whole unrolled map ``y -> x̂``: data-consistency steps, refinement U-Nets and
 the sensitivity network.  Column (Cartesian) masks only, as in fastMRI.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,15 @@ class VarNetReconstructor(nn.Module):
         crop: output size ``(h, w)``; the rest are VarNet's (cascades, channels, pools).
     """
 
-    def __init__(self, crop: tuple[int, int] | None = None, num_cascades: int = 12,
-                 chans: int = 18, pools: int = 4, sens_chans: int = 8, sens_pools: int = 4):
+    def __init__(
+        self,
+        crop: tuple[int, int] | None = None,
+        num_cascades: int = 12,
+        chans: int = 18,
+        pools: int = 4,
+        sens_chans: int = 8,
+        sens_pools: int = 4,
+    ):
         super().__init__()
         self.net = VarNet(num_cascades, sens_chans, sens_pools, chans, pools)
         self.crop = tuple(crop) if crop is not None else None
@@ -34,8 +42,7 @@ class VarNetReconstructor(nn.Module):
             raise ValueError("VarNetReconstructor needs the MRI operator A (for its mask)")
         mask = A.mask
         if mask.shape[-2] != 1:
-            raise ValueError("VarNet needs column (Cartesian) masks, got a 2-D mask of shape "
-                             f"{tuple(mask.shape)}")
+            raise ValueError(f"VarNet needs column (Cartesian) masks, got a 2-D mask of shape {tuple(mask.shape)}")
         k = y if y.dim() == 4 else y[:, None]
         B, W = k.shape[0], k.shape[-1]
         m = expand_batch(mask, B).expand(B, 1, W).reshape(B, 1, 1, W, 1).bool()

@@ -7,6 +7,7 @@ vectors of twice the length, so the adjoint is taken with respect to the real in
 ``<a, b> = Re sum(conj(a) * b)``, which for complex-linear operators equals the usual
 Hermitian adjoint.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -95,8 +96,9 @@ class LinearOperator:
         raise NotImplementedError
 
     @classmethod
-    def example(cls, batch: int, generator: torch.Generator,
-                dtype=torch.float64) -> "LinearOperator":  # pragma: no cover - abstract
+    def example(
+        cls, batch: int, generator: torch.Generator, dtype=torch.float64
+    ) -> "LinearOperator":  # pragma: no cover - abstract
         raise NotImplementedError
 
     # --- shared behaviour ------------------------------------------------------------------
@@ -107,8 +109,9 @@ class LinearOperator:
         """``Aᴴ A x``."""
         return self.adjoint(self.forward(x))
 
-    def random_input(self, batch: int | None = None, generator: torch.Generator | None = None,
-                     dtype=torch.float32, device=None) -> torch.Tensor:
+    def random_input(
+        self, batch: int | None = None, generator: torch.Generator | None = None, dtype=torch.float32, device=None
+    ) -> torch.Tensor:
         """Standard normal input of shape ``(batch, *in_shape)`` (complex if the operator is)."""
         batch = self.batch_size if batch is None else batch
         shape = (batch, *self.in_shape)
@@ -120,8 +123,9 @@ class LinearOperator:
         return x.to(device) if device is not None else x
 
     @torch.no_grad()
-    def opnorm(self, n_iter: int = 50, generator: torch.Generator | None = None,
-               dtype=None, device=None) -> torch.Tensor:
+    def opnorm(
+        self, n_iter: int = 50, generator: torch.Generator | None = None, dtype=None, device=None
+    ) -> torch.Tensor:
         """Largest singular value ``||A||₂`` per sample by power iteration on ``Aᴴ A``.
 
         Returns a ``(batch_size,)`` real tensor (one value for a shared operator).
@@ -129,8 +133,9 @@ class LinearOperator:
         ref = self._reference_tensor()
         dtype = dtype or (ref.real.dtype if ref is not None else torch.float32)
         device = device or (ref.device if ref is not None else None)
-        x = self.random_input(generator=generator, dtype=torch.float64 if dtype == torch.float64
-                              else torch.float32).to(device)
+        x = self.random_input(generator=generator, dtype=torch.float64 if dtype == torch.float64 else torch.float32).to(
+            device
+        )
         x = x / batch_norm2(x).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
         for _ in range(max(1, n_iter)):
             z = self.normal(x)

@@ -1,4 +1,5 @@
 """Gaussian compressed sensing: ``y = A x`` with i.i.d. ``N(0, 1/q)`` entries."""
+
 from __future__ import annotations
 
 import torch
@@ -16,13 +17,19 @@ class GaussianCS(LinearOperator):
 
     complex_input = False
 
-    def __init__(self, q: int | None = None, p: int | None = None, seed: int = 0,
-                 matrix: torch.Tensor | None = None, dtype=torch.float32):
+    def __init__(
+        self,
+        q: int | None = None,
+        p: int | None = None,
+        seed: int = 0,
+        matrix: torch.Tensor | None = None,
+        dtype=torch.float32,
+    ):
         if matrix is None:
             if q is None or p is None or q < 1 or p < 1:
                 raise ValueError(f"GaussianCS needs positive q and p, got q={q}, p={p}")
             g = torch.Generator().manual_seed(int(seed))
-            matrix = torch.randn(q, p, generator=g, dtype=torch.float64) / q ** 0.5
+            matrix = torch.randn(q, p, generator=g, dtype=torch.float64) / q**0.5
             matrix = matrix.to(dtype)
         if matrix.dim() == 2:
             matrix = matrix[None]
@@ -70,4 +77,4 @@ class GaussianCS(LinearOperator):
 
     @classmethod
     def example(cls, batch, generator, dtype=torch.float64):
-        return cls(matrix=torch.randn(batch, 5, 9, generator=generator, dtype=dtype) / 5 ** 0.5)
+        return cls(matrix=torch.randn(batch, 5, 9, generator=generator, dtype=dtype) / 5**0.5)

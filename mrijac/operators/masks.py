@@ -5,33 +5,37 @@ Cartesian column masks (phase encoding along the last axis) come from
 the 1-D Gaussian variable-density mask is ours.  All return a float32 tensor: ``(W,)`` for
 column masks, ``(H, W)`` for 2-D masks.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from fastmri.data import subsample
 
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction",
-              "poisson", "gaussian1d")
-COLUMN_MASKS = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction",
-                "gaussian1d")
+MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction", "poisson", "gaussian1d")
+COLUMN_MASKS = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction", "gaussian1d")
 
 
-def check_mask_params(acceleration: float, center_fraction: float | None = None,
-                      num_cols: int | None = None) -> None:
+def check_mask_params(acceleration: float, center_fraction: float | None = None, num_cols: int | None = None) -> None:
     """Raise ``ValueError`` for an acceleration < 1 or a centre fraction outside (0, 1]."""
     if not np.isfinite(acceleration) or acceleration < 1:
         raise ValueError(f"acceleration must be >= 1, got {acceleration}")
     if center_fraction is not None and not (0 < center_fraction <= 1):
         raise ValueError(f"center_fraction must be in (0, 1], got {center_fraction}")
-    if center_fraction is not None and num_cols is not None and \
-            round(num_cols * center_fraction) > num_cols / acceleration + 1e-9:
-        raise ValueError(f"center_fraction {center_fraction} samples more than 1/acceleration "
-                         f"= 1/{acceleration} of the {num_cols} columns")
+    if (
+        center_fraction is not None
+        and num_cols is not None
+        and round(num_cols * center_fraction) > num_cols / acceleration + 1e-9
+    ):
+        raise ValueError(
+            f"center_fraction {center_fraction} samples more than 1/acceleration "
+            f"= 1/{acceleration} of the {num_cols} columns"
+        )
 
 
-def fastmri_mask(kind: str, num_cols: int, center_fraction: float, acceleration: int,
-                 seed: int | None = None, num_rows: int = 1) -> tuple[torch.Tensor, int]:
+def fastmri_mask(
+    kind: str, num_cols: int, center_fraction: float, acceleration: int, seed: int | None = None, num_rows: int = 1
+) -> tuple[torch.Tensor, int]:
     """A fastMRI column mask ``(W,)`` and its number of low-frequency lines.
 
     ``kind``: ``random`` (RandomMaskFunc), ``equispaced`` (EquiSpacedMaskFunc),
@@ -44,8 +48,13 @@ def fastmri_mask(kind: str, num_cols: int, center_fraction: float, acceleration:
     return mask.reshape(num_cols).to(torch.float32), int(num_low)
 
 
-def gaussian1d_mask(num_cols: int, acceleration: float, center_fraction: float = 0.08,
-                    sigma: float | None = None, seed: int | None = None) -> torch.Tensor:
+def gaussian1d_mask(
+    num_cols: int,
+    acceleration: float,
+    center_fraction: float = 0.08,
+    sigma: float | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
     """1-D Gaussian variable-density column mask ``(W,)``.
 
     The ``round(W·center_fraction)`` central columns are always sampled; the remaining
@@ -58,10 +67,10 @@ def gaussian1d_mask(num_cols: int, acceleration: float, center_fraction: float =
     n_center = int(round(num_cols * center_fraction))
     mask = np.zeros(num_cols, dtype=np.float32)
     c0 = (num_cols - n_center + 1) // 2
-    mask[c0:c0 + n_center] = 1
+    mask[c0 : c0 + n_center] = 1
     k = np.arange(num_cols) - num_cols // 2
     s = num_cols / 6 if sigma is None else sigma
-    p = np.exp(-k**2 / (2 * s**2)) * (1 - mask)
+    p = np.exp(-(k**2) / (2 * s**2)) * (1 - mask)
     n_rest = max(0, n_total - n_center)
     if n_rest:
         idx = rng.choice(num_cols, size=n_rest, replace=False, p=p / p.sum())
@@ -69,8 +78,14 @@ def gaussian1d_mask(num_cols: int, acceleration: float, center_fraction: float =
     return torch.from_numpy(mask)
 
 
-def poisson_mask(shape: tuple[int, int], acceleration: float, calib: tuple[int, int] = (16, 16),
-                 seed: int = 0, tol: float = 0.1, max_steps: int = 60) -> torch.Tensor:
+def poisson_mask(
+    shape: tuple[int, int],
+    acceleration: float,
+    calib: tuple[int, int] = (16, 16),
+    seed: int = 0,
+    tol: float = 0.1,
+    max_steps: int = 60,
+) -> torch.Tensor:
     """2-D variable-density Poisson-disc mask ``(H, W)`` (sigpy's sampler).
 
     The same algorithm as ``sigpy.mri.poisson`` (bisection on the density slope around
@@ -79,6 +94,7 @@ def poisson_mask(shape: tuple[int, int], acceleration: float, calib: tuple[int, 
     (seen on small images); then the mask closest to the acceleration is returned.
     """
     from sigpy.mri.samp import _poisson
+
     check_mask_params(acceleration)
     ny, nx = shape
     y, x = np.mgrid[:ny, :nx]
@@ -86,7 +102,7 @@ def poisson_mask(shape: tuple[int, int], acceleration: float, calib: tuple[int, 
     x /= max(x.max(), 1e-12)
     y = np.maximum(abs(y - ny / 2) - calib[-2] / 2, 0)
     y /= max(y.max(), 1e-12)
-    r = np.sqrt(x ** 2 + y ** 2)
+    r = np.sqrt(x**2 + y**2)
     lo, hi = 0.0, float(max(nx, ny))
     best, best_err = None, np.inf
     seed = int(seed if seed is not None else 0)
@@ -108,9 +124,14 @@ def poisson_mask(shape: tuple[int, int], acceleration: float, calib: tuple[int, 
     return torch.from_numpy(np.ascontiguousarray(np.abs(best).reshape(shape)).astype(np.float32))
 
 
-def make_mask(kind: str, shape: tuple[int, int], acceleration: float,
-              center_fraction: float = 0.08, seed: int | None = None,
-              calib: int | None = None) -> torch.Tensor:
+def make_mask(
+    kind: str,
+    shape: tuple[int, int],
+    acceleration: float,
+    center_fraction: float = 0.08,
+    seed: int | None = None,
+    calib: int | None = None,
+) -> torch.Tensor:
     """Dispatch on ``kind`` (one of :data:`MASK_TYPES`); returns ``(W,)`` or ``(H, W)``."""
     H, W = shape
     if kind in ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"):

@@ -4,6 +4,7 @@
 (fastmri works on real views with a trailing dimension of 2).  Masks select phase-encode
 columns along the last axis; a mask is broadcastable to ``(B, H, W)``.
 """
+
 from __future__ import annotations
 
 import fastmri
@@ -125,17 +126,19 @@ class MultiCoilMRI(LinearOperator):
         if sens_maps.dim() == 3:
             sens_maps = sens_maps[None]
         if sens_maps.dim() != 4 or not sens_maps.is_complex():
-            raise ValueError("sens_maps must be a complex tensor of shape (B, C, H, W), "
-                             f"got {tuple(sens_maps.shape)} {sens_maps.dtype}")
+            raise ValueError(
+                "sens_maps must be a complex tensor of shape (B, C, H, W), "
+                f"got {tuple(sens_maps.shape)} {sens_maps.dtype}"
+            )
         self.sens_maps = sens_maps
         self.mask = as_mask(mask)
         H, W = sens_maps.shape[-2:]
         if self.mask.shape[-1] != W or self.mask.shape[-2] not in (1, H):
-            raise ValueError(f"mask of shape {tuple(self.mask.shape)} does not fit coil maps "
-                             f"of shape {tuple(sens_maps.shape)}")
+            raise ValueError(
+                f"mask of shape {tuple(self.mask.shape)} does not fit coil maps of shape {tuple(sens_maps.shape)}"
+            )
         if self.mask.shape[0] not in (1, sens_maps.shape[0]) and sens_maps.shape[0] != 1:
-            raise ValueError(f"mask batch {self.mask.shape[0]} and coil-map batch "
-                             f"{sens_maps.shape[0]} differ")
+            raise ValueError(f"mask batch {self.mask.shape[0]} and coil-map batch {sens_maps.shape[0]} differ")
 
     @property
     def batch_size(self):
@@ -154,8 +157,7 @@ class MultiCoilMRI(LinearOperator):
 
     def _params(self, t):
         B = t.shape[0]
-        return (expand_batch(self.mask, B).to(t.real.dtype)[:, None],
-                expand_batch(self.sens_maps, B))
+        return (expand_batch(self.mask, B).to(t.real.dtype)[:, None], expand_batch(self.sens_maps, B))
 
     def forward(self, x):
         m, S = self._params(x)
@@ -173,8 +175,7 @@ class MultiCoilMRI(LinearOperator):
         cdtype = None
         if dtype is not None:
             cdtype = {torch.float64: torch.complex128, torch.float32: torch.complex64}.get(dtype, dtype)
-        return MultiCoilMRI(self.mask.to(device=device, dtype=dtype),
-                            self.sens_maps.to(device=device, dtype=cdtype))
+        return MultiCoilMRI(self.mask.to(device=device, dtype=dtype), self.sens_maps.to(device=device, dtype=cdtype))
 
     def select(self, index):
         mask = self.mask if self.mask.shape[0] == 1 else self.mask[index]

@@ -1,4 +1,5 @@
 """Measurement noise models."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,9 @@ import torch
 from .base import batch_norm2
 
 
-def sphere_noise(like: torch.Tensor, eps: float | torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def sphere_noise(
+    like: torch.Tensor, eps: float | torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Noise uniform on the ℓ2 sphere of radius ``eps`` per sample (the paper's ``||n||₂ = ε``).
 
     ``like``: ``(B, …)`` real or complex (complex = real vector of twice the length).
@@ -23,8 +25,7 @@ def sphere_noise(like: torch.Tensor, eps: float | torch.Tensor,
     return z * scale.view(-1, *[1] * (like.dim() - 1))
 
 
-def complex_gaussian_noise(like: torch.Tensor, sigma: float,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def complex_gaussian_noise(like: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Circular complex Gaussian noise with ``E|n_i|² = σ²`` (σ/√2 per real component).
 
     For a real ``like`` this is real Gaussian noise of standard deviation σ.
@@ -36,8 +37,9 @@ def complex_gaussian_noise(like: torch.Tensor, sigma: float,
     return (torch.randn(like.shape, generator=generator, dtype=rdtype) * sigma).to(like.device)
 
 
-def add_noise(y: torch.Tensor, kind: str, level: float, mask: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def add_noise(
+    y: torch.Tensor, kind: str, level: float, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``y + n`` with ``kind`` ``"sphere"`` (||n|| = level) or ``"gaussian"`` (σ = level).
 
     If ``mask`` is given the noise is restricted to sampled entries (multiplied by the mask).

@@ -1,4 +1,5 @@
 """Super-resolution degradation: blur with a kernel, then keep every ``factor``-th pixel."""
+
 from __future__ import annotations
 
 import torch
@@ -11,13 +12,16 @@ KERNELS = ("gaussian", "uniform", "bicubic")
 
 def _cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     t = t.abs()
-    return torch.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
-                       torch.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a,
-                                   torch.zeros_like(t)))
+    return torch.where(
+        t <= 1,
+        (a + 2) * t**3 - (a + 3) * t**2 + 1,
+        torch.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, torch.zeros_like(t)),
+    )
 
 
-def make_kernel(kind: str, factor: int, kernel_size: int | None = None,
-                sigma: float | None = None, dtype=torch.float64) -> torch.Tensor:
+def make_kernel(
+    kind: str, factor: int, kernel_size: int | None = None, sigma: float | None = None, dtype=torch.float64
+) -> torch.Tensor:
     """2-D blur kernel ``(K, K)`` summing to one.
 
     ``gaussian``: ``exp(-r²/2σ²)`` on a ``K×K`` grid (default K = 5, σ = 1, the paper's);
@@ -30,7 +34,7 @@ def make_kernel(kind: str, factor: int, kernel_size: int | None = None,
         if s <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         t = torch.arange(K, dtype=dtype) - (K - 1) / 2
-        k1 = torch.exp(-t**2 / (2 * s**2))
+        k1 = torch.exp(-(t**2) / (2 * s**2))
     elif kind == "uniform":
         K = kernel_size or factor
         k1 = torch.ones(K, dtype=dtype)
@@ -60,8 +64,14 @@ class BlurDownsample(LinearOperator):
 
     complex_input = False
 
-    def __init__(self, factor: int, kernel="gaussian", kernel_size: int | None = None,
-                 sigma: float | None = None, shape: tuple[int, int, int] | None = None):
+    def __init__(
+        self,
+        factor: int,
+        kernel="gaussian",
+        kernel_size: int | None = None,
+        sigma: float | None = None,
+        shape: tuple[int, int, int] | None = None,
+    ):
         if int(factor) != factor or factor < 1:
             raise ValueError(f"factor must be a positive integer, got {factor}")
         self.factor = int(factor)
@@ -100,9 +110,11 @@ class BlurDownsample(LinearOperator):
     def forward(self, x):
         self._check(x)
         B, C, H, W = x.shape
-        k = self.kernel.to(x.dtype, ).to(x.device)[None, None]
+        k = self.kernel.to(
+            x.dtype,
+        ).to(x.device)[None, None]
         xp = F.pad(x.reshape(B * C, 1, H, W), self._pads())
-        out = F.conv2d(xp, k)[..., ::self.factor, ::self.factor]
+        out = F.conv2d(xp, k)[..., :: self.factor, :: self.factor]
         return out.reshape(B, C, H // self.factor, W // self.factor)
 
     def adjoint(self, y):
@@ -114,11 +126,10 @@ class BlurDownsample(LinearOperator):
         up[..., ::f, ::f] = y.reshape(B * C, 1, h, w)
         full = F.conv_transpose2d(up, k)
         left, _, t, _ = self._pads()
-        return full[..., t:t + H, left:left + W].reshape(B, C, H, W)
+        return full[..., t : t + H, left : left + W].reshape(B, C, H, W)
 
     def to(self, device=None, dtype=None):
-        return BlurDownsample(self.factor, self.kernel.to(device=device, dtype=dtype),
-                              shape=self.shape)
+        return BlurDownsample(self.factor, self.kernel.to(device=device, dtype=dtype), shape=self.shape)
 
     def select(self, index):
         return self

@@ -1,4 +1,5 @@
 """Training: the loop (:class:`Trainer`, :func:`train`), data losses, warm-start store."""
+
 from ..config import Config, load_config
 from .trainer import Interrupted, NonFiniteError, Trainer, train
 

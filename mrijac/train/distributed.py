@@ -8,6 +8,7 @@ would all-reduce at the wrong time (or fail on the dual tensors).  Averaging the
 after the step's backward passes, is equivalent for synchronous SGD/Adam and works with every
 penalty; ``check_replicas`` verifies at the end that the weights stayed equal.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,7 @@ def average_gradients(model: torch.nn.Module, world_size: int) -> None:
     flat /= world_size
     i = 0
     for p, g in zip(params, grads):
-        p.grad = flat[i:i + g.numel()].view_as(p).clone()
+        p.grad = flat[i : i + g.numel()].view_as(p).clone()
         i += g.numel()
 
 

@@ -1,4 +1,5 @@
 """Per-epoch statistics of training and their logs: ``history.csv``, TensorBoard, console."""
+
 from __future__ import annotations
 
 import csv
@@ -9,19 +10,53 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_penalty", "train_sigma_ja",
-                  "train_sigma_j", "val_loss", "val_l2", "train_l2", "ge", "ge_lo", "ge_hi",
-                  "rel_ge", "rel_ge_lo", "rel_ge_hi", "ssim", "psnr", "nmse",
-                  "zf_ssim", "zf_psnr", "zf_nmse", "val_sigma_ja_mean", "val_sigma_ja_max",
-                  "val_sigma_j_mean", "val_sigma_j_max", "train_ref_sigma_ja_mean",
-                  "train_ref_sigma_ja_max", "train_ref_sigma_j_mean", "train_ref_sigma_j_max",
-                  "est_ratio_ja", "est_ratio_j", "ref_residual", "ref_time", "lambda_ja",
-                  "lambda_j", "data_wait_frac", "step_time", "epoch_time"]
+HISTORY_FIELDS = [
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_penalty",
+    "train_sigma_ja",
+    "train_sigma_j",
+    "val_loss",
+    "val_l2",
+    "train_l2",
+    "ge",
+    "ge_lo",
+    "ge_hi",
+    "rel_ge",
+    "rel_ge_lo",
+    "rel_ge_hi",
+    "ssim",
+    "psnr",
+    "nmse",
+    "zf_ssim",
+    "zf_psnr",
+    "zf_nmse",
+    "val_sigma_ja_mean",
+    "val_sigma_ja_max",
+    "val_sigma_j_mean",
+    "val_sigma_j_max",
+    "train_ref_sigma_ja_mean",
+    "train_ref_sigma_ja_max",
+    "train_ref_sigma_j_mean",
+    "train_ref_sigma_j_max",
+    "est_ratio_ja",
+    "est_ratio_j",
+    "ref_residual",
+    "ref_time",
+    "lambda_ja",
+    "lambda_j",
+    "data_wait_frac",
+    "step_time",
+    "epoch_time",
+]
 
 
 @dataclass
 class EpochStats:
     """Running sums of one epoch's training steps (kept in mid-epoch checkpoints)."""
+
     loss: float = 0.0
     penalty: float = 0.0
     sigma_ja: list = field(default_factory=list)
@@ -42,10 +77,14 @@ class EpochStats:
     def row(self) -> dict:
         n = max(self.n, 1)
         mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
-        return {"train_loss": self.loss / n, "train_penalty": self.penalty / n,
-                "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-12),
-                "step_time": self.busy / n, "train_sigma_ja": mean(self.sigma_ja),
-                "train_sigma_j": mean(self.sigma_j)}
+        return {
+            "train_loss": self.loss / n,
+            "train_penalty": self.penalty / n,
+            "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-12),
+            "step_time": self.busy / n,
+            "train_sigma_ja": mean(self.sigma_ja),
+            "train_sigma_j": mean(self.sigma_j),
+        }
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +109,7 @@ class HistoryLog:
 
     def __init__(self, out: Path, progress: bool, start_epoch: int = 0):
         from torch.utils.tensorboard import SummaryWriter
+
         self.path, self.progress = Path(out) / "history.csv", progress
         self.writer = SummaryWriter(str(Path(out) / "tb"), purge_step=start_epoch)
 
@@ -93,8 +133,10 @@ class HistoryLog:
 
 def summary(row: dict) -> str:
     """One line per epoch: losses, GE, quality, reference σ and estimate/reference."""
-    msg = (f"epoch {row['epoch']}: train loss {row['train_loss']:.4g}, val loss "
-           f"{row.get('val_loss', math.nan):.4g}, GE {row.get('ge', math.nan):.4g}")
+    msg = (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4g}, val loss "
+        f"{row.get('val_loss', math.nan):.4g}, GE {row.get('ge', math.nan):.4g}"
+    )
     for m in ("ssim", "psnr"):
         if m in row:
             msg += f", {m.upper()} {row[m]:.4g}"

@@ -1,4 +1,5 @@
 """Data losses ``l(f(y), x)`` averaged over the batch."""
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ and training splits — the same slices and masks every epoch, their singular ve
 warm starts — and compares the estimates the penalty trained with against the reference σ of
 the very samples it acted on (the arg-max of each term in the last steps of the epoch).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ class ReferenceMonitor:
             j = int(torch.argmax(s))
             b = int(idx[j]) if idx is not None else j
             op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
-            self.penalised.append((t, y[b:b + 1].detach(), op, float(s[j])))
+            self.penalised.append((t, y[b : b + 1].detach(), op, float(s[j])))
 
     def estimate_ratios(self, model) -> dict:
         """Median of (training-time estimate / reference σ now) per term, recent samples."""
@@ -58,8 +59,9 @@ class ReferenceMonitor:
             ops = [r[2] for r in rows]
             A = ops[0] if ops[0] is None or len(ops) == 1 else type(ops[0]).cat(ops)
             model.eval()
-            ref = reference_sigma(model.as_function(A), y, A if t == "ja" else None, self.tol,
-                                  self.max_iter, generator=g)
+            ref = reference_sigma(
+                model.as_function(A), y, A if t == "ja" else None, self.tol, self.max_iter, generator=g
+            )
             est = torch.tensor([r[3] for r in rows], dtype=torch.float64)
             out[f"est_ratio_{t}"] = float((est / ref.sigma.cpu().clamp_min(1e-30)).median())
         return out
@@ -71,13 +73,15 @@ class ReferenceMonitor:
             return {}
         t0 = time.perf_counter()
         if self.probes is None:
-            self.probes = {s: [(y, A) for y, A, _, _ in
-                               fixed_batches(task, s, self.slices, self.seed + 1, device)]
-                           for s in ("val", "train")}
+            self.probes = {
+                s: [(y, A) for y, A, _, _ in fixed_batches(task, s, self.slices, self.seed + 1, device)]
+                for s in ("val", "train")
+            }
         out, resid = {}, []
         for split, prefix in (("val", "val_"), ("train", "train_ref_")):
-            js = jacobian_stats(model, self.probes[split], self.tol, self.max_iter,
-                                seed=self.seed, warm=self.warm.setdefault(split, {}))
+            js = jacobian_stats(
+                model, self.probes[split], self.tol, self.max_iter, seed=self.seed, warm=self.warm.setdefault(split, {})
+            )
             if not js:
                 continue
             for k in ("sigma_ja", "sigma_j"):

@@ -16,6 +16,7 @@ term) and replaces the pool's weakest member when its σ is larger (the pool is 
 Samples are read with a fixed mask/patch per index (:func:`~mrijac.tasks.fetch`), so the pool
 is independent of the loader and is restored exactly from a checkpoint.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ..tasks import fetch
 @dataclass
 class PoolEntry:
     """One tracked sample: its training-set index, unit right vectors per term, last σ."""
+
     index: int
     vectors: dict = field(default_factory=dict)  # "v_ja"/"v_j" -> (1, …)
     sigma: float = 0.0
@@ -47,8 +49,7 @@ class TrackedPool:
 
     def __init__(self, size: int, refresh: int, iters: int, seed: int):
         if size < 1 or refresh < 1 or iters < 1:
-            raise ValueError(f"pool size, refresh and iters must be >= 1, got {size}, "
-                             f"{refresh}, {iters}")
+            raise ValueError(f"pool size, refresh and iters must be >= 1, got {size}, {refresh}, {iters}")
         self.size, self.refresh, self.iters, self.seed = int(size), int(refresh), int(iters), seed
         self.entries: list[PoolEntry] = []
         self._cache: dict = {}
@@ -75,8 +76,7 @@ class TrackedPool:
         f = model.as_function(A)
         cand = PoolEntry(index)
         for t in terms:
-            r = reference_sigma(f, y, A if t == "ja" else None, tol=1e-2, max_iter=self.iters,
-                                generator=g)
+            r = reference_sigma(f, y, A if t == "ja" else None, tol=1e-2, max_iter=self.iters, generator=g)
             cand.vectors[f"v_{t}"] = r.v
             cand.sigma = max(cand.sigma, float(r.sigma[0]))
         model.train(was)
@@ -114,15 +114,19 @@ class TrackedPool:
                 e.sigma = max(sig)
             for t in ("ja", "j"):
                 if f"v_{t}" in stats:
-                    e.vectors[f"v_{t}"] = stats[f"v_{t}"][i:i + 1].detach()
+                    e.vectors[f"v_{t}"] = stats[f"v_{t}"][i : i + 1].detach()
 
     def state_dict(self) -> dict:
-        return {"entries": [{"index": e.index, "sigma": e.sigma,
-                             "vectors": {k: v.cpu() for k, v in e.vectors.items()}}
-                            for e in self.entries]}
+        return {
+            "entries": [
+                {"index": e.index, "sigma": e.sigma, "vectors": {k: v.cpu() for k, v in e.vectors.items()}}
+                for e in self.entries
+            ]
+        }
 
     def load_state_dict(self, state: dict, device) -> None:
-        self.entries = [PoolEntry(int(d["index"]), {k: v.to(device) for k, v in
-                                                    d["vectors"].items()}, float(d["sigma"]))
-                        for d in state.get("entries", [])]
+        self.entries = [
+            PoolEntry(int(d["index"]), {k: v.to(device) for k, v in d["vectors"].items()}, float(d["sigma"]))
+            for d in state.get("entries", [])
+        ]
         self._cache = {}

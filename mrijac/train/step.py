@@ -12,13 +12,15 @@ One step is::
     ps.backward(model, loss, pen, wpen, stats)    # hold mode keeps / re-adds the penalty gradient
     ps.after_backward(info, stats)                # method=fd: vectors arrive with the backward
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
 
-from ..jacobian import JacobianPenalty, WeightSpectralPenalty, weight_decay_penalty
+from ..jacobian import JacobianPenalty
+from ..regularizers import WeightSpectralPenalty, weight_decay_penalty
 from .pool import TrackedPool
 from .warm import WarmStore
 
@@ -37,9 +39,17 @@ class PenaltyStep:
         log: called with a line of text (the chosen λ).
     """
 
-    def __init__(self, jac: JacobianPenalty | None = None, *, warm: WarmStore | None = None,
-                 pool: TrackedPool | None = None, sw: WeightSpectralPenalty | None = None,
-                 wd: float = 0.0, reduce: Callable | None = None, log: Callable | None = None):
+    def __init__(
+        self,
+        jac: JacobianPenalty | None = None,
+        *,
+        warm: WarmStore | None = None,
+        pool: TrackedPool | None = None,
+        sw: WeightSpectralPenalty | None = None,
+        wd: float = 0.0,
+        reduce: Callable | None = None,
+        log: Callable | None = None,
+    ):
         self.jac, self.warm, self.pool, self.sw, self.wd = jac, warm, pool, sw, float(wd)
         self.reduce = reduce or (lambda t: t)
         self.log = log or (lambda msg: None)
@@ -56,12 +66,14 @@ class PenaltyStep:
             self.pool.maybe_refresh(model, task, jac.terms, step, y.device)
             py, pA, index, v0 = self.pool.extend(task, y, A, jac.terms, y.device)
             out, pen, stats = jac(model, py, pA, step=step, v0=v0, index=index)
-            return out[:y.shape[0]], pen, stats, (py, pA)
+            return out[: y.shape[0]], pen, stats, (py, pA)
         keys = info.get("keys")
-        v0 = None if self.warm is None else self.warm.get(
-            keys, y.shape[0], y.device, partial_ok=bool(jac.samples) or jac.method == "fd")
-        priority = self.warm.priority(keys) if jac.samples and self.warm is not None and \
-            keys is not None else None
+        v0 = (
+            None
+            if self.warm is None
+            else self.warm.get(keys, y.shape[0], y.device, partial_ok=bool(jac.samples) or jac.method == "fd")
+        )
+        priority = self.warm.priority(keys) if jac.samples and self.warm is not None and keys is not None else None
         out, pen, stats = jac(model, y, A, step=step, v0=v0, priority=priority)
         return out, pen, stats, (y, A)
 
@@ -91,8 +103,7 @@ class PenaltyStep:
         hold = self.jac is not None and self.jac.hold
         if hold and stats and pen.requires_grad:
             scale(pen).backward(retain_graph=True)
-            self.held = [None if p.grad is None else p.grad.detach() / s
-                         for p in model.parameters()]
+            self.held = [None if p.grad is None else p.grad.detach() / s for p in model.parameters()]
             scale(loss + wpen).backward()
             return
         scale(loss + pen + wpen).backward()
@@ -112,12 +123,13 @@ class PenaltyStep:
 
     # --- checkpoints (the same top-level keys as before the split) -------------------------
     def state_dict(self) -> dict:
-        return {"jac": self.jac.state_dict() if self.jac else {},
-                "sw": self.sw.state_dict() if self.sw else {},
-                "warm": self.warm.state_dict() if self.warm is not None else {},
-                "pool": self.pool.state_dict() if self.pool is not None else {},
-                "held": None if self.held is None else
-                [None if g is None else g.cpu() for g in self.held]}
+        return {
+            "jac": self.jac.state_dict() if self.jac else {},
+            "sw": self.sw.state_dict() if self.sw else {},
+            "warm": self.warm.state_dict() if self.warm is not None else {},
+            "pool": self.pool.state_dict() if self.pool is not None else {},
+            "held": None if self.held is None else [None if g is None else g.cpu() for g in self.held],
+        }
 
     def load_state_dict(self, ck: dict, device) -> None:
         if self.jac and ck.get("jac"):
@@ -129,5 +141,4 @@ class PenaltyStep:
         if self.pool is not None:
             self.pool.load_state_dict(ck.get("pool", {}), device)
         held = ck.get("held")
-        self.held = None if held is None else [None if g is None else g.to(device)
-                                               for g in held]
+        self.held = None if held is None else [None if g is None else g.to(device) for g in held]

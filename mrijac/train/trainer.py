@@ -1,4 +1,5 @@
 """The training loop: data loss + regularizer, validation, logs, checkpoints, resume, DDP."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,9 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, config_from_dict, flatten, save_config
 from ..inference import reconstruct, score
-from ..jacobian import JacobianPenalty, WeightSpectralPenalty
+from ..jacobian import JacobianPenalty, PenaltySchedule
 from ..metrics import generalization_gap
+from ..regularizers import WeightSpectralPenalty
 from ..runtime import resolve_device, seed_everything
 from ..tasks import build_reconstructor, fixed_raw, make_task, seeded_indices
 from . import distributed as dist
@@ -24,9 +26,15 @@ from .pool import TrackedPool
 from .step import PenaltyStep
 from .warm import WarmStore
 
-JAC_REGS = {"sj": ("spectral", False, True), "sja": ("spectral", True, False),
-            "sja+sj": ("spectral", True, True), "fj": ("frobenius", False, True),
-            "fja": ("frobenius", True, False), "fja+fj": ("frobenius", True, True)}
+JAC_REGS = {
+    "sj": ("spectral", False, True),
+    "sja": ("spectral", True, False),
+    "sja+sj": ("spectral", True, True),
+    "fj": ("frobenius", False, True),
+    "fja": ("frobenius", True, False),
+    "fja+fj": ("frobenius", True, True),
+}
+
 
 class NonFiniteError(RuntimeError):
     """The loss or the penalty became NaN or Inf."""
@@ -49,8 +57,9 @@ def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} already holds files (a run?); use --overwrite to "
-                                  "replace it or --resume to continue it")
+            raise FileExistsError(
+                f"{out} already holds files (a run?); use --overwrite to replace it or --resume to continue it"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -74,19 +83,30 @@ def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
     if r.name in JAC_REGS:
         kind, use_ja, use_j = JAC_REGS[r.name]
         spectral = kind == "spectral"
-        jac = JacobianPenalty(kind, r.lambda_ja if use_ja else 0.0, r.lambda_j if use_j else 0.0,
-                              r.n_iter, r.n_proj, r.method, r.every, r.gamma,
-                              warm_start_vectors=r.warm_start != "none" and spectral,
-                              samples=(r.samples or None) if spectral else None,
-                              alternate=r.alternate, fd_step=r.fd_step or None,
-                              recompute=r.fd_recompute, hold=r.every_mode == "hold" and r.every > 1)
-    pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) \
-        if jac is not None and r.pool else None
-    warm = WarmStore(r.warm_start) if jac is not None and pool is None and \
-        jac.kind == "spectral" and r.warm_start != "none" else None
+        jac = JacobianPenalty(
+            kind,
+            lambda_ja=r.lambda_ja if use_ja else 0.0,
+            lambda_j=r.lambda_j if use_j else 0.0,
+            n_iter=r.n_iter,
+            n_proj=r.n_proj,
+            method=r.method,
+            gamma=r.gamma,
+            schedule=PenaltySchedule(r.every, r.alternate, r.every_mode == "hold" and r.every > 1),
+            warm_start_vectors=r.warm_start != "none" and spectral,
+            samples=(r.samples or None) if spectral else None,
+            fd_step=r.fd_step or None,
+            recompute=r.fd_recompute,
+        )
+    pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) if jac is not None and r.pool else None
+    warm = (
+        WarmStore(r.warm_start)
+        if jac is not None and pool is None and jac.kind == "spectral" and r.warm_start != "none"
+        else None
+    )
     sw = WeightSpectralPenalty(model, r.lambda_w, seed=cfg.train.seed) if r.name == "sw" else None
-    return PenaltyStep(jac, warm=warm, pool=pool, sw=sw,
-                       wd=r.lambda_w if r.name == "wd" else 0.0, reduce=reduce, log=log)
+    return PenaltyStep(
+        jac, warm=warm, pool=pool, sw=sw, wd=r.lambda_w if r.name == "wd" else 0.0, reduce=reduce, log=log
+    )
 
 
 class Trainer:
@@ -108,12 +128,16 @@ class Trainer:
         if resume:
             self.ck = load_checkpoint(self.out / "checkpoints" / "last.pt")
             saved = config_from_dict(self.ck["config"])
-            diff = [k for k, v in flatten(cfg.to_dict()).items()
-                    if flatten(saved.to_dict()).get(k) != v and k not in ("optim.epochs",
-                                                                         "train.progress")]
+            diff = [
+                k
+                for k, v in flatten(cfg.to_dict()).items()
+                if flatten(saved.to_dict()).get(k) != v and k not in ("optim.epochs", "train.progress")
+            ]
             if diff:
-                raise ValueError(f"--resume with a different config ({', '.join(diff)}); "
-                                 f"the run in {self.out} was made with {self.out / 'config.yaml'}")
+                raise ValueError(
+                    f"--resume with a different config ({', '.join(diff)}); "
+                    f"the run in {self.out} was made with {self.out / 'config.yaml'}"
+                )
             saved.optim.epochs, saved.train.progress = cfg.optim.epochs, cfg.train.progress
             cfg = saved
         self.cfg = cfg
@@ -126,10 +150,14 @@ class Trainer:
         if self.world > 1:
             dist.broadcast_module(self.model)
         self.opt, self.sched = build_optimizer(cfg.optim, self.model)
-        self.loss_fn = DataLoss(cfg.loss.name, cfg.loss.weights or None) \
-            if cfg.loss.name != "weighted" else DataLoss(weights=cfg.loss.weights)
-        self.penalty = build_penalty_step(cfg, self.model, reduce=self._all_mean,
-                                          log=tqdm.write if self.rank == 0 else None)
+        self.loss_fn = (
+            DataLoss(cfg.loss.name, cfg.loss.weights or None)
+            if cfg.loss.name != "weighted"
+            else DataLoss(weights=cfg.loss.weights)
+        )
+        self.penalty = build_penalty_step(
+            cfg, self.model, reduce=self._all_mean, log=tqdm.write if self.rank == 0 else None
+        )
         self.jac = self.penalty.jac
         # the reference σ on fixed probes and the estimate/reference ratio; the fixed
         # training subset of the per-epoch GE
@@ -138,8 +166,7 @@ class Trainer:
         self.ge_subset = None
         prec = str(cfg.train.precision)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
-        self.scaler = torch.amp.GradScaler("cuda") if prec == "fp16" and \
-            self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda") if prec == "fp16" and self.device.type == "cuda" else None
         self.epoch, self.step, self.history = 0, 0, []
         self.resume_batch, self.partial = 0, None
         if self.ck is not None:
@@ -149,15 +176,21 @@ class Trainer:
 
     # --- state -----------------------------------------------------------------------------
     def _payload(self, final=False, train_l2=None) -> dict:
-        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
-                "model_meta": dict(self.task.meta, task=self.cfg.task),
-                "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict() if self.sched else {},
-                "rng": rng_state(), "epoch": self.epoch, "step": self.step,
-                **self.penalty.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else {},
-                "history": self.history, "final": final,
-                "train_loss_eval": float("nan") if train_l2 is None else float(train_l2)}
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "model_meta": dict(self.task.meta, task=self.cfg.task),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched else {},
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            **self.penalty.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "history": self.history,
+            "final": final,
+            "train_loss_eval": float("nan") if train_l2 is None else float(train_l2),
+        }
 
     def _restore(self, ck):
         self.model.load_state_dict(ck["model"])
@@ -197,8 +230,9 @@ class Trainer:
         self.model.train()
         ps = self.penalty
         # mixed precision: network passes (tangents included) under autocast, losses in float32
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             out, pen, stats, seen = ps.penalty(self.model, y, A, info, self.step, self.task)
         out, pen = out.float(), pen.float()
         loss = self.loss_fn(out, target, info.get("max"))
@@ -220,48 +254,61 @@ class Trainer:
         else:
             self.opt.step()
         self.step += 1
-        return {"loss": loss.item(), "penalty": float(pen.detach()) + float(wpen.detach()),
-                "sigma_ja": float(stats["sigma_ja"].mean()) if "sigma_ja" in stats else math.nan,
-                "sigma_j": float(stats["sigma_j"].mean()) if "sigma_j" in stats else math.nan}
+        return {
+            "loss": loss.item(),
+            "penalty": float(pen.detach()) + float(wpen.detach()),
+            "sigma_ja": float(stats["sigma_ja"].mean()) if "sigma_ja" in stats else math.nan,
+            "sigma_j": float(stats["sigma_j"].mean()) if "sigma_j" in stats else math.nan,
+        }
 
     def _check_finite(self, loss, pen, wpen):
         total = loss + pen + wpen
         if torch.isfinite(total):
             return
         last = self.out / "checkpoints" / "last.pt"
-        keep = f"last good checkpoint: {last} (epoch {self.epoch})" if last.exists() else \
-            "no checkpoint was written yet"
-        raise NonFiniteError(f"step {self.step} (epoch {self.epoch + 1}): the training loss "
-                             f"is {total.item()} (data loss {loss.item():.4g}, penalty "
-                             f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
-                             f"{keep}")
+        keep = (
+            f"last good checkpoint: {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
+        )
+        raise NonFiniteError(
+            f"step {self.step} (epoch {self.epoch + 1}): the training loss "
+            f"is {total.item()} (data loss {loss.item():.4g}, penalty "
+            f"{float(pen):.4g}, weight penalty {float(wpen):.4g}); stopped, "
+            f"{keep}"
+        )
 
     def _loader(self, epoch):
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1009 + epoch)
         sampler = None
         if self.world > 1:
             sampler = torch.utils.data.distributed.DistributedSampler(
-                self.task.datasets["train"], self.world, self.rank, shuffle=True,
-                seed=self.cfg.train.seed)
+                self.task.datasets["train"], self.world, self.rank, shuffle=True, seed=self.cfg.train.seed
+            )
             sampler.set_epoch(epoch)
         return self.task.loader("train", shuffle=True, generator=g, sampler=sampler)
 
     def validate(self) -> dict:
         c = self.cfg.train
-        rec = reconstruct(self.model, self.task, self.task.loader("val", False), self.device,
-                          loss_fn=self.loss_fn)
+        rec = reconstruct(self.model, self.task, self.task.loader("val", False), self.device, loss_fn=self.loss_fn)
         s = score(rec, self.task.name)
         if self.ge_subset is None:  # the same training samples (and masks) every epoch
             n = c.ge_batches * self.task.batch_size
-            self.ge_subset = fixed_raw(self.task, "train",
-                                       seeded_indices(self.task, "train", n, c.seed + 2),
-                                       c.seed + 2)
+            self.ge_subset = fixed_raw(
+                self.task, "train", seeded_indices(self.task, "train", n, c.seed + 2), c.seed + 2
+            )
         tr = reconstruct(self.model, self.task, self.ge_subset, self.device)
         ge = generalization_gap(rec["l2_values"], tr["l2_values"], seed=c.seed)
         rge = generalization_gap(rec["rel_values"], tr["rel_values"], seed=c.seed)
-        out = {"val_loss": rec["loss"], "val_l2": rec["l2"], "train_l2": tr["l2"],
-               "ge": ge["ge"], "ge_lo": ge["ci95"][0], "ge_hi": ge["ci95"][1],
-               "rel_ge": rge["ge"], "rel_ge_lo": rge["ci95"][0], "rel_ge_hi": rge["ci95"][1]}
+        out = {
+            "val_loss": rec["loss"],
+            "val_l2": rec["l2"],
+            "train_l2": tr["l2"],
+            "ge": ge["ge"],
+            "ge_lo": ge["ci95"][0],
+            "ge_hi": ge["ci95"][1],
+            "rel_ge": rge["ge"],
+            "rel_ge_lo": rge["ci95"][0],
+            "rel_ge_hi": rge["ci95"][1],
+        }
         for m, v in s["aggregate"].items():
             out[m] = v["mean"]
         if "zero_filled" in s:
@@ -287,8 +334,7 @@ class Trainer:
                 if self.sched:
                     self.sched.step()
                 self.epoch += 1
-                row = {"epoch": self.epoch, "step": self.step,
-                       "lr": self.opt.param_groups[0]["lr"], **stats.row()}
+                row = {"epoch": self.epoch, "step": self.step, "lr": self.opt.param_groups[0]["lr"], **stats.row()}
                 if self.jac:
                     row["lambda_ja"], row["lambda_j"] = _num(self.jac.lambda_ja), _num(self.jac.lambda_j)
                 if self.rank == 0:
@@ -313,8 +359,12 @@ class Trainer:
         skip, self.resume_batch = self.resume_batch, 0
         sums = EpochStats.from_dict(self.partial if skip else None)
         oom = 0
-        bar = tqdm(self._loader(self.epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}",
-                   disable=not (self.cfg.train.progress and self.rank == 0), leave=False)
+        bar = tqdm(
+            self._loader(self.epoch),
+            desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}",
+            disable=not (self.cfg.train.progress and self.rank == 0),
+            leave=False,
+        )
         t_mark = time.perf_counter()
         for bi, batch in enumerate(bar):
             if bi < skip:
@@ -363,9 +413,11 @@ class Trainer:
             payload["partial"] = sums.to_dict()
             save_checkpoint(path, payload)
         why = "three CUDA out-of-memory errors in a row" if sig == "oom" else f"signal {sig}"
-        raise Interrupted(f"stopped by {why} at step {self.step} (epoch {self.epoch + 1}, "
-                          f"batch {batch_in_epoch}); checkpoint {path}; continue with --resume",
-                          None if sig == "oom" else sig)
+        raise Interrupted(
+            f"stopped by {why} at step {self.step} (epoch {self.epoch + 1}, "
+            f"batch {batch_in_epoch}); checkpoint {path}; continue with --resume",
+            None if sig == "oom" else sig,
+        )
 
 
 class _StopSignals:
@@ -374,6 +426,7 @@ class _StopSignals:
     def __init__(self):
         import signal
         import threading
+
         self.sig, self.old = None, {}
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
@@ -384,6 +437,7 @@ class _StopSignals:
 
     def restore(self) -> None:
         import signal
+
         for s, h in self.old.items():
             signal.signal(s, h)
 

@@ -1,4 +1,5 @@
 """Warm-start store: each sample's singular vectors and last σ, kept between its visits."""
+
 from __future__ import annotations
 
 import torch
@@ -43,14 +44,12 @@ class WarmStore:
         like = {n: next(v[n] for v in known if n in v) for n in names}
         pick = lambda v, n: v[n] if v is not None and n in v else torch.randn_like(like[n])  # noqa: E731
         out = {n: torch.stack([pick(v, n) for v in vs]).to(device) for n in names}
-        out["cold"] = torch.tensor([v is None or any(n not in v for n in names) for v in vs],
-                                   device=device)
+        out["cold"] = torch.tensor([v is None or any(n not in v for n in names) for v in vs], device=device)
         return out
 
     def priority(self, keys) -> torch.Tensor:
         """Last σ per sample, ``inf`` for samples not seen yet (they go first)."""
-        return torch.tensor([float(self.data[k]["sigma"]) if k in self.data else float("inf")
-                             for k in keys])
+        return torch.tensor([float(self.data[k]["sigma"]) if k in self.data else float("inf") for k in keys])
 
     def put(self, keys, stats: dict) -> None:
         """Store the vectors and σ of ``stats`` (rows ``stats["index"]`` of the batch, or all)."""
@@ -60,8 +59,7 @@ class WarmStore:
         if self.mode == "batch" or keys is None:
             if "index" in stats:  # vectors of part of the batch: no batch-shaped warm start
                 return
-            self.data["batch"] = {**self.data.get("batch", {}),
-                                  **{k: v.cpu() for k, v in vec.items()}}
+            self.data["batch"] = {**self.data.get("batch", {}), **{k: v.cpu() for k, v in vec.items()}}
             return
         sig = torch.stack([stats[k] for k in ("sigma_ja", "sigma_j") if k in stats]).amax(0)
         index = stats.get("index", torch.arange(len(keys)))
@@ -73,8 +71,10 @@ class WarmStore:
             self.nbytes += _size(entry) - _size(old)
             self.data[keys[b]] = entry
         if self.nbytes > self.limit:
-            tqdm.write(f"warm-start vectors exceed {self.limit >> 20} MiB: switching to one "
-                       "vector per batch (reg.warm_start=batch)")
+            tqdm.write(
+                f"warm-start vectors exceed {self.limit >> 20} MiB: switching to one "
+                "vector per batch (reg.warm_start=batch)"
+            )
             self.data, self.mode, self.nbytes = {}, "batch", 0
 
     def state_dict(self) -> dict:
