@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .jacobian.reference import reference_sigma
-from .metrics import aggregate, image_metrics, volume_metrics
+from .metrics import aggregate
 
 
 @torch.no_grad()
@@ -47,13 +47,13 @@ def reconstruct(
             if loss_fn is not None:
                 loss_sum += loss_fn(out, target, info.get("max")).item() * len(out)
             n += len(out)
-        if task.name == "mri":
-            zf = info["batch"].zero_filled
+        if task.volumes:
+            zf = task.zero_filled(info)
             for i, (f, s) in enumerate(zip(info["fname"], info["slice"].tolist())):
                 vols[f][s] = (
                     out[i].float().cpu().numpy(),
                     None if target is None else target[i].cpu().numpy(),
-                    zf[i].cpu().numpy(),
+                    None if zf is None else zf[i].cpu().numpy(),
                     float(info["max"][i]),
                 )
         else:
@@ -76,7 +76,7 @@ def reconstruct(
                 "slices": keys,
                 "pred": np.stack([sl[k][0] for k in keys]),
                 "target": None if tg[0] is None else np.stack(tg),
-                "zero_filled": np.stack([sl[k][2] for k in keys]),
+                "zero_filled": None if sl[keys[0]][2] is None else np.stack([sl[k][2] for k in keys]),
                 "maxval": sl[keys[0]][3],
             }
         )
@@ -86,20 +86,16 @@ def reconstruct(
     return res
 
 
-def score(rec: dict, task_name: str) -> dict:
-    """Per-item and aggregate metrics of the model and of the zero-filled baseline."""
+def score(rec: dict, task) -> dict:
+    """Per-item and aggregate metrics of the model and of the zero-filled baseline (where the
+    task has one), with the task's own metrics (:meth:`MRITask.metrics` etc.)."""
     per_model, per_zf = [], []
     for it in rec["items"]:
         if it["target"] is None:
             continue
-        if task_name == "mri":
-            # fastMRI's evaluation: data range = the target volume's maximum
-            m = volume_metrics(it["target"], it["pred"])
-            z = volume_metrics(it["target"], it["zero_filled"])
-            per_zf.append({"fname": it["name"], **z})
-        else:
-            m = image_metrics(it["target"], it["pred"], 1.0)
-        per_model.append({"fname": it["name"], **m})
+        per_model.append({"fname": it["name"], **task.metrics(it["target"], it["pred"])})
+        if it.get("zero_filled") is not None:
+            per_zf.append({"fname": it["name"], **task.metrics(it["target"], it["zero_filled"])})
     out = {"per_volume": per_model, "aggregate": aggregate(per_model)}
     if per_zf:
         out["zero_filled"] = {"per_volume": per_zf, "aggregate": aggregate(per_zf)}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .metrics import image_metrics, volume_metrics
 from .models import EDSR, WDSR, DnCNN, FCNet, Reconstructor, Unet, VarNetReconstructor
 
 
@@ -62,7 +63,21 @@ class _IndexedDataset(torch.utils.data.Dataset):
 
 
 class MRITask:
+    """fastMRI slices ``(y, A, target)``; results are scored per *volume* (slices gathered by
+    file, fastMRI's SSIM/PSNR/NMSE with the volume maximum as data range) and against the
+    zero-filled reconstruction ``|Aᴴ y|``."""
+
     name = "mri"
+    volumes = True  # items are volumes gathered from slices
+
+    @staticmethod
+    def zero_filled(info) -> torch.Tensor:
+        """The zero-filled baseline of a batch, ``(B, h, w)``."""
+        return info["batch"].zero_filled
+
+    @staticmethod
+    def metrics(target, pred) -> dict:
+        return volume_metrics(target, pred)
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data import MaskConfig, MRISliceDataset
@@ -121,7 +136,19 @@ class MRITask:
 
 
 class CSTask:
+    """MNIST compressed sensing: single images scored with data range 1; no zero-filled
+    baseline."""
+
     name = "cs"
+    volumes = False
+
+    @staticmethod
+    def zero_filled(info) -> None:
+        return None
+
+    @staticmethod
+    def metrics(target, pred) -> dict:
+        return image_metrics(target, pred, 1.0)
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data.mnist import MNISTCompressedSensing
@@ -168,7 +195,18 @@ class CSTask:
 
 
 class SRTask:
+    """Super-resolution patches/images scored with data range 1; no zero-filled baseline."""
+
     name = "sr"
+    volumes = False
+
+    @staticmethod
+    def zero_filled(info) -> None:
+        return None
+
+    @staticmethod
+    def metrics(target, pred) -> dict:
+        return image_metrics(target, pred, 1.0)
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data.images import ImageFolderSR

@@ -50,7 +50,7 @@ def evaluate_checkpoint(
         rec = reconstruct(model, task, loader, dev, progress=progress, desc="evaluate")
         if not any(it["target"] is not None for it in rec["items"]):
             raise ValueError(f"{data}: no targets to evaluate against (test files?)")
-        s = score(rec, cfg.task)
+        s = score(rec, task)
         gen = generalization(cfg, ck, data, rec)
         js = jacobian_stats(
             model, _first_batches(task, loader, dev, jac_batches), jac_tol, jac_max_iter, seed=cfg.train.seed
@@ -81,7 +81,7 @@ def evaluate_checkpoint(
                 row.update({f"zf_{k}": v for k, v in zf[r["fname"]].items() if k != "fname"})
             rows.append(row)
         write_csv(tmp / "metrics.csv", rows)
-        figs = _figures(tmp / "figures", rec, s, cfg.task, n_figures)
+        figs = _figures(tmp / "figures", rec, s, n_figures)
         hist = ck.get("history") or []
         curves = curves_figure(tmp / "figures" / "curves.png", {cfg.name: hist}) if hist else None
         write_report(tmp, _markdown(result, figs, curves), f"mrijac evaluation: {cfg.name}")
@@ -140,12 +140,12 @@ def _first_batches(task, loader, device, n: int) -> list:
     return out
 
 
-def _figures(folder: Path, rec, s, task_name, n) -> list[str]:
+def _figures(folder: Path, rec, s, n) -> list[str]:
     names = []
     items = [it for it in rec["items"] if it["target"] is not None][:n]
     per = {r["fname"]: r for r in s["per_volume"]}
     for it in items:
-        if task_name == "mri":
+        if "slices" in it:  # a volume: its middle slice
             sl = len(it["pred"]) // 2
             t, z, p = it["target"][sl], it["zero_filled"][sl], it["pred"][sl]
             label = f"{it['name']} slice {it['slices'][sl]}"

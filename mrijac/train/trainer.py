@@ -289,7 +289,7 @@ class Trainer:
     def validate(self) -> dict:
         c = self.cfg.train
         rec = reconstruct(self.model, self.task, self.task.loader("val", False), self.device, loss_fn=self.loss_fn)
-        s = score(rec, self.task.name)
+        s = score(rec, self.task)
         if self.ge_subset is None:  # the same training samples (and masks) every epoch
             n = c.ge_batches * self.task.batch_size
             self.ge_subset = fixed_raw(
