@@ -105,3 +105,19 @@ def test_compare_runs(run, tmp_path):
     assert "Differences against `a`" in (tmp_path / "cmp" / "report.md").read_text()
     with pytest.raises(FileNotFoundError, match="run not found"):
         compare_runs([tmp_path / "nope"], tmp_path / "cmp2")
+
+
+def test_generalization_error_only_on_the_held_out_split(run, tmp_path):
+    """GE (with bootstrap intervals) against the run's own validation split; on other data it
+    is omitted with the reason, because a loss gap to another dataset is not a GE."""
+    root, cks = run
+    r = evaluate_checkpoint(cks["sja+sj"], root / "data" / "val", tmp_path / "a", jac_batches=0, progress=False)
+    g = r["generalization"]
+    assert g["ge"] == pytest.approx(abs(g["test"] - g["train"]))
+    assert g["ci95"][0] <= g["ge"] <= g["ci95"][1] and g["rel_ci95"][0] <= g["rel_ge"] <= g["rel_ci95"][1]
+    assert all(m["ci95"][0] <= m["mean"] <= m["ci95"][1] for m in r["aggregate"].values())
+    other = evaluate_checkpoint(
+        cks["sja+sj"], root / "data" / "test_targets", tmp_path / "b", jac_batches=0, progress=False
+    )
+    assert other["ge"] is None and "not the held-out split" in other["generalization"]["omitted"]
+    assert "GE omitted" in (tmp_path / "b" / "report.md").read_text()
