@@ -135,11 +135,10 @@ class MRITask:
         return b.y, b.A, b.target, info
 
 
-class CSTask:
-    """MNIST compressed sensing: single images scored with data range 1; no zero-filled
-    baseline."""
+class ImageTask:
+    """Tasks whose results are single images, scored with data range 1 and without a
+    zero-filled baseline (compressed sensing, super-resolution)."""
 
-    name = "cs"
     volumes = False
 
     @staticmethod
@@ -149,6 +148,12 @@ class CSTask:
     @staticmethod
     def metrics(target, pred) -> dict:
         return image_metrics(target, pred, 1.0)
+
+
+class CSTask(ImageTask):
+    """MNIST compressed sensing (Gaussian measurements of flattened digits)."""
+
+    name = "cs"
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data.mnist import MNISTCompressedSensing
@@ -194,19 +199,10 @@ class CSTask:
         )
 
 
-class SRTask:
-    """Super-resolution patches/images scored with data range 1; no zero-filled baseline."""
+class SRTask(ImageTask):
+    """Super-resolution: blurred, decimated patches (training) and whole images (validation)."""
 
     name = "sr"
-    volumes = False
-
-    @staticmethod
-    def zero_filled(info) -> None:
-        return None
-
-    @staticmethod
-    def metrics(target, pred) -> dict:
-        return image_metrics(target, pred, 1.0)
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data.images import ImageFolderSR
