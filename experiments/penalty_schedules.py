@@ -140,7 +140,7 @@ def main():
                     ref = spectral_norm(f, y, A, n_iter=10, generator=g0())
                     if meth == "forward" and epoch == 1:  # how flat is the top of the spectrum?
                         c30 = spectral_norm(f, y, A, n_iter=30, generator=g0())
-                        u0 = t.warm.get(info.get("keys"), y.shape[0], t.device, partial_ok=True)["u_ja"]
+                        u0 = t.warm.get(info.get("keys"), y.shape[0], t.device, partial_ok=True).vectors["u_ja"]
                         for key, est in [
                             ("cold n=1", lambda: spectral_norm(f, y, A, 1, generator=g0())),
                             ("cold n=3", lambda: spectral_norm(f, y, A, 3, generator=g0())),

@@ -491,3 +491,19 @@ def test_penalty_api_is_keyword_only_with_schedule_and_typed_stats():
         JacobianPenalty(lambda_ja=0.1, schedule=PenaltySchedule(), every=3)
     with pytest.raises(ValueError, match="every must be >= 1"):
         PenaltySchedule(every=0)
+
+
+def test_warm_start_input_is_typed_and_a_dict_means_the_same():
+    from mrijac.jacobian import WarmStart
+
+    f, y, A, recon = mri_problem()
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, n_iter=1)
+    _, _, st = pen(f, y, A)
+    typed = WarmStart({"u_ja": st.vectors["u_ja"]})
+    a = pen(f, y, A, v0=typed)[2].sigma["ja"]
+    b = pen(f, y, A, v0={"u_ja": st.vectors["u_ja"]})[2].sigma["ja"]
+    assert torch.equal(a, b)
+    sub = WarmStart({"v_ja": torch.arange(6.0).view(3, 2)}, torch.tensor([True, False, True])).select(
+        torch.tensor([2, 0])
+    )
+    assert sub.vectors["v_ja"].tolist() == [[4.0, 5.0], [0.0, 1.0]] and sub.cold.tolist() == [True, True]

@@ -458,7 +458,7 @@ def test_warm_store_keeps_per_sample_vectors_and_falls_back_to_batch():
     v = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
     store.put(["a", "b"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 3.0])})
     got = store.get(["b", "c"], 2, "cpu", partial_ok=True)
-    assert torch.equal(got["v_ja"][0], v[1]) and got["cold"].tolist() == [False, True]
+    assert torch.equal(got.vectors["v_ja"][0], v[1]) and got.cold.tolist() == [False, True]
     assert store.get(["b", "c"], 2, "cpu") is None  # unknown samples: all cold
     assert store.priority(["a", "b", "c"]).tolist() == [1.0, 3.0, float("inf")]
     store.put(["a"], {"v_ja": v[:1], "sigma_ja": torch.tensor([2.0])})  # replaces, no growth
@@ -466,7 +466,7 @@ def test_warm_store_keeps_per_sample_vectors_and_falls_back_to_batch():
     store.put(["c", "d"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 1.0])})
     assert store.mode == "batch" and len(store) == 0  # over the limit
     store.put(["e", "f"], {"v_ja": v, "sigma_ja": torch.tensor([1.0, 1.0])})
-    assert torch.equal(store.get(None, 2, "cpu")["v_ja"], v)
+    assert torch.equal(store.get(None, 2, "cpu").vectors["v_ja"], v)
 
 
 def test_config_reads_scientific_notation_and_numeric_strings(tmp_path):

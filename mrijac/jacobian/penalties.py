@@ -6,7 +6,7 @@ Paper names: ``sja`` (spectral ``||J A||₂``), ``sj`` (spectral ``||J||₂``), 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,38 @@ class PenaltySchedule:
     def __post_init__(self):
         if int(self.every) < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
+
+
+@dataclass
+class WarmStart:
+    """Warm-start input of a :class:`JacobianPenalty` call, per sample of the batch.
+
+    ``vectors`` maps ``"u_ja"``/``"u_j"`` (left singular vectors, the output space; methods
+    ``forward``/``double_vjp``) or ``"v_ja"``/``"v_j"`` (right singular vectors, the input
+    space of the term's operator; ``method="fd"``) to ``(B, …)`` tensors; ``cold`` ``(B,)``
+    bool marks samples without stored vectors (they start with one exact iteration).
+    Produced by :class:`~mrijac.train.warm.WarmStore` and
+    :class:`~mrijac.train.pool.TrackedPool`; a plain dict of the same names is accepted too.
+    """
+
+    vectors: dict = field(default_factory=dict)
+    cold: torch.Tensor | None = None
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.vectors.get(name)
+
+    def select(self, index) -> "WarmStart":
+        """The rows ``index`` of every vector (and of ``cold``)."""
+        return WarmStart(
+            {k: v[index] for k, v in self.vectors.items() if v is not None},
+            None if self.cold is None else self.cold[index],
+        )
+
+    @classmethod
+    def coerce(cls, v0) -> "WarmStart | None":
+        if v0 is None or isinstance(v0, cls):
+            return v0
+        return cls({k: v for k, v in v0.items() if k != "cold"}, v0.get("cold"))
 
 
 class PenaltyStats(dict):
@@ -94,7 +126,7 @@ class JacobianPenalty:
     ``stats`` holds the per-sample estimates ``sigma_ja``/``sigma_j`` (spectral) or
     ``fro_ja``/``fro_j`` (Frobenius, squared norms), the unweighted terms ``term_ja``/``term_j``
     and, for the spectral kind, the next warm-start vectors ``u_ja``/``u_j`` (pass them back as
-    ``v0={"u_ja": …, "u_j": …}``).
+    ``v0=WarmStart({"u_ja": …, "u_j": …})``, or the same names in a dict).
 
     Args:
         kind: ``"spectral"`` or ``"frobenius"``.
@@ -109,7 +141,7 @@ class JacobianPenalty:
             ``v_ja``/``v_j`` carried between steps; see :mod:`mrijac.jacobian.finite_diff`).
             With ``"fd"`` the next vectors appear in ``stats`` once the caller has run
             ``backward`` on the penalty; samples without a vector (``v0`` missing, or marked
-            by a boolean ``v0["cold"]`` ``(B,)``) first get one exact power iteration.
+            by ``WarmStart.cold`` ``(B,)``) first get one exact power iteration.
         every: apply the penalty every ``every`` steps (pass ``step``); the penalty is then
             multiplied by ``every`` so that its average weight is unchanged.
         alternate: with both terms, penalise only one per penalised step, ``J A`` and ``J`` in
@@ -224,7 +256,7 @@ class JacobianPenalty:
         y: torch.Tensor,
         A: Operator = None,
         step: int | None = None,
-        v0: dict | None = None,
+        v0: WarmStart | dict | None = None,
         generator: torch.Generator | None = None,
         priority: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
@@ -234,6 +266,7 @@ class JacobianPenalty:
         σ and vectors ``stats`` holds (in that order); ``priority`` ``(B,)`` ranks them.
         ``index`` (``method="fd"``): penalise exactly these rows of the batch (e.g. tracked
         samples appended after the data, see :class:`~mrijac.train.pool.TrackedPool`)."""
+        v0 = WarmStart.coerce(v0)
         module = f if callable(getattr(f, "as_function", None)) else None
         fn = module.as_function(A) if module is not None else f
         if not self.active(step):
@@ -272,7 +305,7 @@ class JacobianPenalty:
         cold = (
             v0 is None
             or any(v is None for v in vs)
-            or (v0.get("cold") is not None and bool(v0["cold"].reshape(-1)[slice(None) if idx is None else idx].any()))
+            or (v0.cold is not None and bool(v0.cold.reshape(-1)[slice(None) if idx is None else idx].any()))
         )
         # a first visit starts from one exact iteration: as good as forward mode's n = 1
         n_pre = max(self.n_iter - 1, 1 if cold else 0)
@@ -307,7 +340,7 @@ class JacobianPenalty:
         idx, rest = order[:k], order[k:]
         sub = lambda op, i: None if op is None else op.select(i)  # noqa: E731
         A_idx = sub(A, idx)
-        v0_idx = None if v0 is None else {n: v[idx] for n, v in v0.items() if v is not None}
+        v0_idx = None if v0 is None else v0.select(idx)
         out_idx, pen, stats = self._full(module.as_function(A_idx), y[idx], A_idx, terms, v0_idx, generator)
         out_rest = module.as_function(sub(A, rest))(y[rest])
         inv = torch.empty_like(order)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..jacobian import WarmStart
 from ..jacobian.reference import reference_sigma
 from ..tasks import fetch
 
@@ -98,12 +99,11 @@ class TrackedPool:
         y_all = torch.cat([y, *ys])
         A_all = type(A).cat([A, *ops])
         index = torch.arange(B, B + len(ys), device=y.device)
-        v0 = {}
+        vectors = {}
         for t in terms:
             vs = [e.vectors[f"v_{t}"] for e in self.entries]
-            like = vs[0]
-            v0[f"v_{t}"] = torch.cat([like.new_zeros((B,) + like.shape[1:]), *vs])
-        v0["cold"] = torch.zeros(B + len(ys), dtype=torch.bool, device=y.device)
+            vectors[f"v_{t}"] = torch.cat([vs[0].new_zeros((B,) + vs[0].shape[1:]), *vs])
+        v0 = WarmStart(vectors, torch.zeros(B + len(ys), dtype=torch.bool, device=y.device))
         return y_all, A_all, index, v0
 
     def update(self, stats: dict) -> None:

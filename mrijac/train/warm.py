@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..jacobian import WarmStart
+
 LIMIT_BYTES = 1 << 30
 
 
@@ -27,15 +29,15 @@ class WarmStore:
     def items(self):
         return self.data.items()
 
-    def get(self, keys, batch_size: int, device, partial_ok: bool = False) -> dict | None:
-        """``v0`` for :class:`~mrijac.jacobian.JacobianPenalty`: names -> ``(B, …)`` on
-        ``device``, plus ``"cold"`` ``(B,)`` marking samples without stored vectors (those get
-        random ones).  ``None`` when nothing is known, or when some samples are unknown and
+    def get(self, keys, batch_size: int, device, partial_ok: bool = False) -> WarmStart | None:
+        """``v0`` for :class:`~mrijac.jacobian.JacobianPenalty`: a :class:`WarmStart` with
+        names -> ``(B, …)`` on ``device`` and ``cold`` ``(B,)`` marking samples without stored
+        vectors (those get random ones).  ``None`` when nothing is known, or when some samples are unknown and
         ``partial_ok`` is False (the penalty then starts every sample cold)."""
         if self.mode == "batch" or keys is None:
             v = self.data.get("batch")
             ok = v is not None and all(t.shape[0] == batch_size for t in v.values())
-            return {k: t.to(device) for k, t in v.items()} if ok else None
+            return WarmStart({k: t.to(device) for k, t in v.items()}) if ok else None
         vs = [self.data.get(k) for k in keys]
         known = [v for v in vs if v is not None]
         if not known or (len(known) < len(vs) and not partial_ok):
@@ -44,8 +46,8 @@ class WarmStore:
         like = {n: next(v[n] for v in known if n in v) for n in names}
         pick = lambda v, n: v[n] if v is not None and n in v else torch.randn_like(like[n])  # noqa: E731
         out = {n: torch.stack([pick(v, n) for v in vs]).to(device) for n in names}
-        out["cold"] = torch.tensor([v is None or any(n not in v for n in names) for v in vs], device=device)
-        return out
+        cold = torch.tensor([v is None or any(n not in v for n in names) for v in vs], device=device)
+        return WarmStart(out, cold)
 
     def priority(self, keys) -> torch.Tensor:
         """Last σ per sample, ``inf`` for samples not seen yet (they go first)."""
