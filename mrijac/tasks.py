@@ -62,7 +62,30 @@ class _IndexedDataset(torch.utils.data.Dataset):
         return (*self.ds[i], i)
 
 
-class MRITask:
+class Task:
+    """Dataset → ``(y, A, target, info)`` → reconstructor: what every task shares.  Subclasses
+    set ``name``, ``datasets``, ``batch_size``, ``workers`` and define ``unpack``; ``collate``
+    (``None``: torch's default) and :meth:`split_batch_size` shape the loaders."""
+
+    collate = None
+
+    def split_batch_size(self, split: str) -> int:
+        return self.batch_size
+
+    def loader(self, split, shuffle, generator=None, sampler=None):
+        """The ``DataLoader`` of ``split`` (``sampler``: e.g. a ``DistributedSampler``)."""
+        return torch.utils.data.DataLoader(
+            self.datasets[split],
+            batch_size=self.split_batch_size(split),
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.workers,
+            collate_fn=self.collate,
+            generator=generator,
+        )
+
+
+class MRITask(Task):
     """fastMRI slices ``(y, A, target)``; results are scored per *volume* (slices gathered by
     file, fastMRI's SSIM/PSNR/NMSE with the volume maximum as data range) and against the
     zero-filled reconstruction ``|Aᴴ y|``."""
@@ -108,19 +131,11 @@ class MRITask:
         self.meta = {"crop": list(first.crop), "challenge": d.challenge}
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
-    def loader(self, split, shuffle, generator=None, sampler=None):
+    @staticmethod
+    def collate(samples):
         from .data import collate_mri
 
-        return torch.utils.data.DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            num_workers=self.workers,
-            collate_fn=collate_mri,
-            generator=generator,
-            sampler=sampler,
-            persistent_workers=False,
-        )
+        return collate_mri(samples)
 
     @staticmethod
     def unpack(batch, device):
@@ -135,7 +150,7 @@ class MRITask:
         return b.y, b.A, b.target, info
 
 
-class ImageTask:
+class ImageTask(Task):
     """Tasks whose results are single images, scored with data range 1 and without a
     zero-filled baseline (compressed sensing, super-resolution)."""
 
@@ -179,16 +194,6 @@ class CSTask(ImageTask):
         self.meta = {"q": d.q, "p": full.x.shape[1]}
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
-    def loader(self, split, shuffle, generator=None, sampler=None):
-        return torch.utils.data.DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            num_workers=self.workers,
-            generator=generator,
-        )
-
     def unpack(self, batch, device):
         y, x, _, idx = batch
         return (
@@ -220,16 +225,8 @@ class SRTask(ImageTask):
         self.meta = {"factor": d.factor}
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
-    def loader(self, split, shuffle, generator=None, sampler=None):
-        bs = self.batch_size if split == "train" else 1  # full images differ in size
-        return torch.utils.data.DataLoader(
-            self.datasets[split],
-            batch_size=bs,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            num_workers=self.workers,
-            generator=generator,
-        )
+    def split_batch_size(self, split: str) -> int:
+        return self.batch_size if split == "train" else 1  # full images differ in size
 
     def unpack(self, batch, device):
         y, x = batch
