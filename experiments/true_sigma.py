@@ -17,6 +17,7 @@ median ratio of the training-time estimate to the reference σ on the samples it
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import subprocess
@@ -136,7 +137,10 @@ def main():
     ap.add_argument("--tasks", default="real,synthetic")
     ap.add_argument("--rows", default="plain,fd,pool,pool2alt,forward1,forward10")
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="number of training seeds")
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (to add seeds to a run)")
+    ap.add_argument("--append", action="store_true", help="add these runs to the results already at --out")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--ref-slices", type=int, default=4)
     ap.add_argument(
@@ -145,19 +149,21 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 epochs (smoke run)")
     ap.add_argument("--out", default=str(HERE / "results" / "true_sigma"))
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(a.threads or max(1, torch.get_num_threads()))
     epochs = 2 if a.quick else a.epochs
     rows = a.rows.split(",")
-    results = {}
+    results, a.commands = load_previous(Path(a.out)) if a.append else ({}, [])
+    a.commands = a.commands + [_command(a)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for task in a.tasks.split(","):
             root, extra = make_data(task, tmp, a.quick)
-            for row in rows:
-                for seed in range(a.seeds):
+            for seed in range(a.seed_start, a.seed_start + a.seeds):  # seed outer: a stopped run keeps pairs
+                for row in rows:
                     r = run(
                         root, extra, row, seed, epochs, a.lam, a.ref_slices, a.ref_tol, tmp / f"{task}_{row}_{seed}"
                     )
+                    r["seed"] = seed
                     results.setdefault(task, {}).setdefault(row, []).append(r)
                     last = r["history"][-1]
                     print(
@@ -166,6 +172,25 @@ def main():
                         flush=True,
                     )
                     report(results, a, epochs)  # after every run: a stopped sweep keeps its rows
+
+
+def load_previous(out: Path) -> tuple[dict, list[str]]:
+    """The runs of an earlier call (``<out>.json``) as ``{task: {row: [{history, seed}]}}``
+    and the commands that made them."""
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return {}, []
+    prev = json.loads(path.read_text())
+    return {
+        task: {
+            row: [
+                {"history": h, "seed": s}
+                for h, s in zip(rec["histories"], rec.get("seeds", range(len(rec["histories"]))))
+            ]
+            for row, rec in rows.items()
+        }
+        for task, rows in prev["tasks"].items()
+    }, prev.get("commands", [_command(argparse.Namespace(**{"seed_start": 0, **prev["args"]}))])
 
 
 def report(results, a, epochs):
@@ -186,7 +211,7 @@ def summarize(results, a, epochs):
         "# True Jacobian norm: reference σ of each penalty variant vs plain",
         "",
         f"U-Net, batch 4, sja+sj with λ1 = λ2 = {a.lam} for every row, {epochs} epochs, "
-        f"{a.seeds} seed(s). σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
+        "n seeds per row as listed. σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
         f"on {a.ref_slices} fixed validation and {a.ref_slices} fixed training slices. "
         "'est/ref' = median of the training-time estimate over the reference σ of the "
         "samples the penalty acted on (last steps of each epoch), last epoch. "
@@ -194,7 +219,7 @@ def summarize(results, a, epochs):
         "",
     ]
     data = {
-        "args": vars(a),
+        "args": {k: v for k, v in vars(a).items() if k != "commands"},
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "tasks": {},
@@ -205,10 +230,10 @@ def summarize(results, a, epochs):
         lines += [
             f"## {task}",
             "",
-            "| row | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
+            "| row | seeds | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
             "val σ(J) mean | est/ref JA | est/ref J | worst epoch val σ(JA) × plain | "
             "val PSNR | SSIM | step × plain |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         data["tasks"][task] = {}
         for row, runs in rs.items():
@@ -238,22 +263,38 @@ def summarize(results, a, epochs):
                 "zf_psnr": _m(hs, "zf_psnr"),
                 "step_ratio": _m(hs, "step_time") / pst,
                 "histories": hs,
+                "seeds": [r.get("seed", i) for i, r in enumerate(runs)],
+                "val_ratio_per_seed": [
+                    h[-1]["val_sigma_ja_mean"] / p[-1]["val_sigma_ja_mean"]
+                    for h, p in _paired(runs, rs.get("plain", []))
+                ],
             }
             data["tasks"][task][row] = rec
             lines.append(
-                f"| {ROWS[row][0]} | {vm:.3f} / {vx:.3f} | {vm / pv:.2f} | "
+                f"| {ROWS[row][0]} | {len(runs)} | {vm:.3f} / {vx:.3f} | {vm / pv:.2f} | "
                 f"{tm:.3f} / {tx:.3f} | {tm / pt:.2f} | {rec['val_sigma_j_mean']:.3f} | "
                 f"{rec['est_ratio_ja']:.2f} | {rec['est_ratio_j']:.2f} | {worst:.2f} | "
                 f"{rec['psnr']:.2f} | {rec['ssim']:.4f} | {rec['step_ratio']:.2f} |"
             )
         zf = next(iter(data["tasks"][task].values()))["zf_psnr"]
         lines += ["", f"Zero-filled val PSNR: {zf:.2f} dB.", ""]
-    lines += [
-        f"Command: `python experiments/true_sigma.py --tasks {a.tasks} --rows {a.rows} "
-        f"--epochs {a.epochs} --seeds {a.seeds} --lam {a.lam} --ref-tol {a.ref_tol:g}"
-        f"{' --quick' if a.quick else ''}`; machine: {data['machine']}."
-    ]
+    data["commands"] = a.commands
+    lines += ["Commands (in order): " + "; ".join(f"`{c}`" for c in a.commands) + f"; machine: {data['machine']}."]
     return lines, data
+
+
+def _command(a) -> str:
+    return (
+        f"python experiments/true_sigma.py --tasks {a.tasks} --rows {a.rows} --epochs {a.epochs} "
+        f"--seeds {a.seeds}{f' --seed-start {a.seed_start}' if a.seed_start else ''} --lam {a.lam} "
+        f"--ref-tol {a.ref_tol:g}{' --quick' if a.quick else ''}{' --append' if getattr(a, 'append', False) else ''}"
+    )
+
+
+def _paired(runs, plain_runs):
+    """(history, plain history) pairs of the same seed."""
+    by_seed = {r.get("seed", i): r["history"] for i, r in enumerate(plain_runs)}
+    return [(r["history"], by_seed[r.get("seed", i)]) for i, r in enumerate(runs) if r.get("seed", i) in by_seed]
 
 
 def figure(results, path):
