@@ -44,23 +44,46 @@ def cmd_data_synth(a):
         a.seed,
         a.test_acceleration,
         noise=a.noise,
+        overwrite=a.overwrite,
     )
     print(f"wrote {sum(len(v) for v in w.values())} volumes under {a.out}")
 
 
 def cmd_data_kspace(a):
     from .data.convert import convert_kspace
-    from .data.readers import read_array
+    from .data.readers import is_bart, read_array
 
+    axes = a.axes or ("bart" if is_bart(a.input) else None)
+    if axes is None:
+        raise ValueError(f"{a.input}: --axes is required for .mat/.npy input (e.g. x,y,coil or slice,coil,x,y)")
     k = read_array(a.input, a.key)
-    p = convert_kspace(k, a.out, a.axes, a.challenge, a.recon, a.acquisition, fft_axes_are_image=a.images)
+    p, notes = convert_kspace(
+        k, a.out, axes, a.challenge, a.recon, a.acquisition, fft_axes_are_image=a.images, undersampled=a.undersampled
+    )
+    for n in notes:
+        print(f"note: {n}")
     print(f"wrote {p}")
 
 
 def cmd_data_images(a):
     from .data.prep import images_to_dataset
 
-    w = images_to_dataset(a.source, a.out, a.per_volume, a.split, a.challenge, not a.no_phase, a.coils, a.seed, a.key)
+    w = images_to_dataset(
+        a.source,
+        a.out,
+        a.per_volume,
+        a.split,
+        a.challenge,
+        not a.no_phase,
+        a.coils,
+        a.seed,
+        a.key,
+        axes=a.axes,
+        overwrite=a.overwrite,
+        test_acceleration=a.test_acceleration,
+    )
+    for n in w.pop("notes"):
+        print(f"note: {n}")
     print(
         f"wrote {sum(len(v) for v in w.values())} volumes under {a.out} "
         f"(train {len(w['train'])}, val {len(w['val'])}, test {len(w['test'])})"
@@ -68,10 +91,17 @@ def cmd_data_images(a):
 
 
 def cmd_data_maps(a):
+    import numpy as np
+
     from .data.prep import maps_for_folder
 
-    out = maps_for_folder(a.root, a.maps_dir, a.calib_width, a.overwrite)
-    print(f"coil maps for {len(out)} volumes in {out[0].parent}")
+    r = maps_for_folder(a.root, a.maps_dir, a.calib_width, a.overwrite)
+    vals = [v for c in r["consistency"].values() for v in c]
+    if vals:
+        print(f"SENSE consistency ‖A x − y‖/‖y‖ of the new maps: median {np.median(vals):.1%}, max {max(vals):.1%}")
+    for w in r["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"coil maps for {len(r['maps'])} volumes in {r['maps'][0].parent}")
 
 
 def cmd_data_subset(a):
@@ -98,32 +128,54 @@ def add_data_parser(sub):
     s.add_argument("--noise", type=float, default=0.002, help="k-space noise std relative to the image peak")
     s.add_argument("--test-acceleration", type=int, default=4)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace the volumes already in --out")
     s.set_defaults(func=cmd_data_synth)
     c = ds.add_parser("convert", help="convert real data into fastMRI format")
     cs = c.add_subparsers(dest="convert_cmd", required=True)
     k = cs.add_parser("kspace", help="raw k-space (BART .cfl/.hdr, MATLAB .mat, .npy) -> one .h5 volume")
-    k.add_argument("input", help="raw file (.cfl/.hdr, .mat, .npy)")
+    k.add_argument("input", help="raw file (.cfl/.hdr or their stem, .mat, .npy)")
     k.add_argument("--out", required=True, help="output .h5 file")
-    k.add_argument("--axes", required=True, help="input axes, e.g. x,y,coil (BART) or slice,coil,x,y")
+    k.add_argument(
+        "--axes",
+        help="input axes from x, y, coil, slice, 1 (singleton), e.g. slice,coil,x,y; "
+        "'bart' (the default for .cfl) reads BART's dimension order",
+    )
     k.add_argument("--key", help="variable name inside a .mat file")
     k.add_argument(
         "--challenge",
         choices=["singlecoil", "multicoil"],
-        default="multicoil",
-        help="multicoil: RSS target; singlecoil: emulated single coil (ESC) target",
+        help="multicoil: RSS target; singlecoil: emulated single coil (ESC) target "
+        "(default: singlecoil for one coil, else multicoil)",
+    )
+    k.add_argument(
+        "--undersampled",
+        action="store_true",
+        help="the k-space is undersampled (Cartesian): write a test file with the inferred mask, no target",
     )
     k.add_argument("--recon", type=_size, help="target size hxw (default: the smaller side, square)")
     k.add_argument("--acquisition", default="CONVERTED")
     k.add_argument("--images", action="store_true", help="the input holds coil images, not k-space")
     k.set_defaults(func=cmd_data_kspace)
     i = cs.add_parser("images", help="magnitude images (folder or .mat/.npy) -> volumes with simulated k-space")
-    i.add_argument("source", help="image folder (PNG/JPEG/TIFF/.mat/.npy) or one .mat/.npy stack")
-    i.add_argument("--out", required=True, help="output folder (train/, val/, test/ inside)")
+    i.add_argument("source", help="image folder (PNG/JPEG/TIFF/.mat/.npy/.cfl) or one .mat/.npy/.cfl stack")
+    i.add_argument("--out", required=True, help="output folder (train/, val/, test/, test_targets/ inside)")
     i.add_argument("--per-volume", type=int, default=10, help="images per volume")
-    i.add_argument("--split", type=_fractions, default=(0.8, 0.2, 0.0), help="train,val,test fractions")
+    i.add_argument(
+        "--split", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions (test: challenge format)"
+    )
+    i.add_argument(
+        "--axes",
+        help="axes of a stack from x, y, slice (x,y,slice for MATLAB's (H, W, S)); default: inferred and reported",
+    )
+    i.add_argument("--test-acceleration", type=int, default=4, help="acceleration of the test volumes' masks")
+    i.add_argument("--overwrite", action="store_true", help="replace the volumes already in --out")
     i.add_argument("--challenge", choices=["singlecoil", "multicoil"], default="singlecoil")
     i.add_argument("--coils", type=int, default=8)
-    i.add_argument("--no-phase", action="store_true", help="real images (no smooth random phase)")
+    i.add_argument(
+        "--no-phase",
+        action="store_true",
+        help="magnitude images get no smooth random phase (complex inputs keep theirs)",
+    )
     i.add_argument("--key", help="variable name inside .mat files (e.g. im_ori)")
     i.add_argument("--seed", type=int, default=0)
     i.set_defaults(func=cmd_data_images)

@@ -86,7 +86,9 @@ def run_demo(out="mrijac-demo", quick: bool = False, overwrite: bool = False) ->
     s = SETTINGS[quick]
     data = out / "data"
     print(f"[1/4] synthetic fastMRI-format data in {data}")
-    write_synthetic_dataset(data, "knee", "singlecoil", s["volumes"], s["slices"], s["kspace"], s["recon"], seed=0)
+    write_synthetic_dataset(
+        data, "knee", "singlecoil", s["volumes"], s["slices"], s["kspace"], s["recon"], seed=0, overwrite=overwrite
+    )
     evals = []
     for i, (reg, label) in enumerate(RUNS):
         print(f"[{2 + i}/4] training U-Net, {label}, and evaluating it")

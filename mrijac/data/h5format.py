@@ -138,3 +138,22 @@ def read_header(hf: h5py.File, fname) -> dict:
         "enc_center": q(lim + ["center"]),
         "enc_max": q(lim + ["maximum"]),
     }
+
+
+DATASET_SPLITS = ("train", "val", "test", "test_targets")
+
+
+def claim_dataset_folder(out: str | Path, overwrite: bool = False) -> Path:
+    """Make ``out`` ready for a new dataset: refuse (``FileExistsError``) when its split folders
+    already hold volumes, unless ``overwrite``, which removes those volumes first — never a mix
+    of an old and a new dataset."""
+    out = Path(out)
+    old = [p for s in DATASET_SPLITS if (out / s).is_dir() for p in (out / s).iterdir() if p.suffix in (".h5", ".hdf5")]
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{out}: already holds {len(old)} volumes (e.g. {old[0].relative_to(out)}); "
+            "choose another --out or pass --overwrite to replace them"
+        )
+    for p in old:
+        p.unlink()
+    return out

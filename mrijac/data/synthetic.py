@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..operators.masks import fastmri_mask
 from ..operators.mri import fft2c, ifft2c
-from .h5format import write_volume
+from .h5format import claim_dataset_folder, write_volume
 from .phantoms import phantom_volume
 
 ACQ = {"knee": "CORPD_FBK", "brain": "AXT2"}
@@ -84,6 +84,53 @@ def synth_volume(
     return k, targets_from_kspace(k, recon_size)
 
 
+def write_split_volume(
+    out: str | Path,
+    split: str,
+    name: str,
+    k: np.ndarray,
+    target: np.ndarray,
+    challenge: str,
+    acquisition: str,
+    recon_size: tuple[int, int],
+    seed: int,
+    test_acceleration: int = 4,
+    test_center_fraction: float = 0.08,
+    extra_attrs: dict | None = None,
+) -> Path:
+    """Write ``out/<split>/<name>``; a test volume in fastMRI's challenge format.
+
+    Train/val: fully sampled ``k`` with its ``target``.  Test: masked k-space, its ``mask``
+    ``(W,)`` (random for single-coil, equispaced for multi-coil, as fastMRI), no target; the
+    target is kept apart in ``out/test_targets/<name>`` as fastMRI's organisers do.
+    """
+    out, path = Path(out), Path(out) / split / name
+    if split != "test":
+        return write_volume(path, k, target, challenge, acquisition, recon_size, extra_attrs=extra_attrs)
+    mask, num_low = fastmri_mask(
+        "equispaced_fraction" if challenge == "multicoil" else "random",
+        k.shape[-1],
+        test_center_fraction,
+        test_acceleration,
+        seed=seed,
+    )
+    m = mask.numpy().astype(bool)
+    write_volume(
+        path,
+        k * m,
+        None,
+        challenge,
+        acquisition,
+        recon_size,
+        mask=m,
+        acceleration=test_acceleration,
+        num_low_frequency=num_low,
+        extra_attrs=extra_attrs,
+    )
+    write_volume(out / "test_targets" / name, k, target, challenge, acquisition, recon_size, extra_attrs=extra_attrs)
+    return path
+
+
 def write_synthetic_dataset(
     out: str | Path,
     kind: str = "knee",
@@ -98,17 +145,19 @@ def write_synthetic_dataset(
     test_center_fraction: float = 0.08,
     noise: float = 0.002,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, list[Path]]:
     """Write ``out/{train,val,test}/*.h5`` in fastMRI format; returns the written paths.
 
     ``volumes`` maps split -> number of volumes (default ``{"train": 4, "val": 2, "test": 1}``);
-    each volume has its own seed, derived from ``seed``, the split and its index.
+    each volume has its own seed, derived from ``seed``, the split and its index.  A folder
+    that already holds volumes is refused unless ``overwrite`` (:func:`claim_dataset_folder`).
     """
     volumes = {"train": 4, "val": 2, "test": 1} if volumes is None else dict(volumes)
     bad = set(volumes) - {"train", "val", "test"}
     if bad:
         raise ValueError(f"splits must be train, val or test; got {sorted(bad)}")
-    out = Path(out)
+    out = claim_dataset_folder(out, overwrite)
     written = {s: [] for s in volumes}
     todo = [(s, i) for s, n in volumes.items() for i in range(n)]
     split_code = {"train": 0, "val": 1, "test": 2}
@@ -116,39 +165,19 @@ def write_synthetic_dataset(
         vseed = seed * 100_003 + split_code[split] * 10_007 + i
         k, target = synth_volume(kind, challenge, n_slices, kspace_shape, recon_size, vseed, num_coils, noise)
         name = f"{'file' if kind == 'knee' else 'file_brain'}_{challenge}_{split}_{i:04d}.h5"
-        path = out / split / name
-        if split == "test":
-            mask, num_low = fastmri_mask(
-                "equispaced_fraction" if challenge == "multicoil" else "random",
-                k.shape[-1],
-                test_center_fraction,
-                test_acceleration,
-                seed=vseed,
-            )
-            m = mask.numpy().astype(bool)
-            write_volume(
-                path,
-                k * m,
-                None,
-                challenge,
-                ACQ[kind],
-                recon_size,
-                mask=m,
-                acceleration=test_acceleration,
-                num_low_frequency=num_low,
-                extra_attrs={"synthetic_seed": vseed},
-            )
-            # ground truth of test files is kept apart, as fastMRI's organisers do
-            write_volume(
-                out / "test_targets" / name,
-                k,
-                target,
-                challenge,
-                ACQ[kind],
-                recon_size,
-                extra_attrs={"synthetic_seed": vseed},
-            )
-        else:
-            write_volume(path, k, target, challenge, ACQ[kind], recon_size, extra_attrs={"synthetic_seed": vseed})
+        path = write_split_volume(
+            out,
+            split,
+            name,
+            k,
+            target,
+            challenge,
+            ACQ[kind],
+            recon_size,
+            vseed,
+            test_acceleration,
+            test_center_fraction,
+            {"synthetic_seed": vseed},
+        )
         written[split].append(path)
     return written
