@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,16 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename (never half-written)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    except (RuntimeError, OSError) as err:  # torch reports a full disk as "[enforce fail at …]"
+        free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.exists() else 0
+        raise OSError(
+            f"{path}: could not write the checkpoint ({str(err).splitlines()[0][:120]}); "
+            f"{free / 2**20:.0f} MiB free there — is the disk full or the folder read-only? "
+            "The previous checkpoint, if any, is unchanged"
+        ) from None
     return path
 
 

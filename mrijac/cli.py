@@ -1,7 +1,7 @@
 """The ``mrijac`` command line.
 
-Errors in the input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) print one
-line ``mrijac: error: …`` and exit with status 2.
+Errors in the input or the environment (``ValueError``, ``OSError``: missing, existing or
+read-only files, a full disk) print one line ``mrijac: error: …`` and exit with status 2.
 """
 
 from __future__ import annotations
@@ -199,15 +199,26 @@ def add_data_parser(sub):
 
 def cmd_train(a):
     from .config import describe, load_config
-    from .train.trainer import Interrupted, NonFiniteError, train
 
     if a.help_config:
         print("config keys (YAML sections or key=value overrides) and defaults:\n" + describe())
         return 0
-    if a.config is None and not a.resume:
-        raise ValueError("train needs --config FILE (or --resume with --out)")
+    if a.config is None and not a.resume and not a.overrides:
+        raise ValueError("train needs --config FILE and/or key=value overrides (or --resume with --out)")
+    if a.config is None and a.resume:  # the run's own config
+        if not a.out:
+            raise ValueError("train --resume needs --out RUN (the run folder to continue)")
+        a.config = Path(a.out) / "config.yaml"
+        if not a.config.exists():
+            raise FileNotFoundError(
+                f"{a.config}: no config in the run folder; nothing was saved there yet — start it again with --config"
+            )
     cfg = load_config(a.config, a.overrides)
     out = Path(a.out) if a.out else Path("runs") / cfg.name
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: --out names an existing file; the run folder must be a directory")
+    from .train.trainer import Interrupted, NonFiniteError, train  # after the config: errors stay fast
+
     try:
         row = train(cfg, out, resume=a.resume, overwrite=a.overwrite)
     except NonFiniteError as err:
@@ -357,14 +368,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(err: BaseException) -> str:
+    """One line for the user: the error's own first line; for an error re-raised from a data
+    loader worker ("Caught ValueError in DataLoader worker process 0. Original Traceback …")
+    the original message (which names the file), not torch's wrapper line."""
+    import errno
+
+    text = str(err).strip()
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        why = {
+            errno.ENOTDIR: "a file is in the way of this folder",
+            errno.EEXIST: "exists as a file where a folder is needed",
+            errno.EACCES: "permission denied (choose a writable location)",
+            errno.EROFS: "read-only file system (choose a writable location)",
+            errno.ENOSPC: "no space left on the device",
+        }.get(err.errno, err.strerror)
+        text = f"{err.filename}: {why}"
+    lines = text.splitlines()
+    if lines and lines[0].startswith("Caught ") and "Original Traceback" in text:
+        name = type(err).__name__
+        orig = [ln for ln in lines if ln.startswith(f"{name}: ")]
+        if orig:
+            return orig[-1][len(name) + 2 :]
+    return lines[0] if lines else type(err).__name__
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         rv = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"mrijac: error: {msg}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # OSError: missing/existing/read-only files, full disks
+        print(f"mrijac: error: {error_line(err)}", file=sys.stderr)
         return 2
     return int(rv or 0)
 

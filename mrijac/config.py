@@ -13,21 +13,21 @@ from pathlib import Path
 
 import yaml
 
-from .models import MODELS
-from .operators.masks import MASK_TYPES
+from .names import MASK_TYPES, MODELS
 
 REGULARIZERS = ("none", "wd", "sw", "sj", "fj", "sja", "fja", "sja+sj", "fja+fj")
 TASKS = ("mri", "cs", "sr")
 
 
-def _meta(help: str, choices: tuple | None = None) -> dict:
-    return {"help": help, "choices": choices}
+def _meta(help: str, choices: tuple | None = None, min=None) -> dict:
+    return {"help": help, "choices": choices, "min": min}
 
 
-def _opt(default, help: str, choices: tuple | None = None):
-    """A config field: its default, one line of help and (optionally) the allowed values —
-    the one place that ``validate`` and ``--help-config`` read them from."""
-    return field(default=default, metadata=_meta(help, choices))
+def _opt(default, help: str, choices: tuple | None = None, min=None):
+    """A config field: its default, one line of help and (optionally) the allowed values or
+    the smallest allowed value — the one place that ``validate`` and ``--help-config`` read
+    them from."""
+    return field(default=default, metadata=_meta(help, choices, min))
 
 
 @dataclass
@@ -50,29 +50,29 @@ class DataConfig:
     batch_size: int = _opt(1, "samples per training batch")
     num_workers: int = _opt(-1, "loader processes; -1: min(4, cpu_count - 1)")
     mnist_dir: str = _opt("", "cs: folder of MNIST IDX files")
-    q: int = _opt(160, "cs: number of Gaussian measurements")
-    n_train: int = _opt(500, "cs: training images")
-    n_val: int = _opt(1000, "cs: validation images")
+    q: int = _opt(160, "cs: number of Gaussian measurements", min=1)
+    n_train: int = _opt(500, "cs: training images", min=1)
+    n_val: int = _opt(1000, "cs: validation images", min=1)
     eps: float = _opt(0.0, "cs: radius of the ℓ2-sphere noise")
     train_dir: str = _opt("", "sr: training image folder")
     val_dir: str = _opt("", "sr: validation image folder")
-    factor: int = _opt(2, "sr: decimation factor")
+    factor: int = _opt(2, "sr: decimation factor", min=1)
     kernel: str = _opt("gaussian", "sr: blur kernel")
-    patch: int = _opt(48, "sr: training patch size (high resolution)")
-    patches_per_image: int = _opt(16, "sr: training patches drawn per image and epoch")
+    patch: int = _opt(48, "sr: training patch size (high resolution)", min=1)
+    patches_per_image: int = _opt(16, "sr: training patches drawn per image and epoch", min=1)
 
 
 @dataclass
 class ModelConfig:
     name: str = _opt("unet", "network (mri: unet, dncnn, varnet; cs: fcnet; sr: edsr, wdsr)", MODELS)
-    chans: int = _opt(32, "unet: first-level channels; varnet: cascade U-Net channels")
-    num_pool_layers: int = _opt(4, "unet; varnet: cascade U-Net pools")
-    cascades: int = _opt(12, "varnet: unrolled cascades")
-    drop_prob: float = _opt(0.0, "unet: dropout probability")
-    depth: int = _opt(17, "dncnn: layers")
-    features: int = _opt(64, "dncnn, edsr (n_feats), wdsr (n_feats)")
+    chans: int = _opt(32, "unet: first-level channels; varnet: cascade U-Net channels", min=1)
+    num_pool_layers: int = _opt(4, "unet; varnet: cascade U-Net pools", min=1)
+    cascades: int = _opt(12, "varnet: unrolled cascades", min=1)
+    drop_prob: float = _opt(0.0, "unet: dropout probability", min=0)
+    depth: int = _opt(17, "dncnn: layers", min=2)
+    features: int = _opt(64, "dncnn, edsr (n_feats), wdsr (n_feats)", min=1)
     batchnorm: bool = _opt(False, "dncnn (False: per-sample Jacobians stay exact in training)")
-    n_resblocks: int = _opt(16, "edsr, wdsr: residual blocks")
+    n_resblocks: int = _opt(16, "edsr, wdsr: residual blocks", min=1)
     complex_to: str = _opt(
         "channels", "mri: a complex image enters as (re, im) channels or as its magnitude", ("channels", "magnitude")
     )
@@ -133,21 +133,21 @@ class OptimConfig:
     lr: float = _opt(1e-3, "learning rate")
     weight_decay: float = _opt(0.0, "the optimizer's own decay (the wd regularizer is explicit)")
     schedule: str = _opt("none", "learning-rate schedule", ("none", "step", "cosine"))
-    step_size: int = _opt(10, "step schedule: epochs between decays")
-    lr_gamma: float = _opt(0.1, "step schedule: decay factor")
+    step_size: int = _opt(10, "step schedule: epochs between decays", min=1)
+    lr_gamma: float = _opt(0.1, "step schedule: decay factor", min=0)
     epochs: int = _opt(10, "training epochs")
     grad_clip: float = _opt(0.0, "max gradient norm (0: off)")
 
 
 @dataclass
 class TrainConfig:
-    seed: int = _opt(0, "seed of everything random (data order, masks, initial weights)")
+    seed: int = _opt(0, "seed of everything random (data order, masks, initial weights)", min=0)
     device: str = _opt("auto", "auto: CUDA when available", ("auto", "cpu", "cuda"))
     precision: str = _opt("32", "autocast precision (fp16 on CUDA with a grad scaler)", ("32", "bf16", "fp16"))
     ref_slices: int = _opt(4, "probe slices (val and train) for the reference σ each epoch (0: off)")
     ref_tol: float = _opt(1e-2, "reference σ: Lanczos relative residual (1e-2: σ to about 1 %)")
     ref_max_iter: int = _opt(40, "reference σ: cap on Lanczos steps")
-    ge_batches: int = _opt(8, "training batches (fixed subset) re-evaluated for GE each epoch (0: all)")
+    ge_batches: int = _opt(8, "training batches (fixed subset) re-evaluated for GE each epoch (0: all)", min=0)
     progress: bool = _opt(True, "progress bars and per-epoch lines")
 
 
@@ -318,9 +318,15 @@ def validate(cfg: Config) -> None:
         if not (val > 0 if strict else val >= 0):
             raise ValueError(f"config key {key} must be {'>' if strict else '>='} 0, got {val!r}")
 
-    for key, val, meta in _fields(cfg):  # every field with a fixed set of values
+    for key, val, meta in _fields(cfg):  # every field with a fixed set of values or a minimum
         if meta.get("choices"):
             choice(key, str(val) if key == "train.precision" else val, meta["choices"])
+        if meta.get("min") is not None and not val >= meta["min"]:
+            raise ValueError(f"config key {key} must be >= {meta['min']}, got {val!r}")
+    if not cfg.model.drop_prob < 1:
+        raise ValueError(f"config key model.drop_prob must be < 1, got {cfg.model.drop_prob}")
+    if cfg.optim.lr_gamma <= 0:
+        raise ValueError(f"config key optim.lr_gamma must be > 0, got {cfg.optim.lr_gamma}")
     d, r, o, t = cfg.data, cfg.reg, cfg.optim, cfg.train
     if len(d.accelerations) != len(d.center_fractions) or not d.accelerations:
         raise ValueError(
@@ -411,5 +417,7 @@ def describe() -> str:
             line += f"  — {meta['help']}"
         if meta.get("choices"):
             line += f"  [{' | '.join(map(str, meta['choices']))}]"
+        if meta.get("min") is not None:
+            line += f"  [>= {meta['min']}]"
         lines.append(line)
     return "\n".join(lines).lstrip("\n")

@@ -22,6 +22,21 @@ def resolve_workers(n: int) -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def check_recon_size(model_meta: dict, dataset, checkpoint) -> None:
+    """Refuse MRI data whose reconstruction size differs from the one a checkpoint was trained
+    at (its output is cropped to that size: scores would crash, predictions be the wrong size)."""
+    want = tuple(model_meta.get("crop") or ())
+    if not want or not hasattr(dataset, "recon_sizes"):
+        return
+    for size, fname in dataset.recon_sizes().items():
+        if size != want:
+            raise ValueError(
+                f"{fname}: reconstruction size {size[0]}×{size[1]}, but the checkpoint {checkpoint} "
+                f"reconstructs {want[0]}×{want[1]} (the size of its training data); "
+                "use data of that size or train on this one"
+            )
+
+
 def build_reconstructor(cfg, meta: dict) -> Reconstructor:
     """The reconstructor of ``cfg.model`` for a task described by ``meta`` (from the task)."""
     m = cfg.model

@@ -9,6 +9,7 @@ import mrijac
 ROOT = Path(mrijac.__file__).parent
 LAYER = {
     "atomic": 0,
+    "names": 0,
     "operators": 0,
     "metrics": 0,
     "runtime": 0,

@@ -137,8 +137,36 @@ def test_refuses_existing_run_and_nothing_to_resume(data, tmp_path):
     train(cfg_for(data, "optim.epochs=1"), tmp_path / "r")
     with pytest.raises(FileExistsError, match="already holds files"):
         train(cfg_for(data), tmp_path / "r")
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(FileNotFoundError, match="nothing to resume .* start it again with --overwrite"):
         Trainer(cfg_for(data), tmp_path / "empty", resume=True)
+    # a run killed before its first checkpoint: the advice is --overwrite, not --resume
+    (tmp_path / "early").mkdir()
+    save_config(cfg_for(data), tmp_path / "early" / "config.yaml")
+    with pytest.raises(FileExistsError, match="use --overwrite to replace it \\(it has no checkpoint to resume\\)"):
+        train(cfg_for(data), tmp_path / "early")
+
+
+def test_resume_after_a_kill_cleans_up_and_logs_each_epoch_once(data, tmp_path, capsys):
+    """A kill between logging an epoch and checkpointing it, and a kill during a checkpoint
+    write: the resumed run lists each epoch once and leaves no temporary file."""
+    import csv
+
+    from mrijac.cli import main
+
+    run = tmp_path / "r"
+    train(cfg_for(data, "optim.epochs=1"), run)
+    hist = run / "history.csv"
+    rows = list(csv.DictReader(hist.open()))
+    with hist.open("a", newline="") as fh:  # epoch 2 logged, then killed before its checkpoint
+        w = csv.DictWriter(fh, fieldnames=rows[0].keys())
+        w.writerow({**rows[0], "epoch": "2"})
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    stale = run / "checkpoints" / f".last.pt.tmp{dead}"
+    stale.write_bytes(b"half a checkpoint")
+    # --resume without --config reads the run's own config.yaml
+    assert main(["train", "--out", str(run), "--resume", "optim.epochs=2"]) == 0
+    assert [r["epoch"] for r in csv.DictReader(hist.open())] == ["1", "2"]
+    assert not stale.exists()
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):

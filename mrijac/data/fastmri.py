@@ -321,6 +321,13 @@ class MRISliceDataset(SliceDataset):
                 f"{root}: no fastMRI .h5 slices found (is it the right folder and challenge '{challenge}'?)"
             )
 
+    def recon_sizes(self) -> dict[tuple[int, int], str]:
+        """Each reconstruction size ``(h, w)`` in the folder, with one file that has it."""
+        out = {}
+        for r in self.raw_samples:
+            out.setdefault(tuple(int(v) for v in r.metadata["recon_size"][:2]), str(r.fname))
+        return out
+
     def _retrieve_metadata(self, fname):
         fname = Path(fname)
         if not fname.is_file() or fname.suffix.lower() not in H5_SUFFIXES:

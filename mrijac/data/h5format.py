@@ -113,6 +113,22 @@ def write_volume(
     return path
 
 
+def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
+    """``h5py.File`` that fails with a ``ValueError`` naming the file when it is not a readable
+    HDF5 file (truncated, corrupt, not HDF5) instead of h5py's bare ``OSError``."""
+    path = Path(path)
+    if mode == "r" and not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:
+        if isinstance(err, PermissionError):
+            raise
+        raise ValueError(
+            f"{path}: not a readable HDF5 file (truncated or corrupt?): {str(err).splitlines()[0]}"
+        ) from None
+
+
 def read_header(hf: h5py.File, fname) -> dict:
     """Sizes from ``ismrmrd_header``; ``ValueError`` naming the file if it is unusable."""
     if "ismrmrd_header" not in hf:

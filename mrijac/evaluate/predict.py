@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_model
 from ..data.fastmri import H5_SUFFIXES
-from ..data.h5format import TARGET_KEYS
+from ..data.h5format import TARGET_KEYS, open_h5
 from ..metrics import aggregate, volume_metrics
 from ..runtime import resolve_device
+from ..tasks import check_recon_size
 from .report import md_table, staged_dir, write_csv, write_json, write_report
 
 
@@ -47,12 +48,13 @@ def predict_folder(
 
     data = Path(data)
     files = _h5_files(data)
-    model, cfg, _ = load_model(checkpoint, resolve_device(device))
+    model, cfg, ck = load_model(checkpoint, resolve_device(device))
+    model_meta = ck["model_meta"]
     if cfg.task != "mri":
         raise ValueError(f"predict reconstructs MRI volumes; this checkpoint is a {cfg.task} model")
     with_mask = []
     for f in files:
-        with h5py.File(f, "r") as hf:
+        with open_h5(f) as hf:
             with_mask.append("mask" in hf)
     if any(with_mask) and not all(with_mask):
         raise ValueError(
@@ -67,6 +69,7 @@ def predict_folder(
         crop_kspace=d.crop_kspace,
         coil_compression=d.coil_compression,
     )
+    check_recon_size(model_meta, ds, checkpoint)
     bs = batch_size or (d.batch_size if d.crop_kspace else 1)
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate_mri)
     dev = next(model.parameters()).device
@@ -74,6 +77,8 @@ def predict_folder(
     for batch in tqdm(loader, desc="predict", disable=not progress):
         b = batch.to(dev)
         rec = model(b.y, b.A).float().cpu().numpy()
+        if not np.isfinite(rec).all():
+            raise ValueError(f"{checkpoint}: its reconstruction of {b.fname[0]} holds NaN/Inf; nothing was written")
         for i, (f, s) in enumerate(zip(b.fname, b.slice.tolist())):
             vols.setdefault(f, {})[s] = rec[i]
     written = []
@@ -102,7 +107,7 @@ def evaluate_predictions(predictions, targets, out, challenge: str | None = None
         pf = predictions / tf.name
         if not pf.exists():
             raise FileNotFoundError(f"{pf}: no prediction for target {tf.name}")
-        with h5py.File(tf, "r") as ht, h5py.File(pf, "r") as hp:
+        with open_h5(tf) as ht, open_h5(pf) as hp:
             keys = [TARGET_KEYS[challenge]] if challenge else list(TARGET_KEYS.values())
             key = next((k for k in keys if k in ht), None)
             if key is None:
@@ -115,6 +120,9 @@ def evaluate_predictions(predictions, targets, out, challenge: str | None = None
         p = center_crop(p, crop) if p.shape[-2] >= crop[0] and p.shape[-1] >= crop[1] else p
         if p.shape != t.shape:
             raise ValueError(f"{pf}: reconstruction {p.shape} does not match target {t.shape}")
+        bad = int((~np.isfinite(p)).sum())
+        if bad:
+            raise ValueError(f"{pf}: 'reconstruction' holds {bad} non-finite values (NaN/Inf); nothing was scored")
         per.append({"fname": tf.name, **volume_metrics(t, p)})
     agg = aggregate(per)
     result = {"predictions": str(predictions), "targets": str(targets), "per_volume": per, "aggregate": agg}

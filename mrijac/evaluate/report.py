@@ -21,10 +21,15 @@ def staged_dir(out, overwrite: bool = False):
     Refuses an existing non-empty ``out`` unless ``overwrite``.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: names an existing file; --out must be a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already holds files; use --overwrite to replace them")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the results private
     try:
         yield tmp
         if out.exists():

@@ -11,7 +11,7 @@ from ..checkpoint import load_model
 from ..inference import jacobian_stats, reconstruct, score
 from ..metrics import generalization_gap
 from ..runtime import resolve_device
-from ..tasks import make_task
+from ..tasks import check_recon_size, make_task
 from .figures import curves_figure, reconstruction_figure
 from .report import fmt, md_table, staged_dir, write_csv, write_json, write_report
 
@@ -43,6 +43,7 @@ def evaluate_checkpoint(
     model, cfg, ck = load_model(checkpoint, dev)
     cfg.data.num_workers = 0
     task = make_task(cfg, splits=("val",), paths={"val": data})
+    check_recon_size(ck["model_meta"], task.datasets.get("val"), checkpoint)
     if cfg.task == "mri" and cfg.data.batch_size > 1 and not cfg.data.crop_kspace:
         task.batch_size = 1
     loader = task.loader("val", False)
@@ -50,6 +51,12 @@ def evaluate_checkpoint(
         rec = reconstruct(model, task, loader, dev, progress=progress, desc="evaluate")
         if not any(it["target"] is not None for it in rec["items"]):
             raise ValueError(f"{data}: no targets to evaluate against (test files?)")
+        bad = int((~np.isfinite(rec["l2_values"])).sum()) if len(rec["l2_values"]) else 0
+        if bad:
+            raise ValueError(
+                f"{checkpoint}: its reconstructions of {bad} of {len(rec['l2_values'])} samples in {data} "
+                "hold NaN/Inf; nothing was scored"
+            )
         s = score(rec, task)
         gen = generalization(cfg, ck, data, rec)
         js = jacobian_stats(

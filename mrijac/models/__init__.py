@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from fastmri.models import Unet
 
+from ..names import MODELS  # noqa: F401  (re-exported)
 from .dncnn import DnCNN
 from .edsr import EDSR
 from .fcnet import FCNet
 from .reconstructor import Reconstructor, center_crop, safe_abs
 from .varnet import VarNetReconstructor
 from .wdsr import WDSR
-
-MODELS = ("unet", "dncnn", "varnet", "fcnet", "edsr", "wdsr")
 
 
 def build_network(name: str, **kwargs):

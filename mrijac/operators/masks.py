@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from fastmri.data import subsample
 
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction", "poisson", "gaussian1d")
-COLUMN_MASKS = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction", "gaussian1d")
+from ..names import COLUMN_MASKS, MASK_TYPES  # noqa: F401  (re-exported)
 
 
 def check_mask_params(acceleration: float, center_fraction: float | None = None, num_cols: int | None = None) -> None:

@@ -113,6 +113,17 @@ class HistoryLog:
         self.path, self.progress = Path(out) / "history.csv", progress
         self.writer = SummaryWriter(str(Path(out) / "tb"), purge_step=start_epoch)
 
+    def rewrite(self, rows: list[dict]) -> None:
+        """Replace ``history.csv`` by ``rows`` (on resume: the checkpoint's epochs, so that an
+        epoch logged after the last checkpoint is not listed twice)."""
+        from ..atomic import atomic_path
+
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+
     def write(self, row: dict) -> None:
         new = not self.path.exists()
         with open(self.path, "a", newline="") as fh:

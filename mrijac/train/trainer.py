@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import remove_stale
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, config_from_dict, flatten, save_config
 from ..inference import reconstruct, score
@@ -49,16 +50,25 @@ class Interrupted(RuntimeError):
 
 
 def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over a run unless ``overwrite``; ``resume`` needs one."""
+    """Refuse to write over a run unless ``overwrite``; ``resume`` needs a checkpoint.  Temporary
+    files of a killed checkpoint write are removed."""
     ck = out / "checkpoints" / "last.pt"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: names an existing file; the run folder must be a directory")
+    for d in (out, out / "checkpoints"):
+        remove_stale(d)
     if resume:
         if not ck.exists():
-            raise FileNotFoundError(f"{ck}: nothing to resume (no checkpoint in {out})")
+            raise FileNotFoundError(
+                f"{ck}: nothing to resume — the run in {out} stopped before its first checkpoint; "
+                "start it again with --overwrite"
+            )
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"{out} already holds files (a run?); use --overwrite to replace it or --resume to continue it"
+                f"{out} already holds files (a run?); use --overwrite to replace it"
+                + (" or --resume to continue it" if ck.exists() else " (it has no checkpoint to resume)")
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,6 +337,8 @@ class Trainer:
         """
         stop = _StopSignals()
         log = HistoryLog(self.out, self.cfg.train.progress, self.epoch) if self.rank == 0 else None
+        if log is not None and self.ck is not None:
+            log.rewrite(self.history)  # epochs logged after the checkpoint are done again
         try:
             while self.epoch < self.cfg.optim.epochs:
                 t0 = time.time()
