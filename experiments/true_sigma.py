@@ -141,6 +141,7 @@ def main():
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (to add seeds to a run)")
     ap.add_argument("--append", action="store_true", help="add these runs to the results already at --out")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from <out>.json, run nothing")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--ref-slices", type=int, default=4)
     ap.add_argument(
@@ -152,7 +153,9 @@ def main():
     torch.set_num_threads(a.threads or max(1, torch.get_num_threads()))
     epochs = 2 if a.quick else a.epochs
     rows = a.rows.split(",")
-    results, a.commands = load_previous(Path(a.out)) if a.append else ({}, [])
+    results, a.commands = load_previous(Path(a.out)) if a.append or a.report_only else ({}, [])
+    if a.report_only:
+        return report(results, a, epochs)
     a.commands = a.commands + [_command(a)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -211,7 +214,9 @@ def summarize(results, a, epochs):
         "# True Jacobian norm: reference σ of each penalty variant vs plain",
         "",
         f"U-Net, batch 4, sja+sj with λ1 = λ2 = {a.lam} for every row, {epochs} epochs, "
-        "n seeds per row as listed. σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
+        "'seeds': training seeds per row; every '× plain' is the mean over seeds of the ratio to the plain run "
+        "of the same seed (same data order, machine and thread count), σ values are means over seeds. "
+        f"σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
         f"on {a.ref_slices} fixed validation and {a.ref_slices} fixed training slices. "
         "'est/ref' = median of the training-time estimate over the reference σ of the "
         "samples the penalty acted on (last steps of each epoch), last epoch. "
@@ -225,56 +230,55 @@ def summarize(results, a, epochs):
         "tasks": {},
     }
     for task, rs in results.items():
-        plain = [r["history"] for r in rs.get("plain", [])]
-        pst = _m(plain, "step_time") if plain else math.nan
         lines += [
             f"## {task}",
             "",
             "| row | seeds | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
             "val σ(J) mean | est/ref JA | est/ref J | worst epoch val σ(JA) × plain | "
-            "val PSNR | SSIM | step × plain |",
+            "val PSNR − plain | SSIM | step × plain |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         data["tasks"][task] = {}
         for row, runs in rs.items():
             hs = [r["history"] for r in runs]
-            vm, vx = _m(hs, "val_sigma_ja_mean"), _m(hs, "val_sigma_ja_max")
-            tm, tx = _m(hs, "train_ref_sigma_ja_mean"), _m(hs, "train_ref_sigma_ja_max")
-            pv = _m(plain, "val_sigma_ja_mean") if plain else math.nan
-            pt = _m(plain, "train_ref_sigma_ja_mean") if plain else math.nan
-            worst = math.nan
-            if plain and len(hs[0]) > 1:
-                worst = max(
-                    np.nanmean([h[e]["val_sigma_ja_mean"] for h in hs])
-                    / np.nanmean([p[e]["val_sigma_ja_mean"] for p in plain])
-                    for e in range(1, len(hs[0]))
-                )
+            pairs = _paired(runs, rs.get("plain", []))
+
+            def ratio(key, e=-1, pairs=pairs):  # mean over seeds of the seed-matched ratio to plain
+                v = [h[e].get(key, math.nan) / p[e].get(key, math.nan) for h, p in pairs if len(h) > e and len(p) > e]
+                return float(np.nanmean(v)) if v and any(np.isfinite(v)) else math.nan
+
+            n_ep = min((len(h) for h, _ in pairs), default=0)
+            per_epoch = [ratio("val_sigma_ja_mean", e) for e in range(n_ep)]
             rec = {
-                "val_sigma_ja_mean": vm,
-                "val_sigma_ja_max": vx,
-                "train_sigma_ja_mean": tm,
-                "train_sigma_ja_max": tx,
+                "val_sigma_ja_mean": _m(hs, "val_sigma_ja_mean"),
+                "val_sigma_ja_max": _m(hs, "val_sigma_ja_max"),
+                "train_sigma_ja_mean": _m(hs, "train_ref_sigma_ja_mean"),
+                "train_sigma_ja_max": _m(hs, "train_ref_sigma_ja_max"),
                 "val_sigma_j_mean": _m(hs, "val_sigma_j_mean"),
+                "val_ratio": ratio("val_sigma_ja_mean"),
+                "train_ratio": ratio("train_ref_sigma_ja_mean"),
+                "val_ratio_per_epoch": per_epoch,
+                "val_ratio_per_seed": [h[-1]["val_sigma_ja_mean"] / p[-1]["val_sigma_ja_mean"] for h, p in pairs],
                 "est_ratio_ja": _m(hs, "est_ratio_ja"),
                 "est_ratio_j": _m(hs, "est_ratio_j"),
-                "worst_epoch_ratio": worst,
+                "worst_epoch_ratio": max(per_epoch[1:]) if len(per_epoch) > 1 else math.nan,
                 "psnr": _m(hs, "psnr"),
+                "psnr_vs_plain": float(np.mean([h[-1]["psnr"] - p[-1]["psnr"] for h, p in pairs]))
+                if pairs
+                else math.nan,
                 "ssim": _m(hs, "ssim"),
                 "zf_psnr": _m(hs, "zf_psnr"),
-                "step_ratio": _m(hs, "step_time") / pst,
+                "step_ratio": ratio("step_time"),
                 "histories": hs,
                 "seeds": [r.get("seed", i) for i, r in enumerate(runs)],
-                "val_ratio_per_seed": [
-                    h[-1]["val_sigma_ja_mean"] / p[-1]["val_sigma_ja_mean"]
-                    for h, p in _paired(runs, rs.get("plain", []))
-                ],
             }
             data["tasks"][task][row] = rec
             lines.append(
-                f"| {ROWS[row][0]} | {len(runs)} | {vm:.3f} / {vx:.3f} | {vm / pv:.2f} | "
-                f"{tm:.3f} / {tx:.3f} | {tm / pt:.2f} | {rec['val_sigma_j_mean']:.3f} | "
-                f"{rec['est_ratio_ja']:.2f} | {rec['est_ratio_j']:.2f} | {worst:.2f} | "
-                f"{rec['psnr']:.2f} | {rec['ssim']:.4f} | {rec['step_ratio']:.2f} |"
+                f"| {ROWS[row][0]} | {len(runs)} | {rec['val_sigma_ja_mean']:.3f} / {rec['val_sigma_ja_max']:.3f} | "
+                f"{rec['val_ratio']:.2f} | {rec['train_sigma_ja_mean']:.3f} / {rec['train_sigma_ja_max']:.3f} | "
+                f"{rec['train_ratio']:.2f} | {rec['val_sigma_j_mean']:.3f} | "
+                f"{rec['est_ratio_ja']:.2f} | {rec['est_ratio_j']:.2f} | {rec['worst_epoch_ratio']:.2f} | "
+                f"{rec['psnr_vs_plain']:+.2f} | {rec['ssim']:.4f} | {rec['step_ratio']:.2f} |"
             )
         zf = next(iter(data["tasks"][task].values()))["zf_psnr"]
         lines += ["", f"Zero-filled val PSNR: {zf:.2f} dB.", ""]
@@ -300,19 +304,21 @@ def _paired(runs, plain_runs):
 def figure(results, path):
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.6), squeeze=False)
     for ax, (task, rs) in zip(axes[0], results.items()):
-        plain = [r["history"] for r in rs.get("plain", [])]
         for row, runs in rs.items():
-            hs = [r["history"] for r in runs]
-            ep = [h["epoch"] for h in hs[0]]
-            ratio = [
-                np.nanmean([h[e]["val_sigma_ja_mean"] for h in hs])
-                / np.nanmean([p[e]["val_sigma_ja_mean"] for p in plain])
-                for e in range(len(ep))
-            ]
-            ax.plot(ep, ratio, marker="o", label=ROWS[row][0])
+            pairs = _paired(runs, rs.get("plain", []))
+            if not pairs:
+                continue
+            n_ep = min(len(h) for h, _ in pairs)
+            per = np.array(
+                [[h[e]["val_sigma_ja_mean"] / p[e]["val_sigma_ja_mean"] for e in range(n_ep)] for h, p in pairs]
+            )
+            ep = np.arange(1, n_ep + 1)
+            line = ax.plot(ep, per.mean(0), marker="o", label=f"{ROWS[row][0]} ({len(pairs)} seeds)")[0]
+            if len(pairs) > 1:  # the seeds' range
+                ax.fill_between(ep, per.min(0), per.max(0), color=line.get_color(), alpha=0.15)
         ax.axhline(0.85, color="k", ls="--", lw=0.8)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("val σ(J A) reference / plain")
+        ax.set_ylabel("val σ(J A) reference / plain (same seed)")
         ax.set_title(task)
         ax.legend(fontsize=7)
     save_figure(fig, path)

@@ -7,10 +7,10 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .jacobian.reference import reference_sigma
 from .metrics import aggregate
+from .runtime import progress as progress_bar
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def reconstruct(
     model.eval()
     vols = defaultdict(dict)
     items, l2s, rels, loss_sum, n = [], [], [], 0.0, 0
-    for b, batch in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
+    for b, batch in enumerate(progress_bar(loader, desc=desc, disable=not progress, leave=False)):
         if max_batches and b >= max_batches:
             break
         y, A, target, info = task.unpack(batch, device)

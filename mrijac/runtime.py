@@ -23,3 +23,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def progress(loader, **kwargs):
+    """``tqdm`` over a data loader that creates exactly one iterator of it.
+
+    ``tqdm.auto``'s class calls ``iter()`` on its argument when constructed and again when
+    iterated: for a ``DataLoader`` that is two iterators — worker processes started twice, and
+    a shuffling generator consumed once more by the first (prefetching) one, so the batch
+    order depended on ``num_workers``.  Pass the one iterator, with the length."""
+    from tqdm.auto import tqdm
+
+    total = len(loader) if hasattr(loader, "__len__") else None
+    return tqdm(iter(loader), total=total, **kwargs)

@@ -6,6 +6,7 @@ Every task yields batches as ``(y, A, target, info)`` (data flows one way: datas
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -141,6 +142,7 @@ class MRITask(Task):
                 noise_sigma=d.noise_sigma,
                 sample_rate=d.sample_rate if split == "train" else None,
                 coil_compression=d.coil_compression,
+                seed=cfg.train.seed if split == "train" else None,
             )
         first = next(iter(self.datasets.values()))[0]
         self.meta = {"crop": list(first.crop), "challenge": d.challenge}
@@ -260,7 +262,8 @@ def fixed_raw(task, split: str, indices, seed: int) -> list:
     batch size (1 where samples differ in size)."""
     ds = task.datasets[split]
     base = task.loader(split, False)
-    with torch.random.fork_rng(devices=[]):
+    fixed = ds.seeded(seed) if hasattr(ds, "seeded") else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), fixed:
         torch.manual_seed(seed)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(ds, list(indices)),

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# MRIJAC_TEST_THREADS: e.g. 1 to leave a core to a benchmark running beside the tests
+torch.set_num_threads(int(os.environ.get("MRIJAC_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -191,6 +191,15 @@ def test_sr_image_folder(shared_data):
     assert torch.equal(ds[5][1], x)
     ds.set_epoch(1)
     assert not torch.equal(ds[5][1], x)
+    # flips (torchvision) act on the same crop: the flipped patch is one of the crop's 4 flips
+    plain = ImageFolderSR(shared_data / "sr/Set5", factor=2, patch=48, patches_per_image=4, flips=False)
+    flipped = 0
+    for i in range(len(ds)):
+        a, b = plain[i][1], ds[i][1]
+        cands = [a, a.flip(-1), a.flip(-2), a.flip(-1).flip(-2)]
+        assert any(torch.equal(b, c) for c in cands)
+        flipped += not torch.equal(a, b)
+    assert flipped > 0
     full = ImageFolderSR(shared_data / "sr/Set14", factor=4, patch=None)
     y, x = full[0]
     assert x.shape[-1] % 4 == 0 and y.shape[-1] * 4 == x.shape[-1]

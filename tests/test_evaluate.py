@@ -90,6 +90,17 @@ def test_evaluate_writes_report_and_matches_fastmri(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         evaluate_checkpoint(tmp_path / "no.pt", root / "data" / "val", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+    # the HTML tables keep their columns (cells such as "GE = |test − train|" hold bars)
+    import os
+    import re
+
+    for tab in re.findall(r"<table>(.*?)</table>", html, re.S):
+        widths = {len(re.findall(r"<t[hd]>", row)) for row in re.findall(r"<tr>(.*?)</tr>", tab, re.S)}
+        assert len(widths) == 1, tab[:300]
+    assert "<th>GE = |test − train|</th>" in html
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's private 0700
 
 
 def test_compare_runs(run, tmp_path):
@@ -103,6 +114,12 @@ def test_compare_runs(run, tmp_path):
     assert table[1]["d_ssim"] == pytest.approx(table[1]["ssim"] - table[0]["ssim"])
     assert (tmp_path / "cmp" / "figures" / "comparison.png").exists()
     assert "Differences against `a`" in (tmp_path / "cmp" / "report.md").read_text()
+    # scored on the same data: the zero-filled baseline is a row, and the report says who beats it
+    compare_runs(evs, tmp_path / "cmp3", names=["a", "b"])
+    md = (tmp_path / "cmp3" / "report.md").read_text()
+    zf = json.loads((evs[0] / "metrics.json").read_text())["zero_filled"]["aggregate"]["psnr"]["mean"]
+    assert "| zero-filled | (no network) |" in md and f"PSNR {zf:.2f} dB" in md
+    assert "No run beats the zero-filled" in md or "Above it in PSNR" in md
     with pytest.raises(FileNotFoundError, match="run not found"):
         compare_runs([tmp_path / "nope"], tmp_path / "cmp2")
 

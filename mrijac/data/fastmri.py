@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,6 +204,7 @@ class MRISliceTransform:
         self.mask = mask or MaskConfig()
         self.coil_maps, self.noise_sigma = coil_maps, float(noise_sigma)
         self.coil_compression = int(coil_compression or 0)
+        self.rng = None  # training randomness; set per sample by MRISliceDataset (else torch's global RNG)
         if self.coil_compression < 0:
             raise ValueError(f"coil_compression must be >= 0, got {coil_compression}")
 
@@ -237,9 +239,9 @@ class MRISliceTransform:
             H, W = k.shape[-2:]
             choice, seed = 0, None
             if self.mode == "train":
-                seed = int(torch.randint(0, 2**31 - 1, ()).item())
+                seed = int(torch.randint(0, 2**31 - 1, (), generator=self.rng).item())
                 if len(self.mask.accelerations) > 1:
-                    choice = int(torch.randint(0, len(self.mask.accelerations), ()).item())
+                    choice = int(torch.randint(0, len(self.mask.accelerations), (), generator=self.rng).item())
             else:
                 seed = tuple(map(ord, fname))
                 choice = zlib.crc32(fname.encode()) % len(self.mask.accelerations)
@@ -252,7 +254,10 @@ class MRISliceTransform:
             num_low = int(round(W * self.mask.center_fractions[choice]))
         y = k * (m if maps is None else m[None])
         if self.noise_sigma > 0:
-            g = torch.randn(y.shape + (2,)) * (self.noise_sigma / 2**0.5)
+            gen = self.rng
+            if self.mode != "train":  # fixed noise per slice, like the fixed mask per volume
+                gen = torch.Generator().manual_seed(zlib.crc32(f"{fname}:{slice_num}".encode()))
+            g = torch.randn(y.shape + (2,), generator=gen) * (self.noise_sigma / 2**0.5)
             y = y + torch.view_as_complex(g) * (m if maps is None else m[None])
         crop = (min(h, y.shape[-2]), min(w, y.shape[-1]))
         tgt = None
@@ -275,6 +280,9 @@ class MRISliceDataset(SliceDataset):
             :class:`MRISliceTransform`.
         maps_dir: where multi-coil ESPIRiT maps live (default ``<root>_maps``); missing maps
             are computed on first use and cached (``data_prep/coil_maps.py`` precomputes).
+        seed: training masks and noise of sample ``i`` in epoch ``e`` come from
+            ``(seed, e, i)`` (:meth:`set_epoch`): independent of the loader's worker count.
+            ``None``: torch's global RNG (as fastMRI's own transforms).
         Other arguments are SliceDataset's.
     """
 
@@ -294,6 +302,7 @@ class MRISliceDataset(SliceDataset):
         num_cols=None,
         raw_sample_filter=None,
         coil_compression: int | None = None,
+        seed: int | None = None,
     ):
         root = Path(root)
         if not root.is_dir():
@@ -316,10 +325,36 @@ class MRISliceDataset(SliceDataset):
             num_cols,
             raw_sample_filter,
         )
+        self.seed, self.epoch = seed, 0
         if not self.raw_samples:
             raise ValueError(
                 f"{root}: no fastMRI .h5 slices found (is it the right folder and challenge '{challenge}'?)"
             )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training masks and noise of ``epoch`` (with :attr:`seed` set)."""
+        self.epoch = int(epoch)
+
+    @contextmanager
+    def seeded(self, seed: int, epoch: int = 0):
+        """Temporarily draw training randomness from ``(seed, epoch, index)``."""
+        old = self.seed, self.epoch
+        self.seed, self.epoch = seed, epoch
+        try:
+            yield self
+        finally:
+            self.seed, self.epoch = old
+
+    def __getitem__(self, i: int):
+        """Slice ``i``; in training mode with :attr:`seed` set, its random mask (and noise) come
+        from a generator seeded by ``(seed, epoch, i)`` — the same in any loader process, so
+        results do not depend on ``data.num_workers``."""
+        if self.seed is not None:
+            state = np.random.SeedSequence([int(self.seed), int(self.epoch), int(i)]).generate_state(2, np.uint32)
+            self.transform.rng = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        else:
+            self.transform.rng = None
+        return super().__getitem__(i)
 
     def recon_sizes(self) -> dict[tuple[int, int], str]:
         """Each reconstruction size ``(h, w)`` in the folder, with one file that has it."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from ..operators.sr import BlurDownsample
 from .readers import IMAGE_SUFFIXES, read_image
@@ -22,6 +23,8 @@ class ImageFolderSR(torch.utils.data.Dataset):
         patch: HR patch size (a multiple of ``factor``); ``None`` returns whole images cropped
             to a multiple of ``factor`` (evaluation).
         patches_per_image: random patches per image and epoch (training).
+        flips: training patches are flipped horizontally/vertically at random (torchvision's
+            ``crop``/``horizontal_flip``/``vertical_flip``), as EDSR trains.
         seed: patch positions are drawn from ``seed`` and the index (reproducible epochs).
     """
 
@@ -33,6 +36,7 @@ class ImageFolderSR(torch.utils.data.Dataset):
         patch: int | None = 48,
         patches_per_image: int = 16,
         seed: int = 0,
+        flips: bool = True,
     ):
         folder = Path(folder)
         if not folder.is_dir():
@@ -47,7 +51,7 @@ class ImageFolderSR(torch.utils.data.Dataset):
             small = [p.name for p, im in zip(self.files, self.images) if min(im.shape) < patch]
             if small:
                 raise ValueError(f"{folder}: images smaller than patch {patch}: {small}")
-        self.factor, self.patch, self.ppi, self.seed = factor, patch, patches_per_image, seed
+        self.factor, self.patch, self.ppi, self.seed, self.flips = factor, patch, patches_per_image, seed, flips
         self.A = BlurDownsample(factor, kernel, shape=(1, patch, patch) if patch else None)
         self.epoch = 0
 
@@ -65,9 +69,14 @@ class ImageFolderSR(torch.utils.data.Dataset):
             h, w = (im.shape[0] // f) * f, (im.shape[1] // f) * f
             x = torch.from_numpy(im[:h, :w].copy())[None]
         else:
-            im = self.images[i // self.ppi]
+            im = torch.from_numpy(self.images[i // self.ppi])[None]
             rng = np.random.default_rng((self.seed, self.epoch, i))
-            t = rng.integers(0, im.shape[0] - self.patch + 1)
-            left = rng.integers(0, im.shape[1] - self.patch + 1)
-            x = torch.from_numpy(im[t : t + self.patch, left : left + self.patch].copy())[None]
+            t = int(rng.integers(0, im.shape[-2] - self.patch + 1))
+            left = int(rng.integers(0, im.shape[-1] - self.patch + 1))
+            x = TF.crop(im, t, left, self.patch, self.patch)
+            if self.flips:  # EDSR's augmentation: random horizontal/vertical flips
+                h, v = rng.integers(0, 2, 2)
+                x = TF.horizontal_flip(x) if h else x
+                x = TF.vertical_flip(x) if v else x
+            x = x.contiguous()
         return self.A(x[None])[0], x

@@ -65,7 +65,8 @@ def load_run(path) -> dict:
                 row[f"{k}_max"] = r["jacobian"][k]["max"]
         run_dir = Path(r["checkpoint"]).parent.parent if r.get("checkpoint") else path
         hist = _read_history(run_dir) or _read_history(path)
-        return {"row": row, "history": hist}
+        zf = {m: v["mean"] for m, v in (r.get("zero_filled") or {}).get("aggregate", {}).items()}
+        return {"row": row, "history": hist, "zero_filled": zf, "data": r.get("data")}
     hist = _read_history(path)
     if not hist:
         raise ValueError(f"{path}: neither metrics.json (an evaluation) nor history.csv (a run)")
@@ -85,7 +86,17 @@ def load_run(path) -> dict:
         "sigma_j_mean": last.get("val_sigma_j_mean"),
         "sigma_j_max": last.get("val_sigma_j_max"),
     }
-    return {"row": row, "history": hist}
+    zf = {m: last[f"zf_{m}"] for m in ("ssim", "psnr", "nmse") if math.isfinite(last.get(f"zf_{m}", math.nan))}
+    return {"row": row, "history": hist, "zero_filled": zf, "data": "validation split"}
+
+
+def zero_filled_row(loaded: list[dict]) -> dict | None:
+    """The zero-filled baseline as a row, when the runs were scored on the same data (the
+    baseline of each run's evaluation; ``None`` when there is none or the data differ)."""
+    zfs = [d.get("zero_filled") or {} for d in loaded]
+    if not zfs[0] or len({str(d.get("data")) for d in loaded}) != 1:
+        return None
+    return {"run": "zero-filled", "regularizer": "(no network)", **zfs[0]}
 
 
 def compare_runs(runs: list, out, overwrite: bool = False, names: list[str] | None = None) -> list[dict]:
@@ -101,6 +112,7 @@ def compare_runs(runs: list, out, overwrite: bool = False, names: list[str] | No
             raise ValueError(f"--names gives {len(names)} names for {len(table)} runs")
         for row, n in zip(table, names):
             row["run"] = n
+    zf = zero_filled_row(loaded)
     base = table[0]
     for row in table[1:]:
         for k in COLUMNS:
@@ -111,19 +123,35 @@ def compare_runs(runs: list, out, overwrite: bool = False, names: list[str] | No
         write_json(tmp / "comparison.json", table)
         write_csv(tmp / "comparison.csv", table)
         (tmp / "figures").mkdir()
-        bars = bars_figure(tmp / "figures" / "comparison.png", table)
+        bars = bars_figure(tmp / "figures" / "comparison.png", table, baseline=zf)
         curves = curves_figure(
             tmp / "figures" / "curves.png", {r["run"]: d["history"] for r, d in zip(table, loaded) if d["history"]}
         )
         cols = [c for c in COLUMNS if any(isinstance(r.get(c), (int, float)) for r in table)]
+        shown = table + ([zf] if zf else [])
         lines = [
             "# Comparison of runs",
             "",
             md_table(
                 ["run", "regularizer"] + cols,
-                [[r["run"], r.get("regularizer")] + [r.get(c) for c in cols] for r in table],
+                [[r["run"], r.get("regularizer")] + [r.get(c) for c in cols] for r in shown],
             ),
         ]
+        if zf and "psnr" in zf:
+            beat = [r["run"] for r in table if isinstance(r.get("psnr"), (int, float)) and r["psnr"] > zf["psnr"]]
+            lines += [
+                "",
+                f"Zero-filled baseline (the same data): PSNR {zf['psnr']:.2f} dB"
+                + (f", SSIM {zf['ssim']:.4f}" if "ssim" in zf else "")
+                + ". "
+                + (
+                    f"Above it in PSNR: {', '.join(beat)}."
+                    if beat
+                    else "**No run beats the zero-filled reconstruction in PSNR.**"
+                ),
+            ]
+        elif not zf:
+            lines += ["", "Zero-filled baseline: not shown (the runs were scored on different data, or it is not MRI)."]
         if len(table) > 1:
             dcols = [c for c in cols if any(f"d_{c}" in r for r in table[1:])]
             lines += [

@@ -24,24 +24,61 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def reconstruction_figure(path, target, zero_filled, pred, title="", metrics=None) -> Path:
-    """Ground truth | zero-filled | reconstruction | |error| (same grey scale for images)."""
-    panels = [("ground truth", target), ("reconstruction", pred), ("|error| ×5", None)]
-    if zero_filled is not None:
-        panels.insert(1, ("zero-filled", zero_filled))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    """Top row: ground truth | zero-filled | reconstruction (one grey scale).  Bottom row: the
+    absolute errors of the zero-filled image and of the reconstruction against the ground
+    truth, on one colour scale with its colour bar (so the two can be compared directly).
+
+    ``target``, ``zero_filled`` (or ``None``: CS/SR), ``pred``: ``(h, w)`` arrays;
+    ``metrics``: panel name -> caption line.
+    """
+    images = [("ground truth", target)] + ([("zero-filled", zero_filled)] if zero_filled is not None else [])
+    images.append(("reconstruction", pred))
+    errors = [(f"|{n} − truth|", np.abs(im - target)) for n, im in images[1:]]
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(3.0 * n + 0.6, 6.4), squeeze=False)
     vmax = float(np.percentile(target, 99.5)) or 1.0
-    for ax, (name, im) in zip(axes, panels):
-        if im is None:
-            ax.imshow(np.abs(pred - target) * 5, cmap="inferno", vmin=0, vmax=vmax)
-        else:
-            ax.imshow(im, cmap="gray", vmin=0, vmax=vmax)
-        label = name
-        if metrics and name in metrics:
-            label += "\n" + metrics[name]
-        ax.set_title(label, fontsize=9)
+    emax = max(float(np.percentile(e, 99.5)) for _, e in errors) or 1.0
+    for ax, (name, im) in zip(axes[0], images):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(name + ("\n" + metrics[name] if metrics and name in metrics else ""), fontsize=9)
+    axes[1][0].text(
+        0.5,
+        0.5,
+        f"error colour scale\n0 … {emax:.3g}\n(99.5th percentile;\nimage peak {vmax:.3g})",
+        ha="center",
+        va="center",
+        fontsize=9,
+        transform=axes[1][0].transAxes,
+    )
+    shown = None
+    for ax, (name, e) in zip(axes[1][1:], errors):
+        shown = ax.imshow(e, cmap="inferno", vmin=0, vmax=emax)
+        ax.set_title(name, fontsize=9)
+    for ax in axes.ravel():
         ax.axis("off")
+    fig.colorbar(shown, ax=list(axes[1][1:]), fraction=0.046, pad=0.02, label="absolute error")
     if title:
         fig.suptitle(title, fontsize=10)
+    return save_figure(fig, Path(path))
+
+
+def samples_grid(path, targets: list, preds: list, title: str = "") -> Path:
+    """Rows: ground truth, reconstruction, |error| (×5) of several images side by side —
+    ``torchvision.utils.make_grid`` of ``(h, w)`` arrays with values in [0, 1] (CS, SR)."""
+    import torch
+    from torchvision.utils import make_grid
+
+    t = torch.stack([torch.as_tensor(np.asarray(a, np.float32))[None] for a in targets])
+    p = torch.stack([torch.as_tensor(np.asarray(a, np.float32))[None] for a in preds])
+    rows = torch.cat([t, p, ((p - t).abs() * 5)]).clamp(0, 1)
+    grid = make_grid(rows, nrow=len(targets), padding=2, pad_value=1.0)[0].numpy()
+    fig, ax = plt.subplots(figsize=(1.4 * len(targets) + 1, 4.6))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    h = t.shape[-2] + 2
+    ax.set_yticks([h * (i + 0.5) for i in range(3)], ["truth", "reconstruction", "|error| ×5"], fontsize=8)
+    ax.set_xticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
     return save_figure(fig, Path(path))
 
 
@@ -113,21 +150,29 @@ def curves_figure(
     return save_figure(fig, Path(path))
 
 
-def bars_figure(path, table: list[dict], keys=("ssim", "psnr", "ge", "sigma_ja_mean", "sigma_j_mean")) -> Path | None:
-    """One bar chart per metric across runs."""
+def bars_figure(
+    path, table: list[dict], keys=("ssim", "psnr", "ge", "sigma_ja_mean", "sigma_j_mean"), baseline: dict | None = None
+) -> Path | None:
+    """One bar chart per metric across runs; every axis starts at 0 (no truncated axes that
+    magnify differences), values are printed on the bars, and ``baseline`` (the zero-filled
+    reconstruction's metrics) is drawn as a dashed line where it has the metric."""
     keys = [k for k in keys if any(_finite(r.get(k)) for r in table)]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 3.2), squeeze=False)
     names = [r["run"] for r in table]
     for ax, k in zip(axes.flat, keys):
         vals = [r.get(k, np.nan) for r in table]
-        ax.bar(range(len(vals)), vals, color=[f"C{i}" for i in range(len(vals))])
+        bars = ax.bar(range(len(vals)), vals, color=[f"C{i}" for i in range(len(vals))])
+        ax.bar_label(bars, labels=[f"{v:.4g}" if _finite(v) else "" for v in vals], fontsize=7)
         ax.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(k.replace("_", " "), fontsize=9)
-        lo = np.nanmin(vals) if np.isfinite(np.nanmin(vals)) else 0
-        if k in ("ssim", "psnr") and lo > 0:
-            ax.set_ylim(lo * 0.97, np.nanmax(vals) * 1.01)
+        top = np.nanmax([v for v in vals if _finite(v)] + [0.0])
+        if baseline and _finite(baseline.get(k)):
+            ax.axhline(baseline[k], color="k", ls="--", lw=1, label="zero-filled")
+            ax.legend(fontsize=7, loc="lower right")
+            top = max(top, baseline[k])
+        ax.set_ylim(0, top * 1.12 if top > 0 else 1)
     fig.tight_layout()
     return save_figure(fig, Path(path))
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..checkpoint import load_model
 from ..data.fastmri import H5_SUFFIXES
 from ..data.h5format import TARGET_KEYS, open_h5
 from ..metrics import aggregate, volume_metrics
+from ..runtime import progress as progress_bar
 from ..runtime import resolve_device
 from ..tasks import check_recon_size
 from .report import md_table, staged_dir, write_csv, write_json, write_report
@@ -74,7 +74,7 @@ def predict_folder(
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate_mri)
     dev = next(model.parameters()).device
     vols: dict[str, dict[int, np.ndarray]] = {}
-    for batch in tqdm(loader, desc="predict", disable=not progress):
+    for batch in progress_bar(loader, desc="predict", disable=not progress):
         b = batch.to(dev)
         rec = model(b.y, b.A).float().cpu().numpy()
         if not np.isfinite(rec).all():

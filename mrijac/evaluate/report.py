@@ -8,6 +8,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -70,10 +71,23 @@ def fmt(v, digits=4) -> str:
     return "–" if v is None else str(v)
 
 
+def _cell(c) -> str:
+    return fmt(c).replace("|", "\\|")  # a '|' inside a cell (e.g. |test − train|) must not split it
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    """A Markdown table; ``|`` inside cells is escaped, so columns stay where they belong."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def split_row(line: str) -> list[str]:
+    """Cells of a Markdown table row (``\\|`` is a literal bar inside a cell)."""
+    s = line.strip()
+    s = s[1:] if s.startswith("|") else s
+    s = s[:-1] if s.endswith("|") and not s.endswith("\\|") else s
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", s)]
 
 
 def markdown_to_html(md: str, base: Path, title: str) -> str:
@@ -83,7 +97,7 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
 
     def flush_table():
         if table:
-            rows = [r.strip().strip("|").split("|") for r in table if not set(r) <= set("|-: ")]
+            rows = [split_row(r) for r in table if not set(r) <= set("|-: ")]
             out.append("<table>")
             for i, r in enumerate(rows):
                 tag = "th" if i == 0 else "td"

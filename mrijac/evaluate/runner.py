@@ -12,7 +12,7 @@ from ..inference import jacobian_stats, reconstruct, score
 from ..metrics import generalization_gap
 from ..runtime import resolve_device
 from ..tasks import check_recon_size, make_task
-from .figures import curves_figure, reconstruction_figure
+from .figures import curves_figure, reconstruction_figure, samples_grid
 from .report import fmt, md_table, staged_dir, write_csv, write_json, write_report
 
 
@@ -170,6 +170,11 @@ def _figures(folder: Path, rec, s, n) -> list[str]:
             {"reconstruction": f"SSIM {fmt(m.get('ssim'))}, PSNR {fmt(m.get('psnr'))} dB"},
         )
         names.append(f"figures/{fname}")
+    flat = [it for it in rec["items"] if it["target"] is not None and "slices" not in it][:12]
+    shapes = {np.shape(_img(it["target"])) for it in flat}
+    if len(flat) > 1 and len(shapes) == 1:  # CS/SR: many small images, one grid
+        samples_grid(folder / "samples.png", [_img(it["target"]) for it in flat], [_img(it["pred"]) for it in flat])
+        names.append("figures/samples.png")
     return names
 
 

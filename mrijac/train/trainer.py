@@ -17,8 +17,8 @@ from ..inference import reconstruct, score
 from ..jacobian import JacobianPenalty, PenaltySchedule
 from ..metrics import generalization_gap
 from ..regularizers import WeightSpectralPenalty
-from ..runtime import resolve_device, seed_everything
-from ..tasks import build_reconstructor, fixed_raw, make_task, seeded_indices
+from ..runtime import progress, resolve_device, seed_everything
+from ..tasks import build_reconstructor, fixed_raw, make_task, resolve_workers, seeded_indices
 from . import distributed as dist
 from .history import EpochStats, HistoryLog, postfix
 from .losses import DataLoss
@@ -141,7 +141,8 @@ class Trainer:
             diff = [
                 k
                 for k, v in flatten(cfg.to_dict()).items()
-                if flatten(saved.to_dict()).get(k) != v and k not in ("optim.epochs", "train.progress")
+                if flatten(saved.to_dict()).get(k) != v
+                and k not in ("optim.epochs", "train.progress", "data.num_workers", "train.device")
             ]
             if diff:
                 raise ValueError(
@@ -149,7 +150,9 @@ class Trainer:
                     f"the run in {self.out} was made with {self.out / 'config.yaml'}"
                 )
             saved.optim.epochs, saved.train.progress = cfg.optim.epochs, cfg.train.progress
+            saved.data.num_workers, saved.train.device = cfg.data.num_workers, cfg.train.device
             cfg = saved
+        cfg.data.num_workers = resolve_workers(cfg.data.num_workers)  # saved resolved: config.yaml says what ran
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         if self.world > 1:
@@ -288,6 +291,9 @@ class Trainer:
 
     def _loader(self, epoch):
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1009 + epoch)
+        ds = self.task.datasets["train"]
+        if hasattr(ds, "set_epoch"):  # per-sample randomness from (seed, epoch, index): any worker count
+            ds.set_epoch(epoch)
         sampler = None
         if self.world > 1:
             sampler = torch.utils.data.distributed.DistributedSampler(
@@ -371,7 +377,7 @@ class Trainer:
         skip, self.resume_batch = self.resume_batch, 0
         sums = EpochStats.from_dict(self.partial if skip else None)
         oom = 0
-        bar = tqdm(
+        bar = progress(
             self._loader(self.epoch),
             desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}",
             disable=not (self.cfg.train.progress and self.rank == 0),
