@@ -79,3 +79,29 @@ def test_demo_quick_end_to_end(tmp_path):
         timeout=60,
     )
     assert res.returncode == 2 and "--overwrite" in res.stderr
+    # the same seed gives the same numbers (the README's demo table is regenerated, not typed)
+    res = subprocess.run(
+        [sys.executable, "-m", "mrijac.cli", "demo", "--quick", "--out", str(out), "--overwrite"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "compare" / "comparison.json").read_text()) == table
+
+
+def test_help_and_config_errors_import_nothing_heavy():
+    """`mrijac --help` and argument/config errors must not wait for torch/fastmri/sigpy to
+    import (5–6 s): they run in a fresh interpreter without importing them."""
+    code = (
+        "import sys\n"
+        "from mrijac.cli import main\n"
+        "rc = main(['train', 'model.chans=0', 'data.root=x'])\n"
+        "heavy = [m for m in ('torch', 'fastmri', 'sigpy', 'h5py', 'skimage', 'matplotlib') if m in sys.modules]\n"
+        "print(rc, heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "2 []", res.stdout + res.stderr
+    assert "config key model.chans must be >= 1" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "mrijac.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "train" in res.stdout
