@@ -44,6 +44,10 @@ ROWS = {
     "forward1": ("forward n = 1, whole batch (old default)", ["reg.n_iter=1"]),
     "forward10": ("forward n = 10, whole batch", ["reg.n_iter=10"]),
     "fd": ("fd, arg-max sample (warm per sample)", ["reg.method=fd", "reg.samples=1"]),
+    "fdalt": (
+        "fd, arg-max sample, one term per step",
+        ["reg.method=fd", "reg.samples=1", "reg.alternate=true"],
+    ),
     "pool": (
         "fd, tracked pool of 1 (reg.pool=1)",
         ["reg.method=fd", "reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"],

@@ -115,6 +115,7 @@ class RegConfig:
         "scale", "scale: ×k on penalised steps; hold: reuse its gradient between them", ("scale", "hold")
     )
     gamma: float = _opt(20.0, "auto λ: λ = 10^floor(log10(loss/penalty)) / γ")
+    auto_steps: int = _opt(10, "auto λ: medians of loss and penalty over the first k penalised batches", min=1)
     warm_start: str = _opt(
         "sample", "reuse singular vectors per sample, per batch, or not", ("none", "batch", "sample")
     )

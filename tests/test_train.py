@@ -534,3 +534,36 @@ def test_results_do_not_depend_on_the_number_of_loader_workers(data, tmp_path):
     assert torch.equal(ds[0].mask, m0)
     ds.set_epoch(1)
     assert not torch.equal(ds[0].mask, m0)
+
+
+def test_auto_lambda_is_calibrated_on_several_batches():
+    """Auto λ: provisional from the first penalised batch of each term, final from the medians
+    over the first reg.auto_steps batches — an outlier first batch does not set λ for good."""
+    from mrijac.jacobian import JacobianPenalty
+    from mrijac.jacobian.lam import auto_lambda
+    from mrijac.train.step import PenaltyStep
+
+    jac = JacobianPenalty("spectral", lambda_ja="auto", lambda_j="auto", alternate=True)
+    ps = PenaltyStep(jac, auto_steps=3)
+    # alternate: J A on even steps, J on odd steps; the first J A batch is an outlier
+    batches = [
+        (1.3, "ja", 2.0),
+        (13.0, "j", 2.0),
+        (13.0, "ja", 2.0),
+        (14.0, "j", 2.1),
+        (12.0, "ja", 1.9),
+        (13.0, "j", 2.0),
+    ]
+    for i, (loss, t, v) in enumerate(batches):
+        stats = {f"term_{t}": torch.tensor(v)}
+        pen = ps.calibrate(torch.tensor(loss), stats, torch.tensor(0.0))
+        if i == 0:
+            assert jac.lambda_ja == auto_lambda(1.3, 2.0) and jac.lambda_j == "auto"  # provisional
+            assert pen.item() == pytest.approx(jac.factor * jac.lambda_ja * 2.0)
+    assert ps.auto["done"]
+    assert jac.lambda_ja == auto_lambda(12.0, 1.9 + 0.1) and jac.lambda_ja != auto_lambda(1.3, 2.0)
+    assert jac.lambda_j == auto_lambda(13.0, 2.0)
+    # the calibration state travels with the checkpoint
+    fresh = PenaltyStep(JacobianPenalty("spectral", lambda_ja="auto", lambda_j="auto", alternate=True), auto_steps=3)
+    fresh.load_state_dict(ps.state_dict(), "cpu")
+    assert fresh.auto["done"] and fresh.jac.lambda_ja == jac.lambda_ja

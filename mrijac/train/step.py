@@ -7,7 +7,7 @@ One step is::
 
     out, pen, stats, seen = ps.penalty(model, y, A, info, step, task)   # out = f(y)
     loss = data_loss(out, target)
-    pen = ps.calibrate(loss, stats, pen)          # auto λ on the first penalised batch
+    pen = ps.calibrate(loss, stats, pen)          # auto λ: first batch, then median of k batches
     wpen = ps.weight_penalty(model)
     ps.backward(model, loss, pen, wpen, stats)    # hold mode keeps / re-adds the penalty gradient
     ps.after_backward(info, stats)                # method=fd: vectors arrive with the backward
@@ -15,11 +15,13 @@ One step is::
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 
 import torch
 
 from ..jacobian import JacobianPenalty
+from ..jacobian.lam import auto_lambda
 from ..regularizers import WeightSpectralPenalty, weight_decay_penalty
 from .pool import TrackedPool
 from .warm import WarmStore
@@ -37,6 +39,9 @@ class PenaltyStep:
         reduce: mean over data-parallel processes of a tensor (identity without DDP), so that
             the automatic λ is the same on every rank.
         log: called with a line of text (the chosen λ).
+        auto_steps: an automatic λ is provisional from the first penalised batch of its term,
+            then final from the medians of the loss and the term over its first ``auto_steps``
+            penalised batches (``reg.auto_steps``; 1: the first batch alone).
     """
 
     def __init__(
@@ -49,8 +54,12 @@ class PenaltyStep:
         wd: float = 0.0,
         reduce: Callable | None = None,
         log: Callable | None = None,
+        auto_steps: int = 10,
     ):
         self.jac, self.warm, self.pool, self.sw, self.wd = jac, warm, pool, sw, float(wd)
+        self.auto_steps = max(1, int(auto_steps))
+        auto = [] if jac is None else [t for t in jac.terms if getattr(jac, f"lambda_{t}") == "auto"]
+        self.auto = {"terms": auto, "samples": {t: [] for t in auto}, "done": not auto}
         self.reduce = reduce or (lambda t: t)
         self.log = log or (lambda msg: None)
         self.held = None  # hold mode: the last penalty gradient, unscaled
@@ -78,12 +87,38 @@ class PenaltyStep:
         return out, pen, stats, (y, A)
 
     def calibrate(self, loss: torch.Tensor, stats: dict, pen: torch.Tensor) -> torch.Tensor:
-        """Set every automatic λ from this batch (the first penalised one) and re-weight."""
-        if not stats or self.jac is None or not self.jac.needs_calibration:
+        """Automatic λ (Algorithm 4, :func:`~mrijac.jacobian.lam.auto_lambda`): each ``auto``
+        term gets a provisional λ from its first penalised batch, then the final one from the
+        medians of the data loss and of the term over its first ``auto_steps`` batches (one
+        batch is a noisy sample of the loss-to-penalty ratio).  Returns the re-weighted penalty."""
+        a = self.auto
+        if not stats or a["done"]:
             return pen
-        terms = {k: self.reduce(v.detach()) for k, v in stats.items() if k.startswith("term_")}
-        chosen = self.jac.calibrate(self.reduce(loss.detach()).item(), terms)
-        self.log("auto λ: " + ", ".join(f"{k} = {v:.3g}" for k, v in chosen.items()))
+        loss_v = float(self.reduce(loss.detach()).item())
+        seen = [t for t in a["terms"] if f"term_{t}" in stats]
+        if not seen:
+            return pen
+        chosen = {}
+        for t in seen:
+            a["samples"][t].append((loss_v, float(self.reduce(stats[f"term_{t}"].detach()))))
+            if getattr(self.jac, f"lambda_{t}") == "auto":
+                lam = auto_lambda(loss_v, a["samples"][t][0][1], self.jac.gamma)
+                setattr(self.jac, f"lambda_{t}", lam)
+                chosen[f"lambda_{t}"] = lam
+        if chosen and self.auto_steps > 1:
+            self.log("auto λ (provisional, first batch): " + ", ".join(f"{k} = {v:.3g}" for k, v in chosen.items()))
+        if all(len(a["samples"][t]) >= self.auto_steps for t in a["terms"]):
+            final = {}
+            for t in a["terms"]:
+                ls, ps = zip(*a["samples"][t][: self.auto_steps])
+                lam = auto_lambda(statistics.median(ls), statistics.median(ps), self.jac.gamma)
+                setattr(self.jac, f"lambda_{t}", lam)
+                final[f"lambda_{t}"] = lam
+            a["done"] = True
+            self.log(
+                f"auto λ (median of {self.auto_steps} batches): "
+                + ", ".join(f"{k} = {v:.3g}" for k, v in final.items())
+            )
         return self.jac.weighted(stats)
 
     def weight_penalty(self, model) -> torch.Tensor:
@@ -129,6 +164,7 @@ class PenaltyStep:
             "warm": self.warm.state_dict() if self.warm is not None else {},
             "pool": self.pool.state_dict() if self.pool is not None else {},
             "held": None if self.held is None else [None if g is None else g.cpu() for g in self.held],
+            "auto": self.auto,
         }
 
     def load_state_dict(self, ck: dict, device) -> None:
@@ -140,5 +176,9 @@ class PenaltyStep:
             self.warm.load_state_dict(ck.get("warm", {}))
         if self.pool is not None:
             self.pool.load_state_dict(ck.get("pool", {}), device)
+        if ck.get("auto") is not None:
+            self.auto = ck["auto"]
+        elif self.auto["terms"] and self.jac and not self.jac.needs_calibration:
+            self.auto["done"] = True  # a checkpoint of an older version: its λ is final
         held = ck.get("held")
         self.held = None if held is None else [None if g is None else g.to(device) for g in held]

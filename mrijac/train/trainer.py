@@ -115,7 +115,14 @@ def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
     )
     sw = WeightSpectralPenalty(model, r.lambda_w, seed=cfg.train.seed) if r.name == "sw" else None
     return PenaltyStep(
-        jac, warm=warm, pool=pool, sw=sw, wd=r.lambda_w if r.name == "wd" else 0.0, reduce=reduce, log=log
+        jac,
+        warm=warm,
+        pool=pool,
+        sw=sw,
+        wd=r.lambda_w if r.name == "wd" else 0.0,
+        reduce=reduce,
+        log=log,
+        auto_steps=r.auto_steps,
     )
 
 
