@@ -126,6 +126,9 @@ class RegConfig:
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
     pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")
+    tie_terms: bool = _opt(
+        True, "sja+sj/fja+fj: one estimate for both terms where ‖J‖ = ‖J A‖ exactly (single-coil MRI, 0/1 mask)"
+    )
 
 
 @dataclass

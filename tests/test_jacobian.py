@@ -170,10 +170,12 @@ def _explicit_grad(recon, penalty_of):
     return torch.cat([grads[k].reshape(-1) for k, _ in recon.named_parameters()]), params
 
 
-def test_penalty_gradient_matches_explicit_norm_gradient():
-    """∇θ of the spectral penalty = ∇θ of λ1 max‖JA‖₂ + λ2 max‖J‖₂ computed with torch.func."""
+@pytest.mark.parametrize("tie", [True, False])
+def test_penalty_gradient_matches_explicit_norm_gradient(tie):
+    """∇θ of the spectral penalty = ∇θ of λ1 max‖JA‖₂ + λ2 max‖J‖₂ computed with torch.func
+    (tie=True: one estimate serves both terms, as ‖J‖ = ‖J A‖ here)."""
     f_, y, A, recon = mri_problem(B=3)
-    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, n_iter=400)
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, n_iter=400, tie=tie)
     recon.zero_grad()
     out, p, stats = pen(f_, y, A, generator=torch.Generator().manual_seed(0))
     p.backward()
@@ -203,7 +205,8 @@ def test_fd_penalty_value_and_gradient_at_the_singular_vectors(recompute, proble
     sig_ref = torch.linalg.matrix_norm(JA, ord=2)
     low = int(sig_ref.argmin())
     v0["v_ja"][low] = torch.randn_like(v0["v_ja"][low])  # a non-argmax sample far from converged
-    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", recompute=recompute)
+    # tie=False: the J term is estimated separately even where ‖J‖ = ‖J A‖ (single coil)
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", recompute=recompute, tie=False)
     recon.zero_grad()
     out, p, stats = pen(recon, y, A, v0=v0)
     assert "v_ja" not in stats  # the vectors come with the backward pass
@@ -224,6 +227,34 @@ def test_fd_penalty_value_and_gradient_at_the_singular_vectors(recompute, proble
     keep = [b for b in range(3) if b != low]
     assert torch.allclose(stats["sigma_ja"][keep], sig_ref[keep], rtol=1e-6)
     assert stats["sigma_ja"][low] < sig_ref[low] * 0.99
+
+
+def test_single_coil_terms_coincide_and_are_estimated_once():
+    """Single-coil MRI with a 0/1 mask and a reconstructor that sees only Aᴴy: ‖J‖ = ‖J A‖
+    (spectral and Frobenius, explicit Jacobians), and the tied fd penalty runs the network on
+    half as many perturbed copies (value and gradient against the explicit penalty: the test
+    below, tied and untied)."""
+    from mrijac.jacobian import terms_coincide
+    from mrijac.operators import MultiCoilMRI
+
+    f_, y, A, recon = mri_problem(B=3)
+    JA, J = explicit_JA(f_, y, A), explicit_jacobian(f_, y)
+    assert torch.allclose(torch.linalg.matrix_norm(J, ord=2), torch.linalg.matrix_norm(JA, ord=2), rtol=1e-10)
+    assert torch.allclose(torch.linalg.matrix_norm(J), torch.linalg.matrix_norm(JA), rtol=1e-10)
+    assert terms_coincide(recon, A)
+    assert not terms_coincide(recon, MultiCoilMRI.example(3, torch.Generator().manual_seed(0)))
+    assert not terms_coincide(recon, SingleCoilMRI(A.mask * 0.5, (6, 8)))  # a weighted mask
+    assert not terms_coincide(recon.as_function(A), A)  # a bare callable: unknown inputs
+    rows = {}
+    for tie in (True, False):
+        seen = []
+        hook = recon.net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+        fd = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", samples=1, tie=tie)
+        _, _, stats = fd(recon, y, A, v0={"v_ja": A.adjoint(y), "v_j": y})
+        hook.remove()
+        rows[tie] = max(seen)
+        assert set(stats.sigma) == {"ja", "j"}
+    assert rows[True] == 3 + 1 and rows[False] == 3 + 2  # batch + one copy per estimated term
 
 
 def test_fd_penalty_converges_over_steps_and_on_argmax_samples():

@@ -69,6 +69,19 @@ def test_opnorm_matches_explicit_svd(cls):
 
 
 @pytest.mark.parametrize("cls", OPS, ids=lambda c: c.__name__)
+def test_partial_isometry_flag_is_true_exactly_when_a_ah_a_is_a(cls):
+    """An operator that claims ``partial_isometry`` must satisfy ``A Aᴴ A = A`` on every
+    sample's explicit matrix; one that does not claim it must not (or the penalty would tie
+    ‖J‖ to ‖J A‖ wrongly / miss a free saving)."""
+    g = torch.Generator().manual_seed(5)
+    A = cls.example(batch=2, generator=g)
+    for b in range(A.batch_size):
+        M = _explicit_matrix(A, b)  # real view: (2·m or m) × (2·n or n), orthonormal bases
+        holds = torch.allclose(M @ M.T @ M, M, atol=1e-10)
+        assert holds == A.partial_isometry, (cls.__name__, holds)
+
+
+@pytest.mark.parametrize("cls", OPS, ids=lambda c: c.__name__)
 def test_select_and_cat_round_trip(cls):
     g = torch.Generator().manual_seed(2)
     A = cls.example(batch=3, generator=g)

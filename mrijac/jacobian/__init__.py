@@ -3,7 +3,7 @@
 from .finite_diff import fd_power_step
 from .lam import auto_lambda
 from .norms import frobenius_norm_sq, frobenius_terms, power_iteration, spectral_norm
-from .penalties import JacobianPenalty, PenaltySchedule, PenaltyStats, WarmStart
+from .penalties import JacobianPenalty, PenaltySchedule, PenaltyStats, WarmStart, terms_coincide
 from .products import explicit_jacobian, jvp, operator_matrix, vjp
 from .reference import ReferenceSigma, reference_sigma
 
@@ -21,6 +21,7 @@ __all__ = [
     "PenaltySchedule",
     "PenaltyStats",
     "WarmStart",
+    "terms_coincide",
     "auto_lambda",
     "reference_sigma",
     "ReferenceSigma",

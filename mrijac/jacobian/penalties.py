@@ -103,6 +103,19 @@ class PenaltyStats(dict):
         return self.get("index")
 
 
+def terms_coincide(f, A) -> bool:
+    """``‖J(y)‖ = ‖J(y) A‖`` exactly (spectral and Frobenius norms), so one estimate serves both.
+
+    Holds when ``f`` sees ``y`` only through ``Aᴴ y`` (a :class:`~mrijac.models.Reconstructor`
+    with ``input="adjoint"``) and ``A`` is a partial isometry (``A Aᴴ A = A``: single-coil MRI,
+    a 0/1 mask after the unitary FFT).  Then ``P = Aᴴ A`` is an orthogonal projection with
+    ``Aᴴ = P Aᴴ`` and, writing ``f = g ∘ Aᴴ``, ``J = J_g Aᴴ = J_g P Aᴴ`` while ``J A = J_g P``;
+    for ``A = M F``, ``Aᴴ = F⁻¹ M = P F⁻¹`` with ``F⁻¹`` unitary, so ``‖J‖ = ‖J_g P F⁻¹‖ = ‖J_g P‖
+    = ‖J A‖``.  (Multi-coil SENSE operators are not partial isometries: the terms differ.)
+    """
+    return A is not None and getattr(f, "input", None) == "adjoint" and bool(getattr(A, "partial_isometry", False))
+
+
 def _check_lambda(name, val):
     if val == "auto":
         return val
@@ -156,6 +169,9 @@ class JacobianPenalty:
             recomputed in the backward pass after the batch's are freed) — peak memory of the
             plain step when the copies are no more than the batch, for one more forward of
             the copies.
+        tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
+            with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
+            once and use it for both terms — the same penalty at half the cost.
         gamma: γ of the automatic λ.
         warm_start_vectors: return the next left singular vectors (``stats["u_ja"]``,
             ``"u_j"``, output space) for reuse as ``v0`` — free: they are the final tangents.
@@ -186,6 +202,7 @@ class JacobianPenalty:
         samples: int | None = None,
         fd_step: float | None = None,
         recompute: bool = False,
+        tie: bool = True,
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -213,6 +230,7 @@ class JacobianPenalty:
         self.samples = None if samples is None else int(samples)
         self.fd_step = None if fd_step is None else float(fd_step)
         self.recompute = bool(recompute)
+        self.tie = bool(tie)
 
     @property
     def every(self) -> int:
@@ -280,13 +298,24 @@ class JacobianPenalty:
             )
         if index is not None and self.method != "fd":
             raise ValueError("JacobianPenalty(index=…) needs method='fd'")
+        tied = self.tie and "j" in terms and terms_coincide(module, A)
+        work = ["ja"] if tied else terms
         if self.method == "fd":
             if index is None and subset:
                 index = self._order(y, priority)[: self.samples]
-            return self._fd(module, fn, y, A, terms, v0, generator, index)
-        if subset:
-            return self._subset(module, y, A, terms, v0, generator, priority)
-        return self._full(fn, y, A, terms, v0, generator)
+            out, pen, stats = self._fd(module, fn, y, A, work, v0, generator, index)
+        elif subset:
+            out, pen, stats = self._subset(module, y, A, work, v0, generator, priority)
+        else:
+            out, pen, stats = self._full(fn, y, A, work, v0, generator)
+        if tied:  # the J estimates are the J A ones (the same object: fd's vectors arrive later)
+            for k in ("sigma", "term", "fro"):
+                if f"{k}_ja" in stats:
+                    stats[f"{k}_j"] = stats[f"{k}_ja"]
+                    if "ja" not in terms:
+                        del stats[f"{k}_ja"]
+            pen = self.weighted(stats)
+        return out, pen, stats
 
     @staticmethod
     def _order(y, priority):

@@ -105,6 +105,14 @@ class LinearOperator:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
 
+    @property
+    def partial_isometry(self) -> bool:
+        """``A Aᴴ A = A`` exactly (``Aᴴ A`` an orthogonal projection), e.g. a 0/1 sampling mask
+        after a unitary transform.  Then a reconstructor that sees only ``Aᴴ y`` has
+        ``‖J‖ = ‖J A‖`` (spectral and Frobenius; see
+        :func:`mrijac.jacobian.penalties.terms_coincide`).  ``False`` unless an operator says so."""
+        return False
+
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``Aᴴ A x``."""
         return self.adjoint(self.forward(x))

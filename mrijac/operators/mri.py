@@ -78,6 +78,11 @@ class SingleCoilMRI(LinearOperator):
     def _mask(self, t):
         return expand_batch(self.mask, t.shape[0]).to(t.real.dtype)
 
+    @property
+    def partial_isometry(self) -> bool:
+        """True for a 0/1 mask: ``A Aᴴ A = M³ F = M F = A`` (``F`` the unitary centred FFT)."""
+        return bool(((self.mask == 0) | (self.mask == 1)).all())
+
     def forward(self, x):
         return self._mask(x) * fft2c(x)
 

@@ -106,6 +106,7 @@ def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
             samples=(r.samples or None) if spectral else None,
             fd_step=r.fd_step or None,
             recompute=r.fd_recompute,
+            tie=r.tie_terms,
         )
     pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) if jac is not None and r.pool else None
     warm = (

@@ -1,0 +1,191 @@
+"""Cost of the Jacobian penalty through the trainer (what `mrijac train` runs), on real-size
+images: step time per epoch (history's ``step_time``: compute per step, penalty included) and
+peak memory of training, each as a ratio to plain training measured in the same call.
+
+Data: real chest MR slices (256×256, ``../shared/data/mri/chest100`` converted by
+``mrijac data convert images``), U-Net 8 ch / 3 pools as in ``true_sigma.py``.  Every
+(batch size, row) runs in its own process: peak memory = growth of the resident set's high-water
+mark (VmHWM) over the resident set after set-up, with glibc's mmap threshold lowered so freed
+tensors leave the resident set (as ``bench_jacobian.py``); on CUDA ``max_memory_allocated``.
+"first epoch" includes the cold start of every warm-start vector; "steady" is the median of
+the later epochs.  The reference σ monitor is off (its cost is reported by ``true_sigma.py``).
+
+    python experiments/cost_default.py [--rows plain,fd,fdalt,forward1] [--batches 1,2,4]
+        [--epochs 3] [--train-slices 16] [--threads 0] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+ROWS = {
+    "plain": ("plain", ["reg.name=none"]),
+    "default": ("the default sja+sj (reg: {name: sja+sj})", []),
+    "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),
+    "fdalt": ("fd, arg-max sample, one term per step", ["reg.method=fd", "reg.samples=1", "reg.alternate=true"]),
+    "forward1": ("forward n = 1, whole batch (old default)", ["reg.method=forward", "reg.samples=0", "reg.n_iter=1"]),
+}
+SHARED = HERE.parent.parent / "shared" / "data"
+
+
+def _rss_kib(field="VmRSS") -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def child(spec: dict) -> dict:
+    """One training run; prints its measurements as JSON (run in a fresh process)."""
+    import torch
+
+    from mrijac.config import load_config
+    from mrijac.train import Trainer
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    over = [
+        f"data.root={spec['root']}",
+        f"data.batch_size={spec['batch']}",
+        "data.num_workers=0",
+        "model.chans=8",
+        "model.num_pool_layers=3",
+        "model.residual=true",
+        f"optim.epochs={spec['epochs']}",
+        "train.progress=false",
+        "train.ref_slices=0",
+        "train.ge_batches=1",
+        "reg.name=sja+sj",
+        "reg.lambda_ja=0.5",
+        "reg.lambda_j=0.5",
+        *ROWS[spec["row"]][1],
+    ]
+    t = Trainer(load_config(None, over), spec["out"], overwrite=True)
+    cuda = t.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kib() * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    t.fit()
+    peak = (torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024) - base
+    steps = [h["step_time"] for h in t.history]
+    return {
+        "step_times": steps,
+        "peak_bytes": max(peak, 0),
+        "device": str(t.device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def make_data(tmp: Path, n_train: int, n_val: int) -> Path:
+    from mrijac.data.prep import images_to_dataset
+
+    full = tmp / "all"
+    images_to_dataset(SHARED / "mri" / "chest100", full, 1, (0.8, 0.2, 0.0), key="im_ori", progress=False)
+    root = tmp / "chest"
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True)
+        for p in sorted((full / split).glob("*.h5"))[:n]:
+            (root / split / p.name).symlink_to(p)
+    return root
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="plain,default,fd,fdalt,forward1")
+    ap.add_argument("--batches", default="1,2,4")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--train-slices", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    ap.add_argument("--quick", action="store_true", help="4 slices, 2 epochs, batch 2 (smoke run)")
+    ap.add_argument("--out", default=str(HERE / "results" / "cost_default"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print("RESULT " + json.dumps(child(json.loads(a.child))))
+        return
+    from _report import write_report
+    from tqdm.auto import tqdm
+
+    epochs = 2 if a.quick else a.epochs
+    batches = [2] if a.quick else [int(b) for b in a.batches.split(",")]
+    rows = a.rows.split(",")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MALLOC_TOP_PAD_="0")
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = make_data(tmp, 4 if a.quick else a.train_slices, 2 if a.quick else 4)
+        todo = [(b, r) for b in batches for r in rows]
+        for b, r in tqdm(todo, desc="cost"):
+            spec = {"root": str(root), "batch": b, "row": r, "epochs": epochs, "threads": a.threads}
+            spec["out"] = str(tmp / f"run_{b}_{r}")
+            p = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
+            )
+            line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                raise RuntimeError(f"batch {b}, row {r} failed:\n{p.stderr[-3000:]}")
+            res[(b, r)] = json.loads(line[7:])
+    lines = [
+        "# Cost of the penalty through the trainer (real 256×256 chest slices, U-Net 8 ch / 3 pools)",
+        "",
+        f"{epochs} epochs of {4 if a.quick else a.train_slices} training slices per run, λ1 = λ2 = 0.5, "
+        "reference monitor off. Step time = history's `step_time` (compute per step); "
+        "'first' = epoch 1 (cold warm-start vectors), 'steady' = median of epochs 2…; peak "
+        "memory = growth of the peak resident set (CPU) or of `max_memory_allocated` (CUDA) over "
+        "the set-up. Ratios against `plain` at the same batch size, same call.",
+        "",
+        "| batch | row | first epoch s/step | × plain | steady s/step | × plain | peak MiB | × plain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    data = {"args": vars(a), "machine": f"{platform.machine()}, torch threads per run as recorded", "rows": []}
+    for b in batches:
+        p = res.get((b, "plain"))
+        for r in rows:
+            m = res[(b, r)]
+            first, steady = m["step_times"][0], statistics.median(m["step_times"][1:] or m["step_times"])
+            pf = p["step_times"][0] if p else float("nan")
+            ps = statistics.median(p["step_times"][1:] or p["step_times"]) if p else float("nan")
+            mib, pmib = m["peak_bytes"] / 2**20, (p["peak_bytes"] / 2**20 if p else float("nan"))
+            rec = {
+                "batch": b,
+                "row": r,
+                "first": first,
+                "first_ratio": first / pf,
+                "steady": steady,
+                "steady_ratio": steady / ps,
+                "peak_mib": mib,
+                "peak_ratio": mib / pmib,
+                "device": m["device"],
+                "threads": m["threads"],
+            }
+            data["rows"].append(rec)
+            lines.append(
+                f"| {b} | {ROWS[r][0]} | {first:.3f} | {rec['first_ratio']:.2f} | {steady:.3f} | "
+                f"{rec['steady_ratio']:.2f} | {mib:.0f} | {rec['peak_ratio']:.2f} |"
+            )
+    dev = next(iter(res.values()))
+    lines += [
+        "",
+        f"Command: `python experiments/cost_default.py --rows {a.rows} --batches {a.batches} --epochs {a.epochs} "
+        f"--train-slices {a.train_slices} --threads {a.threads}{' --quick' if a.quick else ''}`; "
+        f"{platform.machine()}, device {dev['device']}, {dev['threads']} torch thread(s) per run.",
+    ]
+    write_report(Path(a.out), data, lines)
+
+
+if __name__ == "__main__":
+    main()
