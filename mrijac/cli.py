@@ -248,7 +248,9 @@ def cmd_evaluate(a):
         raise ValueError("evaluate needs --checkpoint and --data (or --predictions and --targets)")
     from .evaluate.runner import evaluate_checkpoint
 
-    r = evaluate_checkpoint(a.checkpoint, a.data, a.out, a.overwrite, a.device, jac_batches=a.jac_batches)
+    r = evaluate_checkpoint(
+        a.checkpoint, a.data, a.out, a.overwrite, a.device, jac_batches=a.jac_batches, robustness=a.robustness
+    )
     agg = r["aggregate"]
     print(
         "  ".join(f"{m.upper()} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in agg.items())
@@ -256,6 +258,37 @@ def cmd_evaluate(a):
     )
     if r.get("ge") is None:
         print(r["generalization"]["omitted"])
+    print(f"report: {Path(a.out) / 'report.html'}")
+
+
+def _eps(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.01,0.05, got {text!r}") from None
+
+
+def cmd_robustness(a):
+    from .evaluate.robustness import robustness
+
+    r = robustness(
+        a.checkpoint,
+        a.data,
+        a.out,
+        a.slices,
+        a.eps,
+        a.steps,
+        a.seed,
+        quick=a.quick,
+        device=a.device,
+        overwrite=a.overwrite,
+    )
+    worst = max(r["curves"])
+    c = r["curves"][worst]
+    print(
+        f"clean PSNR {r['clean']['psnr']:.2f} dB; at ε = {float(worst):g}: adversarial {c['adversarial_psnr']:.2f}, "
+        f"random {c['random_psnr']:.2f} dB; amplification {c['amplification']:.3g} (σ(J A) {r['sigma_ja_mean']:.3g})"
+    )
     print(f"report: {Path(a.out) / 'report.html'}")
 
 
@@ -316,6 +349,11 @@ def add_run_parsers(sub):
     e.add_argument("--out", required=True)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--jac-batches", type=int, default=4, help="batches for σ(J A), σ(J) (0: skip)")
+    e.add_argument(
+        "--robustness",
+        choices=["quick", "full"],
+        help="add `mrijac robustness` (quick: 2 slices, 2 ε, 3 PGD steps) in <out>/robustness",
+    )
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_evaluate)
     p = sub.add_parser(
@@ -330,6 +368,21 @@ def add_run_parsers(sub):
     p.add_argument("--batch-size", type=int, help="slices per batch (default: the training batch)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_predict)
+    r = sub.add_parser(
+        "robustness",
+        help="worst-case and random k-space perturbations, sampling shift, small features (report)",
+    )
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--data", required=True, help="MRI: folder of fastMRI volumes with targets")
+    r.add_argument("--out", required=True)
+    r.add_argument("--slices", type=int, default=4, help="seeded slices to attack")
+    r.add_argument("--eps", type=_eps, default=(0.005, 0.01, 0.02, 0.05), help="perturbation sizes relative to ‖y‖")
+    r.add_argument("--steps", type=int, default=10, help="PGD steps per start")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--quick", action="store_true", help="2 slices, ε 0.01,0.05, 3 steps (smoke run)")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--overwrite", action="store_true")
+    r.set_defaults(func=cmd_robustness)
     c = sub.add_parser("compare", help="one table and figure across runs or evaluations")
     c.add_argument("runs", nargs="+", help="evaluation folders (metrics.json) or run folders")
     c.add_argument("--out", required=True)

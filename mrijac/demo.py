@@ -95,7 +95,9 @@ def run_demo(out="mrijac-demo", quick: bool = False, overwrite: bool = False) ->
         run = out / "runs" / reg.replace("+", "_")
         train(demo_config(data, reg, quick), run, overwrite=True)
         ev = out / "eval" / reg.replace("+", "_")
-        evaluate_checkpoint(run / "checkpoints" / "final.pt", data / "val", ev, overwrite=True, jac_batches=2)
+        evaluate_checkpoint(
+            run / "checkpoints" / "final.pt", data / "val", ev, overwrite=True, jac_batches=2, robustness="quick"
+        )
         evals.append(ev)
     print("[4/4] comparison")
     table = compare_runs(evals, out / "compare", overwrite=True, names=[r for r, _ in RUNS])

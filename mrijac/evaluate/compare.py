@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from .figures import bars_figure, curves_figure
+from .figures import bars_figure, curves_figure, robustness_compare
 from .report import md_table, staged_dir, write_csv, write_json, write_report
 
 COLUMNS = [
@@ -63,10 +63,15 @@ def load_run(path) -> dict:
             if k in r.get("jacobian", {}):
                 row[f"{k}_mean"] = r["jacobian"][k]["mean"]
                 row[f"{k}_max"] = r["jacobian"][k]["max"]
+        rb = r.get("robustness") or {}
+        for e, c in rb.get("curves", {}).items():
+            row[f"adv_psnr_eps{float(e):g}"] = c.get("adversarial_psnr")
+        for rad, f in rb.get("features", {}).items():
+            row[f"kept_r{rad}"] = f.get("kept")
         run_dir = Path(r["checkpoint"]).parent.parent if r.get("checkpoint") else path
         hist = _read_history(run_dir) or _read_history(path)
         zf = {m: v["mean"] for m, v in (r.get("zero_filled") or {}).get("aggregate", {}).items()}
-        return {"row": row, "history": hist, "zero_filled": zf, "data": r.get("data")}
+        return {"row": row, "history": hist, "zero_filled": zf, "data": r.get("data"), "robustness": rb}
     hist = _read_history(path)
     if not hist:
         raise ValueError(f"{path}: neither metrics.json (an evaluation) nor history.csv (a run)")
@@ -128,6 +133,12 @@ def compare_runs(runs: list, out, overwrite: bool = False, names: list[str] | No
             tmp / "figures" / "curves.png", {r["run"]: d["history"] for r, d in zip(table, loaded) if d["history"]}
         )
         cols = [c for c in COLUMNS if any(isinstance(r.get(c), (int, float)) for r in table)]
+        cols += sorted(
+            {k for r in table for k in r if k.startswith(("adv_psnr_eps", "kept_r"))},
+            key=lambda k: (k[:4], float(k.split("eps")[-1]) if "eps" in k else float(k[6:])),
+        )
+        rob = {r["run"]: d["robustness"] for r, d in zip(table, loaded) if d.get("robustness")}
+        rob_fig = robustness_compare(tmp / "figures" / "robustness.png", rob) if rob else None
         shown = table + ([zf] if zf else [])
         lines = [
             "# Comparison of runs",
@@ -167,5 +178,13 @@ def compare_runs(runs: list, out, overwrite: bool = False, names: list[str] | No
             lines += ["", "![metrics across runs](figures/comparison.png)"]
         if curves:
             lines += ["", "![training curves](figures/curves.png)"]
+        if rob_fig:
+            lines += [
+                "",
+                "Robustness columns: `adv_psnr_epsE` = PSNR under the worst perturbation found (PGD) of "
+                "relative size E on the sampled k-space; `kept_rR` = contrast kept of an R-pixel feature.",
+                "",
+                "![robustness across runs](figures/robustness.png)",
+            ]
         write_report(tmp, "\n".join(lines) + "\n", "mrijac comparison")
     return table

@@ -82,6 +82,85 @@ def samples_grid(path, targets: list, preds: list, title: str = "") -> Path:
     return save_figure(fig, Path(path))
 
 
+def robustness_curves(path, result: dict) -> Path:
+    """PSNR vs ε (adversarial, first-order, random, zero-filled under the adversarial e), the
+    amplification over σ vs ε, and the contrast kept per feature radius."""
+    eps = [float(e) for e in result["curves"]]
+    c = list(result["curves"].values())
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, style, label in (
+        ("adversarial_psnr", "o-", "adversarial (PGD)"),
+        ("first_order_psnr", "s--", "first-order (top singular vector)"),
+        ("random_psnr", "^:", "random, same norm"),
+        ("zero_filled_adversarial_psnr", "x-.", "zero-filled, adversarial e"),
+    ):
+        vals = [r.get(key, np.nan) for r in c]
+        if np.isfinite(vals).any():
+            axes[0].plot(eps, vals, style, label=label)
+    axes[0].axhline(result["clean"]["psnr"], color="k", lw=0.8, label="clean")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("ε (relative to ‖y‖)")
+    axes[0].set_ylabel("PSNR (dB)")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(eps, [r["amplification_over_sigma"] for r in c], "o-")
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("ε")
+    axes[1].set_ylabel("amplification / σ(J A)")
+    axes[1].set_title("nonlinear vs first-order gain", fontsize=9)
+    feats = result.get("features") or {}
+    if feats:
+        r = list(feats)
+        x = np.arange(len(r))
+        axes[2].bar(x - 0.2, [feats[k]["kept"] for k in r], 0.4, label="network")
+        axes[2].bar(x + 0.2, [feats[k]["kept_zero_filled"] for k in r], 0.4, label="zero-filled")
+        axes[2].set_xticks(x, [f"r = {k} px" for k in r])
+        axes[2].axhline(1.0, color="k", lw=0.8)
+        axes[2].set_ylabel("contrast kept")
+        axes[2].legend(fontsize=7)
+    else:
+        axes[2].axis("off")
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
+
+
+def robustness_compare(path, runs: dict) -> Path:
+    """PSNR under the adversarial and the random perturbation vs ε, one colour per run."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, (name, rb) in enumerate(runs.items()):
+        eps = [float(e) for e in rb["curves"]]
+        c = list(rb["curves"].values())
+        ax.plot(eps, [r["adversarial_psnr"] for r in c], "o-", color=f"C{i}", label=f"{name}: adversarial")
+        ax.plot(eps, [r["random_psnr"] for r in c], ":", color=f"C{i}", label=f"{name}: random")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (relative to ‖y‖)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.legend(fontsize=7)
+    return save_figure(fig, Path(path))
+
+
+def worst_case_figure(path, worst: dict) -> Path:
+    """Truth | f(y) | |Aᴴ e| (the perturbation, own scale) | f(y + e) | |f(y + e) − f(y)|, with
+    colour bars; images share the grey scale of the truth."""
+    panels = [
+        ("ground truth", worst["target"], "gray"),
+        ("f(y)", worst["clean"], "gray"),
+        ("|Aᴴ e| (perturbation)", worst["perturbation"], "magma"),
+        ("f(y + e)", worst["perturbed"], "gray"),
+        ("|f(y + e) − f(y)|", np.abs(worst["perturbed"] - worst["clean"]), "inferno"),
+    ]
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.8))
+    vmax = float(np.percentile(worst["target"], 99.5)) or 1.0
+    for ax, (name, im, cmap) in zip(axes, panels):
+        kw = {"vmin": 0, "vmax": vmax} if cmap == "gray" else {}
+        shown = ax.imshow(np.squeeze(im), cmap=cmap, **kw)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(f"{worst['name']}: PSNR −{worst['psnr_drop']:.2f} dB", fontsize=10)
+    return save_figure(fig, Path(path))
+
+
 COMPOSITE = {  # panel -> (history column, line style, label suffix)
     "σ(J A): reference vs training estimate": [
         ("val_sigma_ja_mean", "-", "val reference"),

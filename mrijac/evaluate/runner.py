@@ -27,6 +27,7 @@ def evaluate_checkpoint(
     jac_tol: float = 1e-3,
     jac_max_iter: int = 60,
     progress: bool = True,
+    robustness: str | None = None,
 ) -> dict:
     """Evaluate ``checkpoint`` on ``data`` (MRI: a folder of fastMRI volumes with targets;
     CS: an MNIST folder; SR: an image folder) and write metrics.json, metrics.csv, report.md,
@@ -35,6 +36,8 @@ def evaluate_checkpoint(
     MRI undersampling uses the checkpoint's mask settings with fastMRI's validation convention
     (a fixed mask per volume, seeded from the file name).  GE = |test ℓ2 loss − train ℓ2 loss|
     with the training loss measured on the training set at the end of training.
+    ``robustness``: ``"full"`` or ``"quick"`` adds :func:`~mrijac.evaluate.robustness.robustness`
+    in ``out/robustness/`` (linked from the report; ``mrijac compare`` reads it).
     """
     data = Path(data)
     if not data.exists():
@@ -91,7 +94,21 @@ def evaluate_checkpoint(
         figs = _figures(tmp / "figures", rec, s, n_figures)
         hist = ck.get("history") or []
         curves = curves_figure(tmp / "figures" / "curves.png", {cfg.name: hist}) if hist else None
-        write_report(tmp, _markdown(result, figs, curves), f"mrijac evaluation: {cfg.name}")
+        md = _markdown(result, figs, curves)
+        if robustness:
+            from .robustness import robustness as run_robustness
+
+            rb = run_robustness(
+                checkpoint, data, tmp / "robustness", quick=robustness == "quick", device=device, progress=progress
+            )
+            result["robustness"] = {k: rb[k] for k in ("eps", "curves", "features", "shifts", "sigma_ja_mean")}
+            write_json(tmp / "metrics.json", result)
+            md += (
+                "\n## Robustness\n\nWorst-case, first-order and random k-space perturbations, sampling shift "
+                "and small features: [robustness/report.html](robustness/report.html)\n\n"
+                "![robustness](robustness/figures/robustness.png)\n"
+            )
+        write_report(tmp, md, f"mrijac evaluation: {cfg.name}")
     return result
 
 
