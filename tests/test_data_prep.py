@@ -193,6 +193,7 @@ def test_sr_image_folder(shared_data):
     assert not torch.equal(ds[5][1], x)
     # flips (torchvision) act on the same crop: the flipped patch is one of the crop's 4 flips
     plain = ImageFolderSR(shared_data / "sr/Set5", factor=2, patch=48, patches_per_image=4, flips=False)
+    ds.set_epoch(0)
     flipped = 0
     for i in range(len(ds)):
         a, b = plain[i][1], ds[i][1]
