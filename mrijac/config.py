@@ -106,9 +106,10 @@ class RegConfig:
     n_iter: int = _opt(1, "spectral: power iterations per step")
     n_proj: int = _opt(1, "Frobenius: random projections per step")
     method: str = _opt(
-        "forward",
-        "JVPs by forward mode, the double-vjp trick, or fused finite differences (fd, spectral only)",
-        ("forward", "double_vjp", "fd"),
+        "auto",
+        "JVPs by forward mode, the double-vjp trick, or fused finite differences (fd, spectral only); "
+        "auto: fd where it applies (spectral, float32, no BatchNorm), else forward",
+        ("auto", "forward", "double_vjp", "fd"),
     )
     every: int = _opt(1, "apply the Jacobian penalty every k steps (scaled by k)")
     every_mode: str = _opt(
@@ -119,8 +120,8 @@ class RegConfig:
     warm_start: str = _opt(
         "sample", "reuse singular vectors per sample, per batch, or not", ("none", "batch", "sample")
     )
-    samples: int = _opt(0, "spectral: graph only for the k samples of largest σ (0: all)")
-    alternate: bool = _opt(False, "sja+sj / fja+fj: one term per penalised step, in turn (×2)")
+    samples: int = _opt(1, "spectral: graph only for the k samples of largest σ (0: all)")
+    alternate: bool = _opt(True, "sja+sj / fja+fj: one term per penalised step, in turn (×2)")
     fd_step: float = _opt(0.0, "method=fd: relative finite-difference step (0: 0.3·sqrt(eps))")
     fd_recompute: bool = _opt(False, "method=fd: checkpoint the perturbed copies (less memory)")
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
@@ -311,8 +312,21 @@ def _lam(name, v):
         raise ValueError(f"config key reg.{name} must be a number >= 0 or 'auto', got {v!r}")
 
 
+def resolve_method(cfg: Config) -> str:
+    """``reg.method=auto``: ``fd`` for the spectral penalties in float32 without BatchNorm (the
+    measured default: cheapest per step, see the README), else ``forward``."""
+    r = cfg.reg
+    if r.method != "auto":
+        return r.method
+    spectral = r.name in ("sj", "sja", "sja+sj")
+    batchnorm = cfg.model.name == "dncnn" and cfg.model.batchnorm
+    return "fd" if spectral and str(cfg.train.precision) == "32" and not batchnorm else "forward"
+
+
 def validate(cfg: Config) -> None:
-    """Raise ``ValueError`` naming the key for any out-of-range value."""
+    """Raise ``ValueError`` naming the key for any out-of-range value; resolves
+    ``reg.method=auto`` (:func:`resolve_method`), so a saved config says what ran."""
+    cfg.reg.method = resolve_method(cfg)
 
     def choice(key, val, ok):
         if val not in ok:

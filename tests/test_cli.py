@@ -52,7 +52,7 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
     # every key has a description; keys with fixed values list them (from the config fields)
     lines = [ln for ln in helptext.splitlines() if " = " in ln]
     assert lines and all("  — " in ln for ln in lines)
-    assert any(ln.startswith("  reg.method =") and "[forward | double_vjp | fd]" in ln for ln in lines)
+    assert any(ln.startswith("  reg.method =") and "[auto | forward | double_vjp | fd]" in ln for ln in lines)
     (tmp_path / "w.yaml").write_text("loss: {name: weighted}\n")
     assert main(["train", "--config", str(tmp_path / "w.yaml")]) == 2
     assert "loss.name=weighted needs loss.weights" in capsys.readouterr().err

@@ -106,7 +106,15 @@ def test_every_k_hold_reapplies_the_penalty_gradient(data, tmp_path):
     """reg.every_mode=hold: between penalised steps the gradient is the data gradient plus the
     held penalty gradient of the last penalised step (not scaled by k)."""
     t = Trainer(
-        cfg_for(data, "reg.name=sja+sj", "reg.every=2", "reg.every_mode=hold", "reg.lambda_ja=0.1", "reg.lambda_j=0.1"),
+        cfg_for(
+            data,
+            "reg.name=sja+sj",
+            "reg.every=2",
+            "reg.every_mode=hold",
+            "reg.lambda_ja=0.1",
+            "reg.lambda_j=0.1",
+            "reg.alternate=false",
+        ),
         tmp_path / "r",
     )
     assert t.jac.factor == 1
@@ -303,7 +311,9 @@ def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
     assert len(sig) == t.step == 4 and all(float(s) > 0 for s in sig)
 
 
-@pytest.mark.parametrize("extra", [["reg.tie_terms=false"], ["reg.samples=1", "reg.fd_recompute=true"]])
+@pytest.mark.parametrize(
+    "extra", [["reg.tie_terms=false", "reg.samples=0"], ["reg.samples=1", "reg.fd_recompute=true"]]
+)
 def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, extra):
     """reg.method=fd with alternating terms: penalised, every sample's vectors stored after
     the backward pass (unit norm, in the spaces of J A and J), σ recorded for priorities.
@@ -352,6 +362,7 @@ def test_pool_estimate_tracks_the_reference_sigma(data, tmp_path, tie):
             "reg.lambda_j=0.1",
             "optim.epochs=4",
             "optim.lr=0.0003",
+            "reg.alternate=false",
             f"reg.tie_terms={tie}",
         ),
         tmp_path / "r",
