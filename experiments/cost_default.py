@@ -58,13 +58,13 @@ def child(spec: dict) -> dict:
     over = [
         f"data.root={spec['root']}",
         f"data.batch_size={spec['batch']}",
-        "data.num_workers=0",
-        "model.chans=8",
-        "model.num_pool_layers=3",
+        f"data.num_workers={spec.get('workers', 0)}",
+        f"model.chans={spec.get('chans', 8)}",
+        f"model.num_pool_layers={spec.get('pools', 3)}",
         "model.residual=true",
         f"optim.epochs={spec['epochs']}",
         "train.progress=false",
-        "train.ref_slices=0",
+        f"train.ref_slices={spec.get('ref_slices', 0)}",
         "train.ge_batches=1",
         "reg.name=sja+sj",
         "reg.lambda_ja=0.5",
@@ -90,6 +90,18 @@ def child(spec: dict) -> dict:
     }
 
 
+def make_synthetic(tmp: Path, n_train: int, size: str) -> Path:
+    """fastMRI-size synthetic single-coil knee volumes (e.g. 640x368 k-space, 320x320 targets)."""
+    from mrijac.data import write_synthetic_dataset
+
+    k, r = size.split(":")
+    ks, rs = tuple(int(v) for v in k.split("x")), tuple(int(v) for v in r.split("x"))
+    root = tmp / "synth"
+    n_vol = max(1, n_train // 4)
+    write_synthetic_dataset(root, "knee", "singlecoil", {"train": n_vol, "val": 1}, 4, ks, rs, progress=False)
+    return root
+
+
 def make_data(tmp: Path, n_train: int, n_val: int) -> Path:
     from mrijac.data.prep import images_to_dataset
 
@@ -111,6 +123,13 @@ def main():
     ap.add_argument("--train-slices", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="4 slices, 2 epochs, batch 2 (smoke run)")
+    ap.add_argument(
+        "--data", default="chest", help="chest (real 256² slices) or synthetic:HxW:hxw (e.g. synthetic:640x368:320x320)"
+    )
+    ap.add_argument("--chans", type=int, default=8, help="U-Net channels (fastMRI's U-Net: 32)")
+    ap.add_argument("--pools", type=int, default=3, help="U-Net pools (fastMRI's U-Net: 4)")
+    ap.add_argument("--ref-slices", type=int, default=0, help="reference σ probe slices (its time is reported)")
+    ap.add_argument("--workers", type=int, default=0, help="loader workers (-1: the default)")
     ap.add_argument("--out", default=str(HERE / "results" / "cost_default"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -127,10 +146,15 @@ def main():
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root = make_data(tmp, 4 if a.quick else a.train_slices, 2 if a.quick else 4)
+        n_tr = 4 if a.quick else a.train_slices
+        if a.data.startswith("synthetic"):
+            root = make_synthetic(tmp, n_tr, a.data.split(":", 1)[1] if ":" in a.data else "640x368:320x320")
+        else:
+            root = make_data(tmp, n_tr, 2 if a.quick else 4)
         todo = [(b, r) for b in batches for r in rows]
         for b, r in tqdm(todo, desc="cost"):
             spec = {"root": str(root), "batch": b, "row": r, "epochs": epochs, "threads": a.threads}
+            spec.update(chans=a.chans, pools=a.pools, ref_slices=a.ref_slices, workers=a.workers)
             spec["out"] = str(tmp / f"run_{b}_{r}")
             p = subprocess.run(
                 [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
@@ -140,7 +164,8 @@ def main():
                 raise RuntimeError(f"batch {b}, row {r} failed:\n{p.stderr[-3000:]}")
             res[(b, r)] = json.loads(line[7:])
     lines = [
-        "# Cost of the penalty through the trainer (real 256×256 chest slices, U-Net 8 ch / 3 pools)",
+        f"# Cost of the penalty through the trainer ({'real 256×256 chest slices' if a.data == 'chest' else a.data}, "
+        f"U-Net {a.chans} ch / {a.pools} pools)",
         "",
         f"{epochs} epochs of {4 if a.quick else a.train_slices} training slices per run, λ1 = λ2 = 0.5, "
         "reference monitor off. Step time = history's `step_time` (compute per step); "
@@ -148,8 +173,9 @@ def main():
         "memory = growth of the peak resident set (CPU) or of `max_memory_allocated` (CUDA) over "
         "the set-up. Ratios against `plain` at the same batch size, same call.",
         "",
-        "| batch | row | first epoch s/step | × plain | steady s/step | × plain | peak MiB | × plain |",
-        "|---|---|---|---|---|---|---|---|",
+        "| batch | row | first epoch s/step | × plain | steady s/step | × plain | peak MiB | × plain "
+        "| data wait | reference σ s/epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     data = {"args": vars(a), "machine": f"{platform.machine()}, torch threads per run as recorded", "rows": []}
     for b in batches:
@@ -171,17 +197,22 @@ def main():
                 "peak_ratio": mib / pmib,
                 "device": m["device"],
                 "threads": m["threads"],
+                "data_wait": m["data_wait"][-1],
+                "ref_time": m["ref_time"][-1],
             }
             data["rows"].append(rec)
             lines.append(
                 f"| {b} | {ROWS[r][0]} | {first:.3f} | {rec['first_ratio']:.2f} | {steady:.3f} | "
-                f"{rec['steady_ratio']:.2f} | {mib:.0f} | {rec['peak_ratio']:.2f} |"
+                f"{rec['steady_ratio']:.2f} | {mib:.0f} | {rec['peak_ratio']:.2f} | "
+                f"{rec['data_wait'] if rec['data_wait'] is not None else float('nan'):.2f} | "
+                f"{rec['ref_time'] if rec['ref_time'] is not None else float('nan'):.1f} |"
             )
     dev = next(iter(res.values()))
     lines += [
         "",
         f"Command: `python experiments/cost_default.py --rows {a.rows} --batches {a.batches} --epochs {a.epochs} "
-        f"--train-slices {a.train_slices} --threads {a.threads}{' --quick' if a.quick else ''}`; "
+        f"--train-slices {a.train_slices} --threads {a.threads} --data {a.data} --chans {a.chans} --pools {a.pools} "
+        f"--ref-slices {a.ref_slices} --workers {a.workers}{' --quick' if a.quick else ''}`; "
         f"{platform.machine()}, device {dev['device']}, {dev['threads']} torch thread(s) per run.",
     ]
     write_report(Path(a.out), data, lines)

@@ -1,13 +1,38 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 8 minutes): install, the test suite with CUDA visible, the key
-# rows of the Jacobian benchmark at fastMRI sizes on CUDA, and the data wait of U-Net training
-# at fastMRI size with the default loader workers. Prints everything; copies the tables to $OUT.
+# One prepared GPU check, ≤ 8 minutes, that needs no package registry: install the carried
+# wheels (experiments/wheels, made by gpu_wheels.sh) and mrijac itself without dependencies,
+# run the CUDA tests, the cost of the default penalty against plain training at fastMRI size
+# (U-Net 32 ch / 4 pools, 640×368 k-space -> 320×320, batch 1 and 4, with the reference σ time)
+# and the data wait; tables to $OUT (and experiments/results/).
+#   run(command="bash experiments/gpu_check.sh", carry=["experiments/wheels"], timeout_s=540)
+# DEVICE=cpu bash experiments/gpu_check.sh rehearses it here (smaller sizes, no CUDA tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q -e ".[test]" 2>&1 | tail -2
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-timeout 200 python3 -m pytest -q -x 2>&1 | tail -5   # tests/test_cuda.py runs when CUDA is visible
-timeout 200 python3 experiments/bench_jacobian.py --quick --device cuda --models dncnn5_64,unet_320 \
-  --only "sja n=1,sja+sj n=1 fd,sja+sj n=1 warm on,every 4" --out experiments/results/bench_cuda
-timeout 100 python3 experiments/data_wait.py --device cuda --slices 24
-if [ -n "${OUT:-}" ]; then cp experiments/results/bench_cuda.* experiments/results/data_wait_* "$OUT"/ 2>/dev/null; fi
+DEVICE="${DEVICE:-cuda}"
+OUT="${OUT:-experiments/results}"
+T0=$(date +%s)
+if ls experiments/wheels/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps experiments/wheels/*.whl 2>&1 | tail -3
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3
+python3 - <<'PY'
+import torch, fastmri, sigpy, mrijac, torchvision
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "fastmri", fastmri.__version__,
+      "sigpy", sigpy.__version__, "| cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+PY
+echo "install: $(( $(date +%s) - T0 )) s"
+if [ "$DEVICE" = cuda ]; then
+  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -4
+  SIZE="synthetic:640x368:320x320"; CH=32; PO=4; BATCHES=1,4
+else
+  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_operators.py tests/test_cuda.py 2>&1 | tail -3
+  SIZE="synthetic:96x80:64x64"; CH=8; PO=2; BATCHES=1,2
+fi
+echo "tests: $(( $(date +%s) - T0 )) s"
+timeout 270 python3 experiments/cost_default.py --data "$SIZE" --chans $CH --pools $PO --batches $BATCHES \
+  --rows plain,default --epochs 3 --train-slices 8 --ref-slices 2 --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
+echo "cost: $(( $(date +%s) - T0 )) s"
+SLICES=$([ "$DEVICE" = cuda ] && echo 12 || echo 6)
+timeout 120 python3 experiments/data_wait.py --device "$DEVICE" --slices $SLICES --out "$OUT" 2>&1 | tail -8
+echo "total: $(( $(date +%s) - T0 )) s"
