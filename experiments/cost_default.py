@@ -87,6 +87,8 @@ def child(spec: dict) -> dict:
         "peak_bytes": max(peak, 0),
         "device": str(t.device),
         "threads": torch.get_num_threads(),
+        "ref_time": [h.get("ref_time") for h in t.history],
+        "data_wait": [h.get("data_wait_frac") for h in t.history],
     }
 
 

@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--challenge", default="singlecoil", choices=["singlecoil", "multicoil"])
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--slices", type=int, default=12, help="training slices (= measured steps)")
+    ap.add_argument("--small", action="store_true", help="96×80 k-space, 64×64 targets (a CPU rehearsal)")
     ap.add_argument("--workers", default="-1,0", help="data.num_workers values (-1: default)")
     ap.add_argument("--regs", default="none,sja+sj fd", help=f"subset of {list(REGS)}")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -55,7 +56,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         kind = "brain" if multi else "knee"
-        shape = (640, 320) if multi else (640, 368)
+        shape = (96, 80) if a.small else ((640, 320) if multi else (640, 368))
         n_vol = max(1, a.slices // 6)
         write_synthetic_dataset(
             data,
@@ -64,8 +65,8 @@ def main():
             {"train": n_vol, "val": 1},
             a.slices // n_vol,
             shape,
-            (320, 320),
-            num_coils=16,
+            (64, 64) if a.small else (320, 320),
+            num_coils=4 if a.small else 16,
             progress=True,
         )
         if multi:

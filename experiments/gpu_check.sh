@@ -33,6 +33,6 @@ echo "tests: $(( $(date +%s) - T0 )) s"
 timeout 270 python3 experiments/cost_default.py --data "$SIZE" --chans $CH --pools $PO --batches $BATCHES \
   --rows plain,default --epochs 3 --train-slices 8 --ref-slices 2 --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
 echo "cost: $(( $(date +%s) - T0 )) s"
-SLICES=$([ "$DEVICE" = cuda ] && echo 12 || echo 6)
-timeout 120 python3 experiments/data_wait.py --device "$DEVICE" --slices $SLICES --out "$OUT" 2>&1 | tail -8
+SMALL=$([ "$DEVICE" = cuda ] || echo --small)
+timeout 120 python3 experiments/data_wait.py --device "$DEVICE" --slices 12 $SMALL --out "$OUT" 2>&1 | tail -8
 echo "total: $(( $(date +%s) - T0 )) s"
