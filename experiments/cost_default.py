@@ -170,7 +170,8 @@ def main():
         f"U-Net {a.chans} ch / {a.pools} pools)",
         "",
         f"{epochs} epochs of {4 if a.quick else a.train_slices} training slices per run, λ1 = λ2 = 0.5, "
-        "reference monitor off. Step time = history's `step_time` (compute per step); "
+        f"reference σ monitor on {a.ref_slices} probe slices (its time: last column, not in the step time). "
+        "Step time = history's `step_time` (compute per step); "
         "'first' = epoch 1 (cold warm-start vectors), 'steady' = median of epochs 2…; peak "
         "memory = growth of the peak resident set (CPU) or of `max_memory_allocated` (CUDA) over "
         "the set-up. Ratios against `plain` at the same batch size, same call.",
