@@ -150,6 +150,7 @@ def main():
     ap.add_argument("--append", action="store_true", help="add these runs to the results already at --out")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from <out>.json, run nothing")
+    ap.add_argument("--keep", default="", help="keep the run folders (checkpoints) and the data under this folder")
     ap.add_argument("--merge", default="", help="comma-separated result .json files whose runs are added (report)")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--ref-slices", type=int, default=4)
@@ -176,11 +177,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for task in a.tasks.split(","):
-            root, extra = make_data(task, tmp, a.quick)
+            root, extra = make_data(task, Path(a.keep) if a.keep else tmp, a.quick)
             for seed in range(a.seed_start, a.seed_start + a.seeds):  # seed outer: a stopped run keeps pairs
                 for row in rows:
                     r = run(
-                        root, extra, row, seed, epochs, a.lam, a.ref_slices, a.ref_tol, tmp / f"{task}_{row}_{seed}"
+                        root,
+                        extra,
+                        row,
+                        seed,
+                        epochs,
+                        a.lam,
+                        a.ref_slices,
+                        a.ref_tol,
+                        (Path(a.keep) if a.keep else tmp) / f"{task}_{row}_{seed}",
                     )
                     r["seed"] = seed
                     results.setdefault(task, {}).setdefault(row, []).append(r)
