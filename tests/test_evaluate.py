@@ -138,3 +138,36 @@ def test_generalization_error_only_on_the_held_out_split(run, tmp_path):
     )
     assert other["ge"] is None and "not the held-out split" in other["generalization"]["omitted"]
     assert "GE omitted" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_report_figures_axes_baseline_colour_bars_and_grid(tmp_path, monkeypatch):
+    """Bar charts start at 0 and draw the zero-filled baseline; error maps have a colour bar
+    and the zero-filled error; CS/SR samples come as one torchvision grid (3 rows)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import mrijac.evaluate.figures as F
+
+    figs = []
+
+    def keep(fig, path):
+        figs.append(fig)
+        return path
+
+    monkeypatch.setattr(F, "save_figure", keep)
+    table = [{"run": "a", "psnr": 30.1, "ssim": 0.80}, {"run": "b", "psnr": 30.3, "ssim": 0.81}]
+    F.bars_figure(tmp_path / "b.png", table, baseline={"psnr": 30.5, "ssim": 0.79})
+    axes = [ax for ax in figs[-1].axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["ssim", "psnr"]
+    for ax, base in zip(axes, (0.79, 30.5)):
+        assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > max(base, 0.81)
+        assert any(np.allclose(line.get_ydata(), base) for line in ax.lines)
+    t = np.random.default_rng(0).random((16, 16))
+    F.reconstruction_figure(tmp_path / "r.png", t, t + 0.1, t + 0.01)
+    titles = [ax.get_title() for ax in figs[-1].axes]
+    assert "|zero-filled − truth|" in titles and "|reconstruction − truth|" in titles
+    assert any(ax.get_ylabel() == "absolute error" for ax in figs[-1].axes)  # the colour bar
+    F.samples_grid(tmp_path / "g.png", [t] * 5, [t] * 5)
+    grid = figs[-1].axes[0].images[0].get_array()
+    assert grid.shape == (3 * 18 + 2, 5 * 18 + 2)  # make_grid: 3 rows × 5 images, 2-px padding
+    plt.close("all")
