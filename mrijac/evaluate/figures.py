@@ -87,7 +87,7 @@ def robustness_curves(path, result: dict) -> Path:
     amplification over σ vs ε, and the contrast kept per feature radius."""
     eps = [float(e) for e in result["curves"]]
     c = list(result["curves"].values())
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for key, style, label in (
         ("adversarial_psnr", "o-", "adversarial (PGD)"),
         ("first_order_psnr", "s--", "first-order (top singular vector)"),
@@ -105,9 +105,25 @@ def robustness_curves(path, result: dict) -> Path:
     axes[1].plot(eps, [r["amplification_over_sigma"] for r in c], "o-")
     axes[1].axhline(1.0, color="k", lw=0.8)
     axes[1].set_xscale("log")
+    for ax in axes[:2]:
+        ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.minorticks_off()
     axes[1].set_xlabel("ε")
     axes[1].set_ylabel("amplification / σ(J A)")
     axes[1].set_title("nonlinear vs first-order gain", fontsize=9)
+    per = result.get("per_slice") or []
+    e0 = min(result["curves"], key=float)
+    amps = [r["eps"][e0]["amplification"] for r in per if e0 in r.get("eps", {})]
+    sig = [r["sigma_ja"] for r in per]
+    if amps:
+        bins = np.linspace(0, max(amps + sig) * 1.1, 12)
+        axes[3].hist(amps, bins=bins, alpha=0.7, label=f"amplification at ε = {float(e0):g}")
+        axes[3].hist(sig, bins=bins, histtype="step", color="k", label="σ(J A) (converged)")
+        axes[3].set_xlabel("‖Δf‖ / ‖e‖ per slice")
+        axes[3].set_ylabel("slices")
+        axes[3].legend(fontsize=7)
+    else:
+        axes[3].axis("off")
     feats = result.get("features") or {}
     if feats:
         r = list(feats)
