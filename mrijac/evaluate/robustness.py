@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
 from ..metrics import image_metrics
-from ..runtime import resolve_device
-from ..tasks import check_recon_size, fixed_batches, make_task
+from ..tasks import fixed_batches, make_task
 from .attacks import amplification, disc_feature, first_order, pgd, random_perturbation, support
+from .loading import checkpoint_on_data
 from .report import md_table, staged_dir, write_csv, write_json, write_report
 
 EPS = (0.005, 0.01, 0.02, 0.05)
@@ -80,14 +79,7 @@ def robustness(
         raise ValueError(f"--eps must be numbers in (0, 1) (relative to ‖y‖), got {eps}")
     if slices < 1 or steps < 1:
         raise ValueError(f"--slices and --steps must be >= 1, got {slices} and {steps}")
-    data = Path(data)
-    if not data.exists():
-        raise FileNotFoundError(f"{data}: data folder not found")
-    dev = resolve_device(device)
-    model, cfg, ck = load_model(checkpoint, dev)
-    cfg.data.num_workers = 0
-    task = make_task(cfg, splits=("val",), paths={"val": data})
-    check_recon_size(ck["model_meta"], task.datasets.get("val"), checkpoint)
+    model, cfg, ck, task, dev = checkpoint_on_data(checkpoint, data, device)
     task.batch_size = 1  # slices may differ in size without crop_kspace; one at a time
     batches = fixed_batches(task, "val", slices, seed, dev)
     if not batches or batches[0][2] is None:

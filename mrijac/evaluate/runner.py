@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_model
 from ..inference import jacobian_stats, reconstruct, score
 from ..metrics import generalization_gap
-from ..runtime import resolve_device
-from ..tasks import check_recon_size, make_task
 from .figures import curves_figure, reconstruction_figure, samples_grid
+from .loading import checkpoint_on_data
 from .report import fmt, md_table, staged_dir, write_csv, write_json, write_report
 
 
@@ -39,14 +37,8 @@ def evaluate_checkpoint(
     ``robustness``: ``"full"`` or ``"quick"`` adds :func:`~mrijac.evaluate.robustness.robustness`
     in ``out/robustness/`` (linked from the report; ``mrijac compare`` reads it).
     """
+    model, cfg, ck, task, dev = checkpoint_on_data(checkpoint, data, device)
     data = Path(data)
-    if not data.exists():
-        raise FileNotFoundError(f"{data}: data folder not found")
-    dev = resolve_device(device)
-    model, cfg, ck = load_model(checkpoint, dev)
-    cfg.data.num_workers = 0
-    task = make_task(cfg, splits=("val",), paths={"val": data})
-    check_recon_size(ck["model_meta"], task.datasets.get("val"), checkpoint)
     if cfg.task == "mri" and cfg.data.batch_size > 1 and not cfg.data.crop_kspace:
         task.batch_size = 1
     loader = task.loader("val", False)
