@@ -16,6 +16,7 @@ from collections import deque
 import torch
 
 from ..inference import jacobian_stats
+from ..jacobian.penalties import terms_coincide
 from ..jacobian.reference import reference_sigma
 from ..tasks import fixed_batches
 
@@ -48,22 +49,32 @@ class ReferenceMonitor:
             self.penalised.append((t, y[b : b + 1].detach(), op, float(s[j])))
 
     def estimate_ratios(self, model) -> dict:
-        """Median of (training-time estimate / reference σ now) per term, recent samples."""
-        out = {}
+        """Median of (training-time estimate / reference σ now) per term, recent samples.
+        Where ``‖J‖ = ‖J A‖`` (:func:`~mrijac.jacobian.penalties.terms_coincide`) a sample that
+        both terms penalised gets one reference computation."""
+        out, known = {}, {}  # (sample key) -> σ(J A) = σ(J), where the terms coincide
         g = torch.Generator().manual_seed(self.seed)
         for t in ("ja", "j"):
             rows = [r for r in self.penalised if r[0] == t]
             if not rows:
                 continue
-            y = torch.cat([r[1] for r in rows])
-            ops = [r[2] for r in rows]
-            A = ops[0] if ops[0] is None or len(ops) == 1 else type(ops[0]).cat(ops)
-            model.eval()
-            ref = reference_sigma(
-                model.as_function(A), y, A if t == "ja" else None, self.tol, self.max_iter, generator=g
-            )
+            keys = [(r[1].data_ptr(), tuple(r[1].shape)) for r in rows]  # the same sample of a batch
+            refs = [known.get(k) if t == "j" else None for k in keys]
+            need = [i for i, v in enumerate(refs) if v is None]
+            if need:
+                y = torch.cat([rows[i][1] for i in need])
+                ops = [rows[i][2] for i in need]
+                A = ops[0] if ops[0] is None or len(ops) == 1 else type(ops[0]).cat(ops)
+                model.eval()
+                ref = reference_sigma(
+                    model.as_function(A), y, A if t == "ja" else None, self.tol, self.max_iter, generator=g
+                )
+                for i, s in zip(need, ref.sigma.cpu().tolist()):
+                    refs[i] = s
+                    if t == "ja" and terms_coincide(model, rows[i][2]):
+                        known[keys[i]] = s
             est = torch.tensor([r[3] for r in rows], dtype=torch.float64)
-            out[f"est_ratio_{t}"] = float((est / ref.sigma.cpu().clamp_min(1e-30)).median())
+            out[f"est_ratio_{t}"] = float((est / torch.tensor(refs, dtype=torch.float64).clamp_min(1e-30)).median())
         return out
 
     def rows(self, model, task, device) -> dict:
