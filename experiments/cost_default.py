@@ -33,6 +33,7 @@ ROWS = {
     "plain": ("plain", ["reg.name=none"]),
     "default": ("the default sja+sj (reg: {name: sja+sj})", []),
     "defaultrc": ("the default with reg.fd_recompute=true", ["reg.fd_recompute=true"]),
+    "pool": ("tracked pool of 1 (reg.pool=1)", ["reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"]),
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),
     "fdalt": ("fd, arg-max sample, one term per step", ["reg.method=fd", "reg.samples=1", "reg.alternate=true"]),
     "forward1": ("forward n = 1, whole batch (old default)", ["reg.method=forward", "reg.samples=0", "reg.n_iter=1"]),
