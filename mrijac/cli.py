@@ -21,11 +21,12 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _fractions(text: str) -> tuple[float, ...]:
+def _numbers(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers (``--split 0.8,0.1,0.1``, ``--eps 0.01,0.05``)."""
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.01,0.05, got {text!r}") from None
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def add_data_parser(sub):
     i.add_argument("--out", required=True, help="output folder (train/, val/, test/, test_targets/ inside)")
     i.add_argument("--per-volume", type=int, default=10, help="images per volume")
     i.add_argument(
-        "--split", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions (test: challenge format)"
+        "--split", type=_numbers, default=(0.8, 0.1, 0.1), help="train,val,test fractions (test: challenge format)"
     )
     i.add_argument(
         "--axes",
@@ -259,13 +260,6 @@ def cmd_evaluate(a):
     if r.get("ge") is None:
         print(r["generalization"]["omitted"])
     print(f"report: {Path(a.out) / 'report.html'}")
-
-
-def _eps(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.01,0.05, got {text!r}") from None
 
 
 def cmd_robustness(a):
@@ -376,7 +370,7 @@ def add_run_parsers(sub):
     r.add_argument("--data", required=True, help="MRI: folder of fastMRI volumes with targets")
     r.add_argument("--out", required=True)
     r.add_argument("--slices", type=int, default=4, help="seeded slices to attack")
-    r.add_argument("--eps", type=_eps, default=(0.005, 0.01, 0.02, 0.05), help="perturbation sizes relative to ‖y‖")
+    r.add_argument("--eps", type=_numbers, default=(0.005, 0.01, 0.02, 0.05), help="perturbation sizes relative to ‖y‖")
     r.add_argument("--steps", type=int, default=10, help="PGD steps per start")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quick", action="store_true", help="2 slices, ε 0.01,0.05, 3 steps (smoke run)")

@@ -58,13 +58,16 @@ def first_order(model, y, A, tol: float = 1e-3, max_iter: int = 80, generator=No
     return d, r.sigma
 
 
-def amplification(model, y, A, direction, radius) -> torch.Tensor:
-    """``max_± ‖f(y ± e) − f(y)‖ / ‖e‖`` with ``e = radius · direction`` ``(B,)``."""
+def amplification(model, y, A, direction, radius, f0=None, outputs: bool = False):
+    """``max_± ‖f(y ± e) − f(y)‖ / ‖e‖`` with ``e = radius · direction`` ``(B,)``; with
+    ``outputs`` also ``[f(y + e), f(y − e)]`` (so callers need not run them again).  ``f0``:
+    ``f(y)`` if already known."""
     with torch.no_grad():
-        f0 = model(y, A)
+        f0 = model(y, A) if f0 is None else f0
         e = direction * _bshape(radius, direction)
-        gains = [batch_norm2(model(y + s * e, A) - f0) / radius.clamp_min(1e-30) for s in (1.0, -1.0)]
-    return torch.maximum(*gains)
+        outs = [model(y + s * e, A) for s in (1.0, -1.0)]
+        gain = torch.maximum(*[batch_norm2(o - f0) / radius.clamp_min(1e-30) for o in outs])
+    return (gain, outs) if outputs else gain
 
 
 def pgd(model, y, A, target, radius, steps: int, starts: list, sup=None) -> torch.Tensor:

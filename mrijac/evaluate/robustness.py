@@ -130,11 +130,11 @@ def _slice(model, task, y, A, target, info, i, eps, steps, radii, g) -> dict:
     worst = None
     for e in eps:
         r = e * ynorm.to(y.real.dtype)
-        amp = amplification(model, y, A, direction, r)
+        amp, fo_outs = amplification(model, y, A, direction, r, f0=f0, outputs=True)
+        f_fo = max(fo_outs, key=lambda o: float((o - target).norm()))  # the sign that hurts more
         adv = pgd(model, y, A, target, r, steps, [direction, rand_dir], sup)
         with torch.no_grad():
             f_adv = model(y + adv, A)
-            f_fo = max((model(y + s * direction * r, A) for s in (1.0, -1.0)), key=lambda o: float((o - target).norm()))
             f_rand = model(y + rand_dir * r, A)
         rec = {
             "radius": float(r[0]),
