@@ -41,8 +41,15 @@ from mrijac.train import Trainer  # noqa: E402
 SHARED = HERE.parent.parent / "shared" / "data"
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
-    "forward1": ("forward n = 1, whole batch (old default)", ["reg.n_iter=1"]),
-    "forward10": ("forward n = 10, whole batch", ["reg.n_iter=10"]),
+    "forward1": (
+        "forward n = 1, whole batch (old default)",
+        ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=1"],
+    ),
+    "forward10": (
+        "forward n = 10, whole batch",
+        ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=10"],
+    ),
+    "default": ("the default (reg.method=auto → fd, 1 sample, alternate terms)", []),
     "fd": ("fd, arg-max sample (warm per sample)", ["reg.method=fd", "reg.samples=1"]),
     "fd2": (
         "fd, arg-max sample, + 1 exact power step per visit",
