@@ -72,7 +72,7 @@ class FCStack(nn.Module):
         return net
 
     def select(self, index) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Weights and biases of the models ``index`` (differentiable gathers)."""
+        """Weights and biases of the models ``index`` (a slice: views; indices: gathers)."""
         return [w[index] for w in self.weights], [b[index] for b in self.biases]
 
     def forward_masks(self, y: torch.Tensor, index=None):

@@ -76,6 +76,17 @@ class StackData:
             )
 
 
+# members sorted in this order make every term's members one contiguous block (see fit_stack)
+CANONICAL = ("none", "wd", "sw", "sja", "sja+sj", "sj", "fja", "fja+fj", "fj")
+
+
+def _span(ks: list[int]):
+    """``slice(a, b)`` when ``ks`` is the range ``a..b-1`` (views, no copies), else a tensor."""
+    if ks == list(range(ks[0], ks[-1] + 1)):
+        return slice(ks[0], ks[-1] + 1)
+    return torch.tensor(ks)
+
+
 def _unit(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
@@ -102,7 +113,7 @@ class StackPenalties:
             ks = [k for k, mb in enumerate(self.members) if term in STRATEGY_TERMS[mb.strategy]]
             if not ks:
                 continue
-            self.index[term] = torch.tensor(ks)
+            self.index[term] = _span(ks)
             lams = [self.members[k].lam for k in ks]
             self.auto[term] = torch.tensor([lam == "auto" for lam in lams])
             self.lam[term] = torch.tensor([0.0 if lam == "auto" else float(lam) for lam in lams])
@@ -110,16 +121,20 @@ class StackPenalties:
         self.vec = {}
         for term, dim in (("sja", p), ("sj", q)):
             if term in self.index:
-                self.vec[term] = _unit(torch.randn(len(self.index[term]), n_train, dim, generator=self.g, dtype=dtype))
+                n = len(self.lam[term])
+                self.vec[term] = _unit(torch.randn(n, n_train, dim, generator=self.g, dtype=dtype))
         if "sw" in self.index:
-            self.sw_u = [_unit(torch.randn(len(self.index["sw"]), d, generator=self.g, dtype=dtype)) for d in (h, h, p)]
+            n = len(self.lam["sw"])
+            self.sw_u = [_unit(torch.randn(n, d, generator=self.g, dtype=dtype)) for d in (h, h, p)]
         self.history: dict[str, list] = {t: [] for t in self.index}  # (loss, term) for auto λ
+        self._pending: dict = {}
         self.steps = 0
 
     def to(self, device) -> "StackPenalties":
         for d in (self.index, self.lam, self.auto, self.vec):
             for k in d:
-                d[k] = d[k].to(device)
+                if torch.is_tensor(d[k]):
+                    d[k] = d[k].to(device)
         if hasattr(self, "sw_u"):
             self.sw_u = [u.to(device) for u in self.sw_u]
         return self
@@ -128,25 +143,35 @@ class StackPenalties:
         """Current λ per term for the members that use it."""
         return {t: self.lam[t].cpu().numpy() for t in self.lam}
 
+    @torch.no_grad()
     def _spectral(self, term, ws, masks, batch, A):
-        """Differentiable ``max_b ‖J A v_b‖`` per member (``A`` None for ``sj``) and the
-        batch's estimates ``(K_t, B)`` after the power steps."""
+        """``max_b ‖J A v_b‖`` per member (``A`` None for ``sj``) after ``n_iter`` warm power
+        steps on every sample of the batch, and its gradient in closed form: with
+        ``t₀ = A v``, ``a₁ = D₁W₁t₀``, ``a₂ = D₂W₂a₁``, ``σ u = W₃a₂``, ``g₂ = D₂W₃ᵀu``,
+        ``g₁ = D₁W₂ᵀg₂``: ``∂σ/∂W₃ = u a₂ᵀ``, ``∂σ/∂W₂ = g₂ a₁ᵀ``, ``∂σ/∂W₁ = g₁ t₀ᵀ`` (the masks
+        are constant almost everywhere, so biases get no gradient)."""
         v = self.vec[term][:, batch]
-        wd = [w.detach() for w in ws]
         to_in = (lambda t: torch.bmm(t, A.transpose(1, 2))) if A is not None else (lambda t: t)  # noqa: E731
         from_out = (lambda t: torch.bmm(t, A)) if A is not None else (lambda t: t)  # noqa: E731
-        with torch.no_grad():
-            for _ in range(self.n_iter):
-                w = FCStack.jvp(wd, masks, to_in(v))
-                sig = w.norm(dim=-1)
-                v = _unit(from_out(FCStack.vjp(wd, masks, _unit(w))))
-            self.vec[term][:, batch] = v
-            best = sig.argmax(dim=1)
+        for _ in range(self.n_iter):
+            w = FCStack.jvp(ws, masks, to_in(v))
+            sig = w.norm(dim=-1)
+            v = _unit(from_out(FCStack.vjp(ws, masks, _unit(w))))
+        self.vec[term][:, batch] = v
+        best = sig.argmax(dim=1)
         rows = torch.arange(v.shape[0], device=v.device)
-        vb = v[rows, best][:, None]
-        mb = [m[rows, best][:, None] for m in masks]
-        term_val = FCStack.jvp(ws, mb, to_in(vb)).norm(dim=-1)[:, 0]
-        return term_val, sig
+        m1, m2 = (m[rows, best] for m in masks)
+        mv = lambda W, x: torch.bmm(W, x[..., None])[..., 0]  # noqa: E731
+        t0 = to_in(v[rows, best][:, None])[:, 0]
+        a1 = mv(ws[0], t0) * m1
+        a2 = mv(ws[1], a1) * m2
+        out = mv(ws[2], a2)
+        val = out.norm(dim=-1)
+        u = out / val[:, None].clamp_min(1e-30)
+        g2 = mv(ws[2].transpose(1, 2), u) * m2
+        g1 = mv(ws[1].transpose(1, 2), g2) * m1
+        outer = lambda x, y: x[:, :, None] * y[:, None, :]  # noqa: E731
+        return val, [outer(g1, t0), outer(g2, a1), outer(u, a2)]
 
     def _frobenius(self, term, ws, masks, A):
         K_t, B = masks[0].shape[:2]
@@ -155,38 +180,66 @@ class StackPenalties:
         t = torch.bmm(z, A.transpose(1, 2)) if A is not None else z
         return FCStack.jvp(ws, masks, t).pow(2).sum(dim=(1, 2))
 
-    def _sw(self, ws):
-        total = 0.0
+    @torch.no_grad()
+    def _weights(self, term, ws):
+        """Value of ``wd`` / ``sw`` and their gradients ``2W`` / ``σ u vᵀ`` per layer (closed
+        form: added to ``.grad`` by :meth:`add_weight_grads`, no autograd copies of the weights)."""
+        if term == "wd":
+            return sum(torch.linalg.vector_norm(w, dim=(1, 2)) ** 2 for w in ws), [(2.0, w) for w in ws]
+        total, grads = 0.0, []
         for layer, w in enumerate(ws):
-            with torch.no_grad():
-                u = self.sw_u[layer]
-                v = _unit(torch.bmm(u[:, None], w.detach())[:, 0])
-                u = _unit(torch.bmm(w.detach(), v[..., None])[..., 0])
-                self.sw_u[layer] = u
-            s = torch.bmm(u[:, None], torch.bmm(w, v[..., None]))[:, 0, 0]
-            total = total + 0.5 * s.pow(2)
-        return total
+            v = _unit(torch.bmm(self.sw_u[layer][:, None], w)[:, 0])
+            wv = torch.bmm(w, v[..., None])[..., 0]
+            sig = wv.norm(dim=-1)
+            u = wv / sig[:, None].clamp_min(1e-30)
+            self.sw_u[layer] = u
+            total = total + 0.5 * sig.pow(2)
+            grads.append(sig[:, None, None] * u[:, :, None] * v[:, None, :])  # d(½σ²)/dW = σ u vᵀ
+        return total, grads
+
+    def add_weight_grads(self, stack: FCStack) -> None:
+        """Add the closed-form gradients of the last call (``sja``, ``sj``, ``wd``, ``sw``)
+        to the weights' ``.grad``."""
+        for term, (idx, grads) in self._pending.items():
+            lam = self.lam[term][:, None, None]
+            for w, g in zip(stack.weights, grads):
+                scale, g = g if isinstance(g, tuple) else (1.0, g)
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+                if isinstance(idx, slice):
+                    w.grad[idx].addcmul_(lam, g, value=scale)
+                else:
+                    w.grad.index_add_(0, idx, lam * g, alpha=scale)
+        self._pending = {}
 
     def __call__(self, stack: FCStack, masks, batch: torch.Tensor, A: torch.Tensor, loss: torch.Tensor):
         """``(penalty (K,), terms)``: ``masks`` of the forward pass, ``batch`` the sample
-        indices, ``A`` ``(K, q, p)`` each member's operator, ``loss`` ``(K,)`` (for auto λ)."""
+        indices, ``A`` ``(K, q, p)`` each member's operator, ``loss`` ``(K,)`` (for auto λ).
+        Only the Frobenius parts of ``penalty`` carry a graph; the gradients of the others are
+        closed-form: call :meth:`add_weight_grads` after ``backward``."""
         K = stack.K
         total = loss.new_zeros(K)
         terms = {}
+        self._pending = {}
         for term, idx in self.index.items():
             ws, _ = stack.select(idx)
             ms = [m[idx] for m in masks]
-            if term in ("sja", "sj"):
-                val, _ = self._spectral(term, ws, ms, batch, A[idx] if term == "sja" else None)
-            elif term in ("fja", "fj"):
+            if term in ("fja", "fj"):
                 val = self._frobenius(term, ws, ms, A[idx] if term == "fja" else None)
-            elif term == "wd":
-                val = sum(w.pow(2).sum(dim=(1, 2)) for w in ws)
-            else:
-                val = self._sw(ws)
+            else:  # value only here, gradient (closed form) in add_weight_grads
+                wd = [w.detach() for w in ws]
+                if term in ("sja", "sj"):
+                    val, grads = self._spectral(term, wd, ms, batch, A[idx] if term == "sja" else None)
+                else:
+                    val, grads = self._weights(term, wd)
+                self._pending[term] = (idx, grads)
             terms[term] = val.detach()
             self._calibrate(term, loss[idx].detach(), val.detach())
-            total = total.index_add(0, idx, self.lam[term].to(val.dtype) * val)
+            weighted = self.lam[term].to(val.dtype) * val
+            if isinstance(idx, slice):
+                total = total + torch.nn.functional.pad(weighted, (idx.start, K - idx.stop))
+            else:
+                total = total.index_add(0, idx, weighted)
         self.steps += 1
         return total, terms
 
@@ -221,9 +274,39 @@ def fit_stack(
     """
     if len(members) != stack.K:
         raise ValueError(f"fit_stack: {len(members)} members for a stack of {stack.K} models")
+    groups = [mb.group for mb in members]
+    if max(groups) >= data.x.shape[0] or min(groups) < 0:
+        raise ValueError(f"fit_stack: member groups must be in [0, {data.x.shape[0]}), got {groups}")
+    # sort the members so that each term's members are one block (slices, not gathers)
+    order = sorted(range(stack.K), key=lambda k: (CANONICAL.index(members[k].strategy), k))
+    inv = [0] * len(order)
+    for j, k in enumerate(order):
+        inv[k] = j
+    _permute(stack, order)
+    try:
+        hist = _fit_sorted(
+            stack, [members[k] for k in order], data, epochs, batch_size, lr, n_iter, seed, progress, desc
+        )
+    finally:
+        _permute(stack, inv)
+    index = {
+        t: np.array([order[j] for j in range(stack.K)[i]])
+        if isinstance(i, slice)
+        else np.array([order[j] for j in i.tolist()])
+        for t, i in hist["index"].items()
+    }
+    return {"loss": hist["loss"][:, inv], "lambda": hist["lambda"], "index": index}
+
+
+def _permute(stack: FCStack, order: list[int]) -> None:
+    if order != list(range(len(order))):
+        with torch.no_grad():
+            for p in stack.parameters():
+                p.copy_(p[order])
+
+
+def _fit_sorted(stack, members, data, epochs, batch_size, lr, n_iter, seed, progress, desc) -> dict:
     groups = torch.tensor([mb.group for mb in members])
-    if int(groups.max()) >= data.x.shape[0] or int(groups.min()) < 0:
-        raise ValueError(f"fit_stack: member groups must be in [0, {data.x.shape[0]}), got {groups.tolist()}")
     dev = stack.weights[0].device
     dt = stack.weights[0].dtype
     X, Y, A = (t.to(dev, dt)[groups.to(dev)] for t in (data.x, data.y, data.A))
@@ -244,15 +327,12 @@ def fit_stack(
             penalty, _ = pen(stack, masks, b, A, loss)
             opt.zero_grad(set_to_none=True)
             (loss + penalty).sum().backward()
+            pen.add_weight_grads(stack)
             opt.step()
             ep += loss.detach() * len(b)
         losses.append((ep / m).cpu().numpy())
         bar.set_postfix(loss=f"{float(losses[-1].mean()):.3f}")
-    return {
-        "loss": np.stack(losses),
-        "lambda": pen.lambdas(),
-        "index": {t: i.cpu().numpy() for t, i in pen.index.items()},
-    }
+    return {"loss": np.stack(losses), "lambda": pen.lambdas(), "index": pen.index}
 
 
 @torch.no_grad()
