@@ -393,7 +393,8 @@ def verdicts(res: dict) -> list[tuple[str, str, str]]:
             (
                 "strategies similar at high noise",
                 "reproduced" if spread(hi[1]) < spread(lo[1]) else "not reproduced",
-                f"spread of test ℓ2 across rows: {100 * spread(lo[1]):.1f} % at ε={lo[0]:g}, {100 * spread(hi[1]):.1f} % at ε={hi[0]:g}",
+                f"spread of test ℓ2 across rows: {100 * spread(lo[1]):.1f} % at ε={lo[0]:g}, "
+                f"{100 * spread(hi[1]):.1f} % at ε={hi[0]:g}",
             )
         )
     if any("sja+sj (auto λ)" in s for s in allset):
@@ -466,8 +467,9 @@ def report(res: dict, out: Path) -> None:
         s = res["speedup"]
         lines += [
             "",
-            f"Stacked training ({s['models']} models, {s['epochs']} epochs): {s['stacked_s_per_model_epoch']:.3f} s per "
-            f"model-epoch vs {s['single_s_per_model_epoch']:.3f} s one at a time — **{s['speedup']:.2f}×**.",
+            f"Stacked training ({s['models']} models, {s['epochs']} epochs): "
+            f"{s['stacked_s_per_model_epoch']:.3f} s per model-epoch vs {s['single_s_per_model_epoch']:.3f} s "
+            f"one at a time — **{s['speedup']:.2f}×**.",
         ]
     lines += ["", "## Verdicts", "", "| claim of the paper | verdict | our numbers |", "|---|---|---|"]
     lines += [f"| {c} | {v} | {e} |" for c, v, e in verdicts(res)]
