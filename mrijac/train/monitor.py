@@ -34,6 +34,11 @@ class ReferenceMonitor:
         self.probes, self.warm = None, {}
         self.penalised = deque(maxlen=2 * max(self.slices, 1))
 
+    def keep_last(self, n: int) -> None:
+        """Remember the last ``n`` penalised samples (default ``2 × slices``), e.g. for a
+        per-sample scatter of :meth:`estimate_pairs`."""
+        self.penalised = deque(self.penalised, maxlen=int(n))
+
     def record(self, y: torch.Tensor, A, stats: dict) -> None:
         """After a penalised step: keep each term's arg-max sample with its estimate."""
         if not self.slices or not stats:
@@ -48,10 +53,11 @@ class ReferenceMonitor:
             op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
             self.penalised.append((t, y[b : b + 1].detach(), op, float(s[j])))
 
-    def estimate_ratios(self, model) -> dict:
-        """Median of (training-time estimate / reference σ now) per term, recent samples.
-        Where ``‖J‖ = ‖J A‖`` (:func:`~mrijac.jacobian.penalties.terms_coincide`) a sample that
-        both terms penalised gets one reference computation."""
+    def estimate_pairs(self, model) -> dict[str, torch.Tensor]:
+        """Per term, ``(n, 2)`` float64: (training-time estimate, reference σ now) of the recent
+        penalised samples.  Where ``‖J‖ = ‖J A‖``
+        (:func:`~mrijac.jacobian.penalties.terms_coincide`) a sample that both terms penalised
+        gets one reference computation."""
         out, known = {}, {}  # (sample key) -> σ(J A) = σ(J), where the terms coincide
         g = torch.Generator().manual_seed(self.seed)
         for t in ("ja", "j"):
@@ -73,9 +79,15 @@ class ReferenceMonitor:
                     refs[i] = s
                     if t == "ja" and terms_coincide(model, rows[i][2]):
                         known[keys[i]] = s
-            est = torch.tensor([r[3] for r in rows], dtype=torch.float64)
-            out[f"est_ratio_{t}"] = float((est / torch.tensor(refs, dtype=torch.float64).clamp_min(1e-30)).median())
+            out[t] = torch.tensor([[r[3], ref] for r, ref in zip(rows, refs)], dtype=torch.float64)
         return out
+
+    def estimate_ratios(self, model) -> dict:
+        """Median of (training-time estimate / reference σ now) per term, recent samples."""
+        return {
+            f"est_ratio_{t}": float((p[:, 0] / p[:, 1].clamp_min(1e-30)).median())
+            for t, p in self.estimate_pairs(model).items()
+        }
 
     def rows(self, model, task, device) -> dict:
         """History columns: ``val_sigma_*``, ``train_ref_sigma_*`` (mean, max),

@@ -118,11 +118,12 @@ class StackPenalties:
             self.auto[term] = torch.tensor([lam == "auto" for lam in lams])
             self.lam[term] = torch.tensor([0.0 if lam == "auto" else float(lam) for lam in lams])
         # warm power-iteration vectors per member and training sample (input space of the term)
-        self.vec = {}
+        self.vec, self.sigma_est = {}, {}
         for term, dim in (("sja", p), ("sj", q)):
             if term in self.index:
                 n = len(self.lam[term])
                 self.vec[term] = _unit(torch.randn(n, n_train, dim, generator=self.g, dtype=dtype))
+                self.sigma_est[term] = torch.full((n, n_train), float("nan"), dtype=dtype)
         if "sw" in self.index:
             n = len(self.lam["sw"])
             self.sw_u = [_unit(torch.randn(n, d, generator=self.g, dtype=dtype)) for d in (h, h, p)]
@@ -131,7 +132,7 @@ class StackPenalties:
         self.steps = 0
 
     def to(self, device) -> "StackPenalties":
-        for d in (self.index, self.lam, self.auto, self.vec):
+        for d in (self.index, self.lam, self.auto, self.vec, self.sigma_est):
             for k in d:
                 if torch.is_tensor(d[k]):
                     d[k] = d[k].to(device)
@@ -158,6 +159,7 @@ class StackPenalties:
             sig = w.norm(dim=-1)
             v = _unit(from_out(FCStack.vjp(ws, masks, _unit(w))))
         self.vec[term][:, batch] = v
+        self.sigma_est[term][:, batch] = sig  # what this visit estimated, from the stored vector
         best = sig.argmax(dim=1)
         rows = torch.arange(v.shape[0], device=v.device)
         m1, m2 = (m[rows, best] for m in masks)
@@ -267,8 +269,11 @@ def fit_stack(
     progress: bool = True,
     desc: str = "stack",
 ) -> dict:
-    """Train every member for ``epochs`` on its group's data; returns the history
-    ``{"loss": (epochs, K), "lambda": {term: (K_t,)}}`` (mean training ℓ2 per epoch).
+    """Train every member for ``epochs`` on its group's data; returns the history:
+    ``"loss"`` ``(epochs, K)`` mean training ℓ2 per epoch; per term (``sja``, …): ``"lambda"``
+    ``(K_t,)`` and ``"index"`` (the members using it); spectral terms also ``"sigma_est"``
+    ``(K_t, m)`` (each training sample's estimate at its last visit) and ``"vectors"``
+    ``(K_t, m, dim)`` (its warm power-iteration vector).
 
     Mini-batches are the same sample indices for every member (each reads its own group).
     """
@@ -295,7 +300,7 @@ def fit_stack(
         else np.array([order[j] for j in i.tolist()])
         for t, i in hist["index"].items()
     }
-    return {"loss": hist["loss"][:, inv], "lambda": hist["lambda"], "index": index}
+    return {**hist, "loss": hist["loss"][:, inv], "index": index}
 
 
 def _permute(stack: FCStack, order: list[int]) -> None:
@@ -332,7 +337,13 @@ def _fit_sorted(stack, members, data, epochs, batch_size, lr, n_iter, seed, prog
             ep += loss.detach() * len(b)
         losses.append((ep / m).cpu().numpy())
         bar.set_postfix(loss=f"{float(losses[-1].mean()):.3f}")
-    return {"loss": np.stack(losses), "lambda": pen.lambdas(), "index": pen.index}
+    return {
+        "loss": np.stack(losses),
+        "lambda": pen.lambdas(),
+        "index": pen.index,
+        "sigma_est": {t: v.cpu() for t, v in pen.sigma_est.items()},
+        "vectors": {t: v.cpu() for t, v in pen.vec.items()},
+    }
 
 
 @torch.no_grad()
