@@ -53,13 +53,14 @@ class DataConfig:
     q: int = _opt(160, "cs: number of Gaussian measurements", min=1)
     n_train: int = _opt(500, "cs: training images", min=1)
     n_val: int = _opt(1000, "cs: validation images", min=1)
-    eps: float = _opt(0.0, "cs: radius of the ℓ2-sphere noise")
+    eps: float = _opt(0.0, "cs, sr: radius of the ℓ2-sphere noise on each measurement (sr: image range [0, 1])")
     train_dir: str = _opt("", "sr: training image folder")
     val_dir: str = _opt("", "sr: validation image folder")
     factor: int = _opt(2, "sr: decimation factor", min=1)
     kernel: str = _opt("gaussian", "sr: blur kernel")
     patch: int = _opt(48, "sr: training patch size (high resolution)", min=1)
     patches_per_image: int = _opt(16, "sr: training patches drawn per image and epoch", min=1)
+    val_patches: int = _opt(0, "sr: validate on this many fixed patches per image (0: whole images)", min=0)
 
 
 @dataclass

@@ -222,7 +222,9 @@ class CSTask(ImageTask):
 
 
 class SRTask(ImageTask):
-    """Super-resolution: blurred, decimated patches (training) and whole images (validation)."""
+    """Super-resolution: blurred, decimated patches (training) and whole images (validation),
+    or fixed patches of the validation images (``data.val_patches``) — then the validation ℓ2
+    is per patch like the training one, and the generalization error compares like with like."""
 
     name = "sr"
 
@@ -235,15 +237,27 @@ class SRTask(ImageTask):
             folder = (paths or {}).get(s) or (d.train_dir if s == "train" else d.val_dir)
             if not folder:
                 raise ValueError(f"config key data.{s}_dir is empty: give an image folder")
+            patched = s == "train" or d.val_patches > 0
             self.datasets[s] = ImageFolderSR(
-                folder, d.factor, d.kernel, d.patch if s == "train" else None, d.patches_per_image, cfg.train.seed
+                folder,
+                d.factor,
+                d.kernel,
+                d.patch if patched else None,
+                d.patches_per_image if s == "train" else d.val_patches,
+                cfg.train.seed,
+                flips=s == "train",
+                eps=d.eps,
             )
         self.A = next(iter(self.datasets.values())).A
         self.meta = {"factor": d.factor}
+        # ‖f(y) − x‖₂ of a whole image and of a patch are not on one scale: no absolute GE then
+        self.ge_comparable = all(ds.patch is not None for ds in self.datasets.values())
         self.batch_size, self.workers = d.batch_size, resolve_workers(d.num_workers)
 
     def split_batch_size(self, split: str) -> int:
-        return self.batch_size if split == "train" else 1  # full images differ in size
+        if split == "train" or self.datasets[split].patch is not None:
+            return self.batch_size
+        return 1  # full images differ in size
 
     def unpack(self, batch, device):
         y, x = batch

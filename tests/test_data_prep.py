@@ -208,6 +208,28 @@ def test_sr_image_folder(shared_data):
         ImageFolderSR(shared_data / "sr/Set5", factor=4, patch=30)
 
 
+def test_sr_noise_on_the_sphere(shared_data):
+    """y = A x + n with ‖n‖₂ = ε exactly, fixed per (epoch, index), new each epoch."""
+    eps = 3 / 255
+    clean = ImageFolderSR(shared_data / "sr/Set5", factor=2, patch=48, patches_per_image=2)
+    noisy = ImageFolderSR(shared_data / "sr/Set5", factor=2, patch=48, patches_per_image=2, eps=eps)
+    y0, x0 = clean[3]
+    y1, x1 = noisy[3]
+    assert torch.equal(x0, x1)
+    assert float((y1 - y0).norm()) == pytest.approx(eps, rel=1e-4)
+    assert torch.equal(noisy[3][0], y1)
+    noisy.set_epoch(1)
+    clean.set_epoch(1)
+    n2 = noisy[3][0] - clean[3][0]
+    assert not torch.allclose(n2, y1 - y0)
+    whole = ImageFolderSR(shared_data / "sr/Set5", factor=2, patch=None, eps=eps)
+    assert float((whole[0][0] - ImageFolderSR(shared_data / "sr/Set5", factor=2, patch=None)[0][0]).norm()) == (
+        pytest.approx(eps, rel=1e-4)
+    )
+    with pytest.raises(ValueError, match="eps"):
+        ImageFolderSR(shared_data / "sr/Set5", factor=2, eps=-1.0)
+
+
 def test_cli_data_commands(tmp_path, capsys, shared_data):
     assert (
         main(

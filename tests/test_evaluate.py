@@ -171,3 +171,15 @@ def test_report_figures_axes_baseline_colour_bars_and_grid(tmp_path, monkeypatch
     grid = figs[-1].axes[0].images[0].get_array()
     assert grid.shape == (3 * 18 + 2, 5 * 18 + 2)  # make_grid: 3 rows × 5 images, 2-px padding
     plt.close("all")
+
+
+def test_generalization_gap_interval_contains_the_estimate():
+    from mrijac.metrics import generalization_gap
+
+    rng = np.random.default_rng(0)
+    same = generalization_gap(rng.normal(1.0, 0.5, 10), rng.normal(1.0, 0.5, 10))
+    lo, hi = same["ci95"]
+    assert lo == 0.0 and lo <= same["ge"] <= hi  # no gap: the interval reaches 0
+    apart = generalization_gap(rng.normal(2.0, 0.1, 50), rng.normal(1.0, 0.1, 50))
+    lo, hi = apart["ci95"]
+    assert 0.9 < lo <= apart["ge"] <= hi < 1.1

@@ -268,6 +268,12 @@ def test_cs_and_sr_tasks(shared_data, tmp_path):
     )
     row = train(sr, tmp_path / "sr")
     assert row["psnr"] > 0 and row["val_sigma_ja_mean"] > 0
+    # whole validation images vs training patches: ‖f(y) − x‖₂ is on another scale, no GE
+    assert math.isnan(row["ge"]) and math.isfinite(row["rel_ge"])
+    sr.data.val_patches = 2  # fixed validation patches: GE compares like with like
+    sr.data.eps = 3 / 255
+    row = train(sr, tmp_path / "sr_patches")
+    assert math.isfinite(row["ge"]) and row["ge_lo"] <= row["ge"] <= row["ge_hi"]
 
 
 def _free_port():

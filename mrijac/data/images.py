@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from ..operators.noise import sphere_noise
 from ..operators.sr import BlurDownsample
 from .readers import IMAGE_SUFFIXES, read_image
 
@@ -26,6 +27,9 @@ class ImageFolderSR(torch.utils.data.Dataset):
         flips: training patches are flipped horizontally/vertically at random (torchvision's
             ``crop``/``horizontal_flip``/``vertical_flip``), as EDSR trains.
         seed: patch positions are drawn from ``seed`` and the index (reproducible epochs).
+        eps: noise uniform on the ℓ2 sphere of radius ``eps`` added to each ``y`` (image range
+            [0, 1]: the paper's ε = 3 on the 0–255 scale is ``3/255``); drawn from ``seed``, the
+            epoch and the index for training patches, from ``seed`` and the index for whole images.
     """
 
     def __init__(
@@ -37,7 +41,10 @@ class ImageFolderSR(torch.utils.data.Dataset):
         patches_per_image: int = 16,
         seed: int = 0,
         flips: bool = True,
+        eps: float = 0.0,
     ):
+        if not eps >= 0:
+            raise ValueError(f"eps (noise radius) must be >= 0, got {eps}")
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: image folder not found")
@@ -52,6 +59,7 @@ class ImageFolderSR(torch.utils.data.Dataset):
             if small:
                 raise ValueError(f"{folder}: images smaller than patch {patch}: {small}")
         self.factor, self.patch, self.ppi, self.seed, self.flips = factor, patch, patches_per_image, seed, flips
+        self.eps = float(eps)
         self.A = BlurDownsample(factor, kernel, shape=(1, patch, patch) if patch else None)
         self.epoch = 0
 
@@ -79,4 +87,9 @@ class ImageFolderSR(torch.utils.data.Dataset):
                 x = TF.horizontal_flip(x) if h else x
                 x = TF.vertical_flip(x) if v else x
             x = x.contiguous()
-        return self.A(x[None])[0], x
+        y = self.A(x[None])[0]
+        if self.eps > 0:
+            key = (self.seed, self.epoch, i, 1) if self.patch else (self.seed, i, 1)
+            g = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
+            y = y + sphere_noise(y[None], self.eps, g)[0]
+        return y, x

@@ -322,6 +322,8 @@ class Trainer:
         tr = reconstruct(self.model, self.task, self.ge_subset, self.device)
         ge = generalization_gap(rec["l2_values"], tr["l2_values"], seed=c.seed)
         rge = generalization_gap(rec["rel_values"], tr["rel_values"], seed=c.seed)
+        if not getattr(self.task, "ge_comparable", True):  # e.g. whole SR images vs training patches
+            ge = {"ge": math.nan, "ci95": (math.nan, math.nan)}
         out = {
             "val_loss": rec["loss"],
             "val_l2": rec["l2"],
