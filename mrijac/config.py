@@ -61,6 +61,7 @@ class DataConfig:
     patch: int = _opt(48, "sr: training patch size (high resolution)", min=1)
     patches_per_image: int = _opt(16, "sr: training patches drawn per image and epoch", min=1)
     val_patches: int = _opt(0, "sr: validate on this many fixed patches per image (0: whole images)", min=0)
+    resample_patches: bool = _opt(True, "sr: new training patches every epoch (false: a fixed training sample)")
 
 
 @dataclass

@@ -244,9 +244,10 @@ class SRTask(ImageTask):
                 d.kernel,
                 d.patch if patched else None,
                 d.patches_per_image if s == "train" else d.val_patches,
-                cfg.train.seed,
+                cfg.train.seed if s == "train" else cfg.train.seed + 1_000_003,  # other positions
                 flips=s == "train",
                 eps=d.eps,
+                resample=d.resample_patches if s == "train" else False,
             )
         self.A = next(iter(self.datasets.values())).A
         self.meta = {"factor": d.factor}

@@ -228,6 +228,10 @@ def test_sr_noise_on_the_sphere(shared_data):
     )
     with pytest.raises(ValueError, match="eps"):
         ImageFolderSR(shared_data / "sr/Set5", factor=2, eps=-1.0)
+    fixed = ImageFolderSR(shared_data / "sr/Set5", factor=2, patch=48, patches_per_image=2, eps=eps, resample=False)
+    first = fixed[3]
+    fixed.set_epoch(5)
+    assert all(torch.equal(a, b) for a, b in zip(first, fixed[3]))  # a finite training sample
 
 
 def test_cli_data_commands(tmp_path, capsys, shared_data):

@@ -30,6 +30,8 @@ class ImageFolderSR(torch.utils.data.Dataset):
         eps: noise uniform on the ℓ2 sphere of radius ``eps`` added to each ``y`` (image range
             [0, 1]: the paper's ε = 3 on the 0–255 scale is ``3/255``); drawn from ``seed``, the
             epoch and the index for training patches, from ``seed`` and the index for whole images.
+        resample: new patches (and noise) every epoch; ``False``: the same patches every epoch —
+            a finite training sample, as generalization bounds assume.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class ImageFolderSR(torch.utils.data.Dataset):
         seed: int = 0,
         flips: bool = True,
         eps: float = 0.0,
+        resample: bool = True,
     ):
         if not eps >= 0:
             raise ValueError(f"eps (noise radius) must be >= 0, got {eps}")
@@ -59,7 +62,7 @@ class ImageFolderSR(torch.utils.data.Dataset):
             if small:
                 raise ValueError(f"{folder}: images smaller than patch {patch}: {small}")
         self.factor, self.patch, self.ppi, self.seed, self.flips = factor, patch, patches_per_image, seed, flips
-        self.eps = float(eps)
+        self.eps, self.resample = float(eps), bool(resample)
         self.A = BlurDownsample(factor, kernel, shape=(1, patch, patch) if patch else None)
         self.epoch = 0
 
@@ -78,7 +81,7 @@ class ImageFolderSR(torch.utils.data.Dataset):
             x = torch.from_numpy(im[:h, :w].copy())[None]
         else:
             im = torch.from_numpy(self.images[i // self.ppi])[None]
-            rng = np.random.default_rng((self.seed, self.epoch, i))
+            rng = np.random.default_rng((self.seed, self.epoch if self.resample else 0, i))
             t = int(rng.integers(0, im.shape[-2] - self.patch + 1))
             left = int(rng.integers(0, im.shape[-1] - self.patch + 1))
             x = TF.crop(im, t, left, self.patch, self.patch)
@@ -89,7 +92,7 @@ class ImageFolderSR(torch.utils.data.Dataset):
             x = x.contiguous()
         y = self.A(x[None])[0]
         if self.eps > 0:
-            key = (self.seed, self.epoch, i, 1) if self.patch else (self.seed, i, 1)
+            key = (self.seed, self.epoch if self.resample else 0, i, 1) if self.patch else (self.seed, i, 1)
             g = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
             y = y + sphere_noise(y[None], self.eps, g)[0]
         return y, x
