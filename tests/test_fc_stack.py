@@ -115,7 +115,7 @@ def test_auto_lambda_from_medians():
         loss = (out - data.x[[0, 0]]).norm(dim=-1).mean(1)
         _, terms = pen(st, masks, torch.arange(4), data.A[[0, 0]], loss)
         if len(seen) < 3:
-            seen.append((float(loss[0]), float(terms["sja"][0])))
+            seen.append((float(loss[0].detach()), float(terms["sja"][0])))
     med_loss = sorted(s[0] for s in seen)[1]
     med_term = sorted(s[1] for s in seen)[1]
     assert float(pen.lam["sja"][0]) == pytest.approx(auto_lambda(med_loss, med_term))
@@ -126,7 +126,7 @@ def test_evaluate_sigma_ja_via_cholesky_equals_svd():
     _, st = _stack(K=2)
     data = _data(G=2, m=5)
     ev = evaluate_stack(st, [1, 0], data.x, data.y, data.A, probe=5)
-    J = st.jacobian(data.y[[1, 0]])
+    J = st.jacobian(data.y[[1, 0]]).detach()
     for k, grp in enumerate([1, 0]):
         s = torch.linalg.matrix_norm(J[k] @ data.A[grp], ord=2)
         assert ev["sigma_ja"][k] == pytest.approx(float(s.mean()), rel=1e-9)
