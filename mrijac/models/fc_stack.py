@@ -11,9 +11,10 @@ products that need no gradient).  Adam is elementwise, so optimising the stacked
 exactly K independent Adam runs.
 
 Measured on a 2-core CPU (``experiments/results/mnist_cs_quick.md``): 8 stacked models train at
-0.56× the speed of the same 8 one after the other — each layer's matmul is already large
-enough to keep the cores busy, and the batched kernel is slower than one large ``mm``.  The
-stack is meant for a GPU, where K small models fill the device (not measured yet).
+0.56× the speed of the same 8 one after the other.  Not the matmuls (one ``bmm`` over 8 models
+is faster than 8 ``mm`` at these shapes); a profile puts half the stacked step in memory-bound
+elementwise work (Adam's update, masks, copies) on 8 × 5 MB of weights that no longer fit in
+cache.  The stack is meant for a GPU, where K small models fill the device (not measured yet).
 """
 
 from __future__ import annotations
