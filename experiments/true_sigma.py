@@ -174,8 +174,8 @@ def main():
     for extra in filter(None, a.merge.split(",")):  # runs made by parallel calls
         more, cmds = load_previous(Path(extra))
         a.commands += [c for c in cmds if c not in a.commands]
-        for task, rows in more.items():
-            for row, runs in rows.items():
+        for task, more_rows in more.items():  # not `rows`: that is the list of rows to run
+            for row, runs in more_rows.items():
                 have = {r.get("seed") for r in results.get(task, {}).get(row, [])}
                 results.setdefault(task, {}).setdefault(row, []).extend(r for r in runs if r.get("seed") not in have)
     if a.report_only:
