@@ -52,14 +52,13 @@ from mrijac.train.stack_fit import Member, StackData, fit_stack  # noqa: E402
 ESTIMATORS = ("n = 1", "n = 3", "n = 10")
 
 
-def cold_estimates(f, y, A, n_samples: int, seed: int) -> dict[str, np.ndarray]:
-    """σ from random starts with n = 1, 3, 10 power iterations, per sample."""
+def cold_estimates(f, y, A, seed: int) -> dict[str, np.ndarray]:
+    """σ of every sample of ``y`` from random starts with n = 1, 3, 10 power iterations."""
     g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name in ESTIMATORS:
-        n = int(name.split()[-1])
-        out[name] = spectral_norm(f, y[:n_samples], A, n_iter=n, generator=g).double().cpu().numpy()
-    return out
+    return {
+        name: spectral_norm(f, y, A, n_iter=int(name.split()[-1]), generator=g).double().cpu().numpy()
+        for name in ESTIMATORS
+    }
 
 
 def fc_part(a, images) -> dict:
@@ -83,7 +82,7 @@ def fc_part(a, images) -> dict:
         with torch.no_grad():
             ref_test = torch.linalg.matrix_norm(stack.jacobian(yt[None], index=[k])[0].double(), ord=2).numpy()
             ref_train = torch.linalg.matrix_norm(stack.jacobian(y[None, :n], index=[k])[0].double(), ord=2).numpy()
-        est = cold_estimates(net, yt.double(), None, n, seed=1 + k)
+        est = cold_estimates(net, yt.double(), None, seed=1 + k)
         rec = {"ref_test": ref_test, "est_test": est}
         if mb.strategy == "sj":
             row = list(hist["index"]["sj"]).index(k)
@@ -152,11 +151,7 @@ def dncnn_part(a, tmp: Path) -> dict:
     ref = reference_sigma(f, y, A, tol=1e-3, max_iter=300, generator=torch.Generator().manual_seed(3))
     rec["ref_test"] = ref.sigma.numpy()
     rec["ref_converged"] = float(ref.converged.float().mean())
-    g = torch.Generator().manual_seed(4)
-    rec["est_test"] = {
-        name: spectral_norm(f, y, A, n_iter=int(name.split()[-1]), generator=g).double().cpu().numpy()
-        for name in ESTIMATORS
-    }
+    rec["est_test"] = cold_estimates(f, y, A, seed=4)
     return {"seconds": seconds, "epochs": a.dn_epochs, "method": cfg.reg.method, "nets": {"DnCNN sja+sj": rec}}
 
 

@@ -364,7 +364,6 @@ def evaluate_stack(
     """
     dev = stack.weights[0].device
     gi = torch.tensor(groups, device=dev)
-    out = {"l2": [], "mse": [], "psnr": []}
     n = x.shape[1]
     l2 = torch.zeros(stack.K, device=dev)
     mse = torch.zeros(stack.K, device=dev)
