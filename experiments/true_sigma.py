@@ -50,6 +50,10 @@ ROWS = {
         ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=10"],
     ),
     "default": ("the default (reg.method=auto → fd, 1 sample, alternate terms)", []),
+    "random_cold": (
+        "the default, first visits from a random vector (reg.cold_start=random; the default before 2026-11-26)",
+        ["reg.cold_start=random"],
+    ),
     "fd": ("fd, arg-max sample (warm per sample)", ["reg.method=fd", "reg.samples=1"]),
     "fd2": (
         "fd, arg-max sample, + 1 exact power step per visit",

@@ -122,6 +122,11 @@ class RegConfig:
     warm_start: str = _opt(
         "sample", "reuse singular vectors per sample, per batch, or not", ("none", "batch", "sample")
     )
+    cold_start: str = _opt(
+        "recent",
+        "warm_start=sample: a sample's first vector is the one stored last for any sample, or random",
+        ("recent", "random"),
+    )
     samples: int = _opt(1, "spectral: graph only for the k samples of largest σ (0: all)")
     alternate: bool = _opt(True, "sja+sj / fja+fj: one term per penalised step, in turn (×2)")
     fd_step: float = _opt(0.0, "method=fd: relative finite-difference step (0: 0.3·sqrt(eps))")

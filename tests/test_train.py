@@ -522,6 +522,28 @@ def test_warm_store_keeps_per_sample_vectors_and_falls_back_to_batch():
     assert torch.equal(store.get(None, 2, "cpu").vectors["v_ja"], v)
 
 
+def test_warm_store_starts_unknown_samples_from_the_most_recent_vector():
+    from mrijac.train.warm import WarmStore
+
+    v = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    for cold in ("recent", "random"):
+        store = WarmStore("sample", cold=cold)
+        store.put(["a", "b"], {"v_ja": v[:2], "sigma_ja": torch.tensor([1.0, 3.0])})
+        got = store.get(["a", "c"], 2, "cpu", partial_ok=True)
+        assert got.cold.tolist() == [False, True]  # still a first visit (an exact step first)
+        assert torch.equal(got.vectors["v_ja"][0], v[0])
+        assert torch.equal(got.vectors["v_ja"][1], v[1]) == (cold == "recent")  # b was stored last
+    store = WarmStore("sample")
+    store.put(["a", "b"], {"v_ja": v[:2], "sigma_ja": torch.tensor([1.0, 3.0]), "index": torch.tensor([1, 0])})
+    assert torch.equal(store.recent["v_ja"], v[1])  # row 1 went to sample "a", last
+    again = WarmStore("sample")
+    again.load_state_dict(store.state_dict())  # the checkpoint keeps it, not as a sample
+    assert len(again) == 2 and torch.equal(again.recent["v_ja"], v[1])
+    assert torch.equal(again.get(["z"], 1, "cpu", partial_ok=True).vectors["v_ja"][0], v[1])
+    with pytest.raises(ValueError, match="cold start must be one of"):
+        WarmStore("sample", cold="zeros")
+
+
 def test_config_reads_scientific_notation_and_numeric_strings(tmp_path):
     """YAML 1.1 reads 1e-4 as a string; users write it anyway (files and overrides)."""
     p = tmp_path / "c.yaml"

@@ -110,7 +110,7 @@ def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
         )
     pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) if jac is not None and r.pool else None
     warm = (
-        WarmStore(r.warm_start)
+        WarmStore(r.warm_start, cold=r.cold_start)
         if jac is not None and pool is None and jac.kind == "spectral" and r.warm_start != "none"
         else None
     )

@@ -10,17 +10,32 @@ from ..jacobian import WarmStart
 LIMIT_BYTES = 1 << 30
 
 
+COLD_STARTS = ("recent", "random")
+RECENT = "__recent__"  # checkpoint key of the most recent vectors
+
+
 class WarmStore:
     """Vectors ``u_*``/``v_*`` and the last σ per sample key (``mode="sample"``), or one set
     for the whole batch (``mode="batch"``, also used when a loader gives no keys).
+
+    A sample without stored vectors starts (``cold="recent"``) from the vector stored last for
+    any sample, else from a random one.  The top singular vectors of different slices are
+    nearly orthogonal (|cos| ~ 1e-4 on real chest slices), but another slice's vector is made
+    of the directions the network amplifies, so one power step from it lands closer to the top
+    than from noise: est/ref 0.76 vs 0.64 after one step, 0.80 vs 0.69 after two (8 real
+    256² chest slices, U-Net trained 12 epochs with the default penalty, converged reference).
+    At fastMRI size most visits are first visits, so this is the start that matters.
 
     Per-sample storage falls back to one batch-shaped set once it passes ``limit_bytes``.
     ``data`` maps key -> ``{name: tensor, "sigma": tensor}`` (the checkpoint holds it).
     """
 
-    def __init__(self, mode: str = "sample", limit_bytes: int = LIMIT_BYTES):
-        self.mode, self.limit = mode, int(limit_bytes)
+    def __init__(self, mode: str = "sample", limit_bytes: int = LIMIT_BYTES, cold: str = "recent"):
+        if cold not in COLD_STARTS:
+            raise ValueError(f"cold start must be one of {COLD_STARTS}, got {cold!r}")
+        self.mode, self.limit, self.cold = mode, int(limit_bytes), cold
         self.data: dict = {}
+        self.recent: dict = {}  # name -> the vector stored last (any sample)
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -40,11 +55,18 @@ class WarmStore:
             return WarmStart({k: t.to(device) for k, t in v.items()}) if ok else None
         vs = [self.data.get(k) for k in keys]
         known = [v for v in vs if v is not None]
-        if not known or (len(known) < len(vs) and not partial_ok):
+        if len(known) < len(vs) and not partial_ok:
             return None
-        names = sorted({n for v in known for n in v if n.startswith(("u_", "v_"))})
-        like = {n: next(v[n] for v in known if n in v) for n in names}
-        pick = lambda v, n: v[n] if v is not None and n in v else torch.randn_like(like[n])  # noqa: E731
+        if not known and not (partial_ok and self.cold == "recent" and self.recent):
+            return None
+        names = sorted({n for v in known for n in v if n.startswith(("u_", "v_"))} or self.recent)
+        like = {n: next((v[n] for v in known if n in v), self.recent.get(n)) for n in names}
+        def pick(v, n):
+            if v is not None and n in v:
+                return v[n]
+            r = self.recent.get(n) if self.cold == "recent" else None
+            return r if r is not None and r.shape == like[n].shape else torch.randn_like(like[n])
+
         out = {n: torch.stack([pick(v, n) for v in vs]).to(device) for n in names}
         cold = torch.tensor([v is None or any(n not in v for n in names) for v in vs], device=device)
         return WarmStart(out, cold)
@@ -69,6 +91,7 @@ class WarmStore:
             old = self.data.get(keys[b], {})
             entry = dict(old)  # alternate: one term at a time
             entry.update({k: v[i].cpu() for k, v in vec.items()})
+            self.recent.update({k: entry[k] for k in vec})
             entry["sigma"] = sig[i].cpu()
             self.nbytes += _size(entry) - _size(old)
             self.data[keys[b]] = entry
@@ -77,12 +100,17 @@ class WarmStore:
                 f"warm-start vectors exceed {self.limit >> 20} MiB: switching to one "
                 "vector per batch (reg.warm_start=batch)"
             )
-            self.data, self.mode, self.nbytes = {}, "batch", 0
+            self.data, self.mode, self.nbytes, self.recent = {}, "batch", 0, {}
 
     def state_dict(self) -> dict:
-        return {str(k): {n: t.cpu() for n, t in v.items()} for k, v in self.data.items()}
+        out = {str(k): {n: t.cpu() for n, t in v.items()} for k, v in self.data.items()}
+        if self.recent:
+            out[RECENT] = dict(self.recent)
+        return out
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.recent = dict(state.pop(RECENT, {}))
         self.data = {(int(k) if k.isdigit() else k): v for k, v in state.items()}
         self.nbytes = sum(_size(v) for v in self.data.values())
 
