@@ -61,6 +61,7 @@ class WarmStore:
             return None
         names = sorted({n for v in known for n in v if n.startswith(("u_", "v_"))} or self.recent)
         like = {n: next((v[n] for v in known if n in v), self.recent.get(n)) for n in names}
+
         def pick(v, n):
             if v is not None and n in v:
                 return v[n]
