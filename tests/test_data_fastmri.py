@@ -151,6 +151,43 @@ def test_multicoil_espirit_operator_reproduces_kspace(multi, tmp_path):
     assert b.A.sens_maps.shape == (2, 4, 48, 40) and b.y.shape == (2, 4, 48, 40)
 
 
+def test_multicoil_maps_travel_as_references_and_read_the_same(multi, tmp_path):
+    """Loader workers hand on a MapRef; the batch's operator reads the maps where it is used —
+    through a memory map of the cache file, or h5py when the file is chunked — and gets the
+    store's maps exactly (cropped like the k-space with crop_kspace)."""
+    from mrijac.data.coil_maps import CoilMapStore, MapRef
+
+    mask = MaskConfig("equispaced_fraction", (4,), (0.125,))
+    ds = MRISliceDataset(multi / "train", "multicoil", mask=mask, seed=0)
+    store = CoilMapStore(multi / "train_maps")
+    s0, s1 = ds[0], ds[1]
+    assert isinstance(s0.maps, MapRef)
+    want = [torch.from_numpy(store.get(multi / "train" / s.fname, s.slice, (4, 48, 40))) for s in (s0, s1)]
+    assert torch.equal(s0.sens_maps, want[0])
+    b = collate_mri([s0, s1])
+    assert b.op is None and b.maps == (s0.maps, s1.maps)  # what a worker ships: no maps
+    assert torch.equal(b.A.sens_maps, torch.stack(want)) and b.maps is None
+    dl = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_mri)
+    first = next(iter(dl))
+    assert first.op is None and torch.equal(first.A.sens_maps, torch.stack(want))
+    assert torch.equal(first.y, b.y)  # same k-space and masks through the workers (seeded)
+    # chunked maps file: no memory map, the same values through h5py
+    chunked = tmp_path / "maps"
+    chunked.mkdir()
+    src = store.path(s0.fname)
+    with h5py.File(src) as hf, h5py.File(chunked / s0.fname, "w") as out:
+        out.create_dataset("sens_maps", data=hf["sens_maps"][()], chunks=True, compression="gzip")
+    ref = CoilMapStore(chunked, compute=False).ref(multi / "train" / s0.fname, s0.slice, (4, 48, 40))
+    assert torch.equal(ref.load(), want[0])
+    crop = MRISliceDataset(multi / "train", "multicoil", mask=mask, crop_kspace=True)[0]
+    assert isinstance(crop.maps, MapRef) and crop.maps.box is not None
+    assert torch.equal(crop.sens_maps, center_crop(want[0], crop.y.shape[-2:]))
+    with pytest.raises(ValueError, match="do not match k-space"):
+        store.ref(multi / "train" / s0.fname, 0, (4, 48, 44))
+    with pytest.raises(ValueError, match="has maps for"):
+        store.ref(multi / "train" / s0.fname, 99, (4, 48, 40))
+
+
 def test_dataset_cache_and_sampling(single, tmp_path):
     cache = tmp_path / "cache.pkl"
     ds = MRISliceDataset(single / "train", "singlecoil", use_dataset_cache=True, dataset_cache_file=cache)

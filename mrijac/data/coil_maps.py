@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import sigpy.mri
+import torch
 
 from ..atomic import atomic_path
 
@@ -122,17 +125,112 @@ def write_maps(path: str | Path, maps: np.ndarray, source: str | Path, consisten
     return path
 
 
+_LAYOUT: dict = {}  # per process: (path, mtime, size) -> (offset, shape) or None (not mappable)
+
+
+def _mapped(path: Path):
+    """The ``sens_maps`` dataset of ``path`` as an ``np.memmap`` ``(S, C, H, W)`` complex64 when
+    it is stored contiguous and uncompressed (as :func:`write_maps` writes it), else ``None``.
+    A new private copy-on-write mapping per call: reading costs no copy (the page cache's pages,
+    shared by every process reading the file), writing to it changes neither the file nor any
+    other call's maps.  The file's layout is read once per process and file version."""
+    st = os.stat(path)
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _LAYOUT:
+        layout = None
+        with h5py.File(path, "r") as hf:
+            d = hf.get("sens_maps")
+            off = d.id.get_offset() if d is not None and d.chunks is None and d.compression is None else None
+            if off is not None and d.dtype == np.complex64:
+                layout = (off, d.shape)
+        _LAYOUT[key] = layout
+    layout = _LAYOUT[key]
+    return None if layout is None else np.memmap(path, np.complex64, "c", offset=layout[0], shape=layout[1])
+
+
+@dataclass(frozen=True)
+class MapRef:
+    """Where one slice's coil maps are: ``path`` (a maps file), ``slice`` and an optional
+    crop ``(h0, h1, w0, w1)`` — a few bytes that travel between loader processes in place of
+    the ``(C, H, W)`` complex64 maps (26 MB for 16 coils at 640×320).  :meth:`load` reads them
+    in the process that needs them, through a memory map of the file."""
+
+    path: str
+    slice: int
+    box: tuple | None = None
+
+    def cropped(self, shape: tuple, size: tuple) -> "MapRef":
+        """The centre ``size = (h, w)`` of maps of ``shape = (H, W)`` (fastmri's ``center_crop``)."""
+        (H, W), (h, w) = shape, size
+        h0, w0 = (H - h) // 2, (W - w) // 2
+        if self.box is not None:
+            raise ValueError("MapRef is already cropped")
+        return MapRef(self.path, self.slice, (h0, h0 + h, w0, w0 + w))
+
+    def load(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps ``(C, h, w)`` complex64, written into ``out`` when given.  From a contiguous
+        maps file (as :func:`write_maps` writes them) without ``out``: a private copy-on-write
+        memory map — no copy is made, the pages are read when used, and writing to the tensor
+        changes nothing else; a cropped ``box`` is a strided view of it."""
+        p = Path(self.path)
+        mm = _mapped(p)
+        sl = (slice(None),) if self.box is None else (slice(None), slice(*self.box[:2]), slice(*self.box[2:]))
+        if mm is not None:
+            view = torch.from_numpy(mm[self.slice][sl])
+            return view if out is None else out.copy_(view)
+        with h5py.File(p, "r") as hf:
+            got = torch.from_numpy(np.asarray(hf["sens_maps"][self.slice][sl], np.complex64))
+        return got if out is None else out.copy_(got)
+
+
 class CoilMapStore:
-    """ESPIRiT maps per volume in ``maps_dir/<file name>``, computed and cached on first use."""
+    """ESPIRiT maps per volume in ``maps_dir/<file name>``, computed and cached on first use.
+
+    :meth:`get` returns one slice's maps; :meth:`ref` a :class:`MapRef` to them (checked
+    against the k-space shape), which loader workers hand on instead of the maps themselves."""
 
     def __init__(self, maps_dir: str | Path, calib_width: int = 24, compute: bool = True):
         self.maps_dir, self.calib_width, self.compute = Path(maps_dir), calib_width, compute
+        self._shapes: dict = {}  # maps file -> (mtime, (S, C, H, W)) checked once per version
 
     def path(self, fname: str | Path) -> Path:
         return self.maps_dir / Path(fname).name
 
+    def ref(self, fname: str | Path, slice_num: int, shape: tuple) -> MapRef:
+        """A :class:`MapRef` to the maps of one slice (computed first if missing); raises like
+        :meth:`get` when the file's maps do not fit k-space of ``shape`` ``(C, H, W)``."""
+        p = self._ensure(fname)
+        mtime = os.stat(p).st_mtime_ns
+        known = self._shapes.get(p)
+        if known is None or known[0] != mtime:
+            with h5py.File(p, "r") as hf:
+                if "sens_maps" not in hf:
+                    raise ValueError(f"{p}: missing dataset 'sens_maps'")
+                known = self._shapes[p] = (mtime, tuple(hf["sens_maps"].shape))
+        self._check(p, fname, known[1], shape, slice_num)
+        return MapRef(str(p), int(slice_num))
+
+    @staticmethod
+    def _check(p, fname, have: tuple, shape: tuple, slice_num: int) -> None:
+        if tuple(have[1:]) != tuple(shape):
+            raise ValueError(
+                f"{p}: coil maps of shape {tuple(have[1:])} do not match k-space {tuple(shape)} of {fname}"
+            )
+        if not 0 <= int(slice_num) < have[0]:
+            raise ValueError(f"{p}: has maps for {have[0]} slices, slice {slice_num} of {fname} asked for")
+
     def get(self, fname: str | Path, slice_num: int, shape: tuple) -> np.ndarray:
         """Maps ``(C, H, W)`` of one slice; ``shape`` is that slice's k-space shape."""
+        p = self._ensure(fname)
+        with h5py.File(p, "r") as hf:
+            if "sens_maps" not in hf:
+                raise ValueError(f"{p}: missing dataset 'sens_maps'")
+            m = hf["sens_maps"]
+            self._check(p, fname, m.shape, shape, slice_num)
+            return m[slice_num]
+
+    def _ensure(self, fname: str | Path) -> Path:
+        """The maps file of ``fname``, computed now if missing (or an error if not allowed)."""
         p = self.path(fname)
         if not p.exists():
             if not self.compute:
@@ -149,12 +247,4 @@ class CoilMapStore:
                     f"(> {CONSISTENCY_WARN:.0%}): the maps do not explain the data",
                     stacklevel=2,
                 )
-        with h5py.File(p, "r") as hf:
-            if "sens_maps" not in hf:
-                raise ValueError(f"{p}: missing dataset 'sens_maps'")
-            m = hf["sens_maps"]
-            if tuple(m.shape[1:]) != tuple(shape):
-                raise ValueError(
-                    f"{p}: coil maps of shape {m.shape[1:]} do not match k-space {tuple(shape)} of {fname}"
-                )
-            return m[slice_num]
+        return p

@@ -29,7 +29,7 @@ from fastmri.data.transforms import center_crop
 from ..operators.masks import COLUMN_MASKS, MASK_TYPES, check_mask_params, make_mask
 from ..operators.mri import MultiCoilMRI, SingleCoilMRI, fft2c, ifft2c
 from .coil_compression import compress, compression_matrix
-from .coil_maps import CoilMapStore, default_maps_dir
+from .coil_maps import CoilMapStore, MapRef, default_maps_dir
 from .h5format import TARGET_KEYS, read_header
 
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -83,11 +83,13 @@ class MRISample:
     ``mask`` ``(1|H, W)`` float32; ``sens_maps`` ``(C, H, W)`` complex64 or None;
     ``target`` ``(h, w)`` float32 (None for test files); ``crop`` = ``(h, w)``.
     ``zero_filled`` (fastMRI's baseline) is computed from ``y`` on demand, so the loader
-    neither spends an FFT on it nor ships it between processes."""
+    neither spends an FFT on it nor ships it between processes.  ``maps`` holds the coil maps
+    or a :class:`~mrijac.data.coil_maps.MapRef` to them (read when ``sens_maps`` is asked
+    for), so loader workers do not ship them."""
 
     y: torch.Tensor
     mask: torch.Tensor
-    sens_maps: torch.Tensor | None
+    maps: torch.Tensor | MapRef | None
     target: torch.Tensor | None
     crop: tuple
     max: float
@@ -96,9 +98,13 @@ class MRISample:
     num_low_frequencies: int
 
     @property
+    def sens_maps(self) -> torch.Tensor | None:
+        return self.maps.load() if isinstance(self.maps, MapRef) else self.maps
+
+    @property
     def zero_filled(self) -> torch.Tensor:
         """``(h, w)``: ``|ifft2c(y)|`` (single-coil) or the RSS of the coil images, cropped."""
-        return zero_filled(self.y[None], self.sens_maps is not None, self.crop)[0]
+        return zero_filled(self.y[None], self.maps is not None, self.crop)[0]
 
     def operator(self):
         """This sample's forward operator (batch of one)."""
@@ -111,19 +117,40 @@ class MRISample:
 class MRIBatch:
     """A batch: ``y`` ``(B, …)``, ``A`` batched operator, ``target`` ``(B, h, w)``,
     ``max`` ``(B,)``, ``fname`` list, ``slice`` ``(B,)``, ``crop`` ``(h, w)``;
-    ``zero_filled`` ``(B, h, w)`` is computed on the batch's device when asked for."""
+    ``zero_filled`` ``(B, h, w)`` is computed on the batch's device when asked for.
+
+    Multi-coil batches made by loader workers carry ``maps`` (:class:`MapRef` s) and ``mask``
+    instead of the operator (``op=None``); ``A`` builds it, reading the maps, in the process
+    that asks — the training process — so the maps never pass between processes."""
 
     y: torch.Tensor
-    A: object
+    op: object
     target: torch.Tensor | None
     max: torch.Tensor
     fname: list = field(default_factory=list)
     slice: torch.Tensor | None = None
     crop: tuple = ()
+    maps: tuple | None = None
+    mask: torch.Tensor | None = None
+
+    @property
+    def A(self):
+        if self.op is None:
+            first = self.maps[0].load()
+            if len(self.maps) == 1:  # the memory map itself: nothing copied
+                maps = first[None]
+            else:
+                maps = first.new_empty((len(self.maps),) + tuple(first.shape))
+                maps[0] = first
+                for i, r in enumerate(self.maps[1:], 1):
+                    r.load(out=maps[i])
+            self.op = MultiCoilMRI(self.mask, maps)
+            self.maps = self.mask = None
+        return self.op
 
     @property
     def zero_filled(self) -> torch.Tensor:
-        return zero_filled(self.y, isinstance(self.A, MultiCoilMRI), self.crop)
+        return zero_filled(self.y, self.maps is not None or isinstance(self.op, MultiCoilMRI), self.crop)
 
     def to(self, device, non_blocking: bool = False) -> "MRIBatch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa
@@ -143,21 +170,34 @@ def collate_mri(samples: list[MRISample]) -> MRIBatch:
             f"cannot batch slices of different k-space shapes {sorted(shapes)}: use batch_size 1 or crop_kspace=True"
         )
     H = max(s.mask.shape[0] for s in samples)
-    mask = torch.stack([s.mask.expand(H, s.mask.shape[-1]) for s in samples])
-    if samples[0].sens_maps is None:
+    mask = _stack([s.mask.expand(H, s.mask.shape[-1]) for s in samples])
+    refs = None
+    if samples[0].maps is None:
         A = SingleCoilMRI(mask, tuple(samples[0].y.shape[-2:]))
+    elif all(isinstance(s.maps, MapRef) for s in samples):  # read where the batch is used
+        A, refs = None, tuple(s.maps for s in samples)
     else:
         A = MultiCoilMRI(mask, torch.stack([s.sens_maps for s in samples]))
-    target = None if samples[0].target is None else torch.stack([s.target for s in samples])
+    target = None if samples[0].target is None else _stack([s.target for s in samples])
     return MRIBatch(
-        torch.stack([s.y for s in samples]),
+        _stack([s.y for s in samples]),
         A,
         target,
         torch.tensor([s.max for s in samples], dtype=torch.float32),
         [s.fname for s in samples],
         torch.tensor([s.slice for s in samples]),
         samples[0].crop,
+        refs,
+        mask if refs else None,
     )
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, written straight into shared memory in a loader worker (as torch's
+    ``default_collate``: one copy instead of two), a view for one sample in the main process."""
+    if len(ts) == 1 and torch.utils.data.get_worker_info() is None:
+        return ts[0][None]
+    return torch.utils.data.default_collate(ts)
 
 
 def zero_filled(y: torch.Tensor, multicoil: bool, crop: tuple) -> torch.Tensor:
@@ -205,18 +245,19 @@ class MRISliceTransform:
         self.coil_maps, self.noise_sigma = coil_maps, float(noise_sigma)
         self.coil_compression = int(coil_compression or 0)
         self.rng = None  # training randomness; set per sample by MRISliceDataset (else torch's global RNG)
+        self.scratch_input = False  # MRISliceDataset: kspace is a fresh read, masked in place
         if self.coil_compression < 0:
             raise ValueError(f"coil_compression must be >= 0, got {coil_compression}")
 
     def __call__(self, kspace, mask, target, attrs, fname, slice_num) -> MRISample:
         path = attrs.get("_path", fname)
-        if not np.isfinite(kspace).all():
-            raise ValueError(f"{path} slice {slice_num}: kspace contains NaN or Inf")
         k = torch.from_numpy(np.ascontiguousarray(kspace)).to(torch.complex64)
         h, w = attrs["recon_size"][0], attrs["recon_size"][1]
         maps = None
-        if self.challenge == "multicoil":
+        if self.challenge == "multicoil" and self.coil_compression:  # the maps' values are needed here
             maps = torch.from_numpy(self.coil_maps.get(path, slice_num, tuple(kspace.shape)))
+        elif self.challenge == "multicoil":  # a reference: read in the training process
+            maps = self.coil_maps.ref(path, slice_num, tuple(kspace.shape))
         if maps is not None and self.coil_compression:
             if self.coil_compression > k.shape[0]:
                 raise ValueError(f"{path}: coil_compression {self.coil_compression} exceeds its {k.shape[0]} coils")
@@ -230,12 +271,12 @@ class MRISliceTransform:
             num_low = int(attrs.get("num_low_frequency", 0))
             if self.crop and H > h:  # readout-only crop keeps the sampled columns exact
                 k = fft2c(center_crop(ifft2c(k), (h, W)))
-                maps = None if maps is None else center_crop(maps, (h, W))
+                maps = _crop_maps(maps, (H, W), (h, W))
         else:
             if self.crop:
                 cw = min(w, W)
                 k = fft2c(center_crop(ifft2c(k), (min(h, H), cw)))
-                maps = None if maps is None else center_crop(maps, (min(h, H), cw))
+                maps = _crop_maps(maps, (H, W), (min(h, H), cw))
             H, W = k.shape[-2:]
             choice, seed = 0, None
             if self.mode == "train":
@@ -252,7 +293,8 @@ class MRISliceTransform:
                     m[..., : max(pl, 0)] = 0
                     m[..., pr:] = 0
             num_low = int(round(W * self.mask.center_fractions[choice]))
-        y = k * (m if maps is None else m[None])
+        mm = m if maps is None else m[None]
+        y = k.mul_(mm) if self.scratch_input and k.dtype == torch.complex64 and k.is_contiguous() else k * mm
         if self.noise_sigma > 0:
             gen = self.rng
             if self.mode != "train":  # fixed noise per slice, like the fixed mask per volume
@@ -266,7 +308,18 @@ class MRISliceTransform:
             if tuple(tgt.shape) != crop:
                 tgt = center_crop(tgt, crop)
         mx = float(attrs["max"]) if "max" in attrs else float(tgt.max()) if tgt is not None else float("nan")
+        # NaN·0 is NaN: a non-finite value anywhere in the slice's k-space reaches the sum of y
+        # (one pass, no temporary; an overflowing sum is told apart by the full test)
+        if not torch.isfinite(y.sum()) and not bool(torch.isfinite(y).all()):
+            raise ValueError(f"{path} slice {slice_num}: kspace contains NaN or Inf")
         return MRISample(y.contiguous(), m, maps, tgt, crop, mx, fname, int(slice_num), num_low)
+
+
+def _crop_maps(maps, shape: tuple, size: tuple):
+    """Centre crop of coil maps ``(C, H, W)`` (or of a :class:`MapRef` to them) to ``size``."""
+    if maps is None or tuple(shape) == tuple(size):
+        return maps
+    return maps.cropped(shape, size) if isinstance(maps, MapRef) else center_crop(maps, size)
 
 
 class MRISliceDataset(SliceDataset):
@@ -314,6 +367,7 @@ class MRISliceDataset(SliceDataset):
         if challenge == "multicoil":
             store = CoilMapStore(maps_dir or default_maps_dir(root))
         transform = MRISliceTransform(challenge, mask, mode, crop_kspace, store, noise_sigma, coil_compression)
+        transform.scratch_input = True  # SliceDataset reads each slice afresh
         super().__init__(
             root,
             challenge,
