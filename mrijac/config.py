@@ -46,7 +46,10 @@ class DataConfig:
     crop_kspace: bool = _opt(True, "mri: crop to the reconstruction size before undersampling")
     noise_sigma: float = _opt(0.0, "mri: extra complex Gaussian k-space noise (std)")
     coil_compression: int = _opt(0, "mri multicoil: SVD to this many virtual coils (0: off)")
-    sample_rate: float = _opt(1.0, "mri: fraction of training slices, in (0, 1]")
+    sample_rate: float = _opt(1.0, "mri: fraction of training slices, in (0, 1] (seeded by train.seed)")
+    volume_sample_rate: float = _opt(1.0, "mri: fraction of training volumes, in (0, 1] (not with sample_rate)")
+    cache: bool = _opt(True, "mri: reuse each folder's slice list between launches (checked against the folder)")
+    cache_dir: str = _opt("", "mri: where the slice lists are kept ('': $MRIJAC_CACHE or ~/.cache/mrijac)")
     batch_size: int = _opt(1, "samples per training batch")
     num_workers: int = _opt(-1, "loader processes; -1: min(4, cpu_count - 1)")
     mnist_dir: str = _opt("", "cs: folder of MNIST IDX files")
@@ -369,8 +372,11 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"config key data.num_workers must be >= 0, or -1 for automatic, got {d.num_workers}")
     positive("data.noise_sigma", d.noise_sigma, strict=False)
     positive("data.coil_compression", d.coil_compression, strict=False)
-    if not 0 < d.sample_rate <= 1:
-        raise ValueError(f"config key data.sample_rate must be in (0, 1], got {d.sample_rate}")
+    for key in ("sample_rate", "volume_sample_rate"):
+        if not 0 < getattr(d, key) <= 1:
+            raise ValueError(f"config key data.{key} must be in (0, 1], got {getattr(d, key)}")
+    if d.sample_rate < 1 and d.volume_sample_rate < 1:
+        raise ValueError("config keys data.sample_rate and data.volume_sample_rate: give one of them, not both")
     positive("data.eps", d.eps, strict=False)
     _lam("lambda_ja", r.lambda_ja)
     _lam("lambda_j", r.lambda_j)

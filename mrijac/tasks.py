@@ -120,6 +120,7 @@ class MRITask(Task):
 
     def __init__(self, cfg, splits=("train", "val"), paths: dict | None = None):
         from .data import MaskConfig, MRISliceDataset
+        from .data.dataset_cache import cache_file
 
         d = cfg.data
         root = Path(d.root)
@@ -140,7 +141,10 @@ class MRITask(Task):
                 mask=mask,
                 crop_kspace=d.crop_kspace,
                 noise_sigma=d.noise_sigma,
-                sample_rate=d.sample_rate if split == "train" else None,
+                sample_rate=d.sample_rate if split == "train" and d.sample_rate < 1 else None,
+                volume_sample_rate=d.volume_sample_rate if split == "train" and d.volume_sample_rate < 1 else None,
+                use_dataset_cache=d.cache,
+                dataset_cache_file=cache_file(path, d.cache_dir or None) if d.cache else None,
                 coil_compression=d.coil_compression,
                 seed=cfg.train.seed if split == "train" else None,
             )

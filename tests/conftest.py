@@ -10,6 +10,18 @@ torch.set_num_threads(int(os.environ.get("MRIJAC_TEST_THREADS", 0)) or max(1, mi
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dataset_cache_dir(tmp_path_factory):
+    """Slice-list caches of the tests' data folders go to a temporary folder, not ~/.cache."""
+    old = os.environ.get("MRIJAC_CACHE")
+    os.environ["MRIJAC_CACHE"] = str(tmp_path_factory.mktemp("mrijac_cache"))
+    yield
+    if old is None:
+        os.environ.pop("MRIJAC_CACHE", None)
+    else:
+        os.environ["MRIJAC_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """``../shared/data`` (real data for tests); skip when this checkout has none beside it."""

@@ -196,6 +196,50 @@ def test_dataset_cache_and_sampling(single, tmp_path):
     assert len(ds) == 3
 
 
+def test_dataset_cache_is_used_only_for_the_folder_it_was_made_from(single, tmp_path):
+    import os
+    import shutil
+
+    root = tmp_path / "train"
+    shutil.copytree(single / "train", root)
+    cache = tmp_path / "c" / "cache.pkl"
+    make = lambda mode="train": MRISliceDataset(  # noqa: E731
+        root, "singlecoil", mode=mode, use_dataset_cache=True, dataset_cache_file=cache
+    )
+    first = make()
+    again = make()
+    assert not first.cache_hit and again.cache_hit
+    assert [(r.fname, r.slice_ind) for r in again.raw_samples] == [(r.fname, r.slice_ind) for r in first.raw_samples]
+    assert again[0].y.shape == first[0].y.shape
+    assert not make("val").cache_hit  # another mode validates differently: scanned again
+    shutil.copy(root / sorted(os.listdir(root))[0], root / "extra.h5")  # a new volume
+    grown = make()
+    assert not grown.cache_hit and len(grown) == len(first) + 3
+    assert make().cache_hit
+    (root / "extra.h5").unlink()
+    shrunk = make()
+    assert not shrunk.cache_hit and len(shrunk) == len(first)  # no stale entry of the removed file
+    cache.write_bytes(cache.read_bytes()[:20])  # killed mid-write elsewhere: a broken file
+    (cache.parent / (cache.name + ".sig")).write_bytes(b"junk")
+    broken = make()
+    assert not broken.cache_hit and len(broken) == len(first) and make().cache_hit
+
+
+def test_sample_rates_seeded_and_whole_volumes(single):
+    ds = lambda **kw: MRISliceDataset(single / "train", "singlecoil", **kw)  # noqa: E731
+    ids = lambda d: sorted((r.fname.name, r.slice_ind) for r in d.raw_samples)  # noqa: E731
+    a, b = ds(sample_rate=0.5, seed=1), ds(sample_rate=0.5, seed=1)
+    assert len(a) == 3 and ids(a) == ids(b)
+    assert len({tuple(ids(ds(sample_rate=0.5, seed=s))) for s in range(8)}) > 1  # the seed matters
+    v = ds(volume_sample_rate=0.5, seed=3)
+    vols = {r.fname.name for r in v.raw_samples}
+    assert len(vols) == 1 and len(v) == 3  # one of two volumes, all its slices
+    with pytest.raises(ValueError, match="not both"):
+        ds(sample_rate=0.5, volume_sample_rate=0.5)
+    with pytest.raises(ValueError, match="sample_rate must be in"):
+        ds(sample_rate=0.0)
+
+
 def test_collate_refuses_mixed_shapes(single, tmp_path):
     k = np.ones((1, 48, 36), np.complex64)
     write_volume(tmp_path / "a.h5", k, np.ones((1, 32, 32)), "singlecoil")

@@ -14,6 +14,7 @@ the file name) in validation; the file's own ``mask`` for test/challenge files.
 from __future__ import annotations
 
 import logging
+import random
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from fastmri.data.transforms import center_crop
 from ..operators.masks import COLUMN_MASKS, MASK_TYPES, check_mask_params, make_mask
 from ..operators.mri import MultiCoilMRI, SingleCoilMRI, fft2c, ifft2c
 from .coil_compression import compress, compression_matrix
+from . import dataset_cache
 from .coil_maps import CoilMapStore, MapRef, default_maps_dir
 from .h5format import TARGET_KEYS, read_header
 
@@ -322,6 +324,23 @@ def _crop_maps(maps, shape: tuple, size: tuple):
     return maps.cropped(shape, size) if isinstance(maps, MapRef) else center_crop(maps, size)
 
 
+def _subsample(raw_samples: list, sample_rate, volume_sample_rate, seed) -> list:
+    """fastmri's slice or volume sampling (the same fractions and rounding), drawn from
+    ``random.Random(seed)`` (Python's global ``random`` when ``seed`` is None), with a set
+    lookup for the volumes (fastmri's list lookup is quadratic in the number of volumes)."""
+    rng = random if seed is None else random.Random(int(seed))
+    if sample_rate is not None and float(sample_rate) < 1:
+        raw_samples = list(raw_samples)
+        rng.shuffle(raw_samples)
+        return raw_samples[: round(len(raw_samples) * float(sample_rate))]
+    if volume_sample_rate is not None and float(volume_sample_rate) < 1:
+        vols = sorted({r[0].stem for r in raw_samples})
+        rng.shuffle(vols)
+        keep = set(vols[: round(len(vols) * float(volume_sample_rate))])
+        return [r for r in raw_samples if r[0].stem in keep]
+    return raw_samples
+
+
 class MRISliceDataset(SliceDataset):
     """``fastmri.data.SliceDataset`` returning :class:`MRISample` s, with validated files.
 
@@ -335,7 +354,16 @@ class MRISliceDataset(SliceDataset):
             are computed on first use and cached (``data_prep/coil_maps.py`` precomputes).
         seed: training masks and noise of sample ``i`` in epoch ``e`` come from
             ``(seed, e, i)`` (:meth:`set_epoch`): independent of the loader's worker count.
-            ``None``: torch's global RNG (as fastMRI's own transforms).
+            ``None``: torch's global RNG (as fastMRI's own transforms).  Also seeds the choice
+            of ``sample_rate``/``volume_sample_rate`` (else Python's global ``random``, as
+            fastmri).
+        use_dataset_cache: read the slice list from ``dataset_cache_file`` (default: one file
+            per folder under :func:`~mrijac.data.dataset_cache.default_cache_dir`) when it was
+            made from the folder as it is now — same entries, sizes and modification times,
+            challenge and mode — else scan and write it (atomically).  See
+            :mod:`mrijac.data.dataset_cache`.
+        sample_rate, volume_sample_rate: keep this fraction of the slices, or of the volumes
+            (all their slices), as fastmri does (at most one of the two).
         Other arguments are SliceDataset's.
     """
 
@@ -351,7 +379,7 @@ class MRISliceDataset(SliceDataset):
         use_dataset_cache: bool = False,
         sample_rate=None,
         volume_sample_rate=None,
-        dataset_cache_file="dataset_cache.pkl",
+        dataset_cache_file=None,
         num_cols=None,
         raw_sample_filter=None,
         coil_compression: int | None = None,
@@ -368,17 +396,36 @@ class MRISliceDataset(SliceDataset):
             store = CoilMapStore(maps_dir or default_maps_dir(root))
         transform = MRISliceTransform(challenge, mask, mode, crop_kspace, store, noise_sigma, coil_compression)
         transform.scratch_input = True  # SliceDataset reads each slice afresh
+        if sample_rate is not None and volume_sample_rate is not None:
+            raise ValueError("give sample_rate or volume_sample_rate, not both")
+        for name, rate in (("sample_rate", sample_rate), ("volume_sample_rate", volume_sample_rate)):
+            if rate is not None and not 0 < float(rate) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {rate}")
+        # the cache holds the folder's whole, unfiltered slice list (a filter is not comparable)
+        cache = use_dataset_cache and raw_sample_filter is None
+        path = sig = None
+        hit = False
+        if cache:
+            path = Path(dataset_cache_file) if dataset_cache_file else dataset_cache.cache_file(root)
+            sig = dataset_cache.signature(root, challenge, mode)
+            hit = dataset_cache.is_valid(path, sig)
         super().__init__(
             root,
             challenge,
             transform,
-            use_dataset_cache,
-            sample_rate,
-            volume_sample_rate,
-            dataset_cache_file,
-            num_cols,
+            hit,
+            None,
+            None,
+            path if hit else "dataset_cache.pkl",  # read only on a hit; never written by fastmri
+            None,
             raw_sample_filter,
         )
+        if cache and not hit:
+            dataset_cache.write(path, root, self.raw_samples, sig)
+        self.cache_hit = hit
+        self.raw_samples = _subsample(self.raw_samples, sample_rate, volume_sample_rate, seed)
+        if num_cols:
+            self.raw_samples = [ex for ex in self.raw_samples if ex[2]["encoding_size"][1] in num_cols]
         self.seed, self.epoch = seed, 0
         if not self.raw_samples:
             raise ValueError(
