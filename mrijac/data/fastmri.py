@@ -29,8 +29,8 @@ from fastmri.data.transforms import center_crop
 
 from ..operators.masks import COLUMN_MASKS, MASK_TYPES, check_mask_params, make_mask
 from ..operators.mri import MultiCoilMRI, SingleCoilMRI, fft2c, ifft2c
-from .coil_compression import compress, compression_matrix
 from . import dataset_cache
+from .coil_compression import compress, compression_matrix
 from .coil_maps import CoilMapStore, MapRef, default_maps_dir
 from .h5format import TARGET_KEYS, read_header
 
