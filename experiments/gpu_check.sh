@@ -3,7 +3,8 @@
 # wheels (experiments/wheels, made by gpu_wheels.sh) and mrijac itself without dependencies,
 # run the CUDA tests, the cost of the default penalty against plain training at fastMRI size
 # (U-Net 32 ch / 4 pools, 640×368 k-space -> 320×320, batch 1 and 4, with the reference σ time)
-# and the data wait; tables to $OUT (and experiments/results/).
+# and the throughput table (slices/s, data wait, peak memory; knee and 16-coil brain); tables to
+# $OUT (and experiments/results/).
 #   run(command="bash experiments/gpu_check.sh", carry=["experiments/wheels"], timeout_s=540)
 # DEVICE=cpu bash experiments/gpu_check.sh rehearses it here (smaller sizes, no CUDA tests).
 set -uo pipefail
@@ -34,5 +35,6 @@ timeout 270 python3 experiments/cost_default.py --data "$SIZE" --chans $CH --poo
   --rows plain,default --epochs 3 --train-slices 8 --ref-slices 2 --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
 echo "cost: $(( $(date +%s) - T0 )) s"
 SMALL=$([ "$DEVICE" = cuda ] || echo --small)
-timeout 120 python3 experiments/data_wait.py --device "$DEVICE" --slices 12 $SMALL --out "$OUT" 2>&1 | tail -8
+# slices/s, data wait and peak memory, single-coil knee and 16-coil brain, plain and default
+timeout 150 python3 experiments/throughput.py --device "$DEVICE" --slices 6 $SMALL --out "$OUT" 2>&1 | tail -9
 echo "total: $(( $(date +%s) - T0 )) s"
