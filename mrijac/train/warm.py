@@ -20,11 +20,12 @@ class WarmStore:
 
     A sample without stored vectors starts (``cold="recent"``) from the vector stored last for
     any sample, else from a random one.  The top singular vectors of different slices are
-    nearly orthogonal (|cos| ~ 1e-4 on real chest slices), but another slice's vector is made
-    of the directions the network amplifies, so one power step from it lands closer to the top
-    than from noise: est/ref 0.76 vs 0.64 after one step, 0.80 vs 0.69 after two (8 real
-    256² chest slices, U-Net trained 12 epochs with the default penalty, converged reference).
-    At fastMRI size most visits are first visits, so this is the start that matters.
+    nearly orthogonal (median |cos| 2e-4 on real chest slices), but another slice's vector is
+    made of the directions the network amplifies, so a power step from it lands closer to the
+    top than from noise: est/ref 0.75 vs 0.64 after one step, 0.80 vs 0.69 after two
+    (``experiments/results/cold_start.md``: 8 real 256² chest slices, U-Net trained 12 epochs
+    with the default penalty, converged reference).  At fastMRI size most visits are first
+    visits, so this is the start that matters.
 
     Per-sample storage falls back to one batch-shaped set once it passes ``limit_bytes``.
     ``data`` maps key -> ``{name: tensor, "sigma": tensor}`` (the checkpoint holds it).
