@@ -125,6 +125,12 @@ def write_maps(path: str | Path, maps: np.ndarray, source: str | Path, consisten
     return path
 
 
+def _maps_dataset(hf: h5py.File, path) -> h5py.Dataset:
+    if "sens_maps" not in hf:
+        raise ValueError(f"{path}: missing dataset 'sens_maps'")
+    return hf["sens_maps"]
+
+
 _LAYOUT: dict = {}  # per process: (path, mtime, size) -> (offset, shape) or None (not mappable)
 
 
@@ -204,9 +210,7 @@ class CoilMapStore:
         known = self._shapes.get(p)
         if known is None or known[0] != mtime:
             with h5py.File(p, "r") as hf:
-                if "sens_maps" not in hf:
-                    raise ValueError(f"{p}: missing dataset 'sens_maps'")
-                known = self._shapes[p] = (mtime, tuple(hf["sens_maps"].shape))
+                known = self._shapes[p] = (mtime, tuple(_maps_dataset(hf, p).shape))
         self._check(p, fname, known[1], shape, slice_num)
         return MapRef(str(p), int(slice_num))
 
@@ -223,9 +227,7 @@ class CoilMapStore:
         """Maps ``(C, H, W)`` of one slice; ``shape`` is that slice's k-space shape."""
         p = self._ensure(fname)
         with h5py.File(p, "r") as hf:
-            if "sens_maps" not in hf:
-                raise ValueError(f"{p}: missing dataset 'sens_maps'")
-            m = hf["sens_maps"]
+            m = _maps_dataset(hf, p)
             self._check(p, fname, m.shape, shape, slice_num)
             return m[slice_num]
 
