@@ -186,6 +186,13 @@ def test_multicoil_maps_travel_as_references_and_read_the_same(multi, tmp_path):
         store.ref(multi / "train" / s0.fname, 0, (4, 48, 44))
     with pytest.raises(ValueError, match="has maps for"):
         store.ref(multi / "train" / s0.fname, 99, (4, 48, 40))
+    empty = tmp_path / "empty_maps"
+    empty.mkdir()
+    with h5py.File(empty / s0.fname, "w") as out:
+        out.create_dataset("other", data=np.zeros(1))
+    for call in (CoilMapStore(empty, compute=False).ref, CoilMapStore(empty, compute=False).get):
+        with pytest.raises(ValueError, match="missing dataset 'sens_maps'"):
+            call(multi / "train" / s0.fname, 0, (4, 48, 40))
 
 
 def test_dataset_cache_and_sampling(single, tmp_path):
