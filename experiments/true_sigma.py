@@ -74,7 +74,7 @@ ROWS = {
 }
 
 
-def make_data(task: str, tmp: Path, quick: bool) -> tuple[Path, list[str]]:
+def make_data(task: str, tmp: Path, quick: bool, shared: Path = SHARED) -> tuple[Path, list[str]]:
     if task == "synthetic":
         root = tmp / "synth"
         write_synthetic_dataset(
@@ -94,7 +94,7 @@ def make_data(task: str, tmp: Path, quick: bool) -> tuple[Path, list[str]]:
             "model.residual=true",
             "data.center_fractions=[0.16]",
         ]
-    src = SHARED / "mri" / "chest100"
+    src = shared / "mri" / "chest100"
     full = tmp / "chest_all"
     subprocess.run(
         [
@@ -169,6 +169,7 @@ def main():
         "--ref-tol", type=float, default=1e-2, help="reference σ tolerance (relative residual; 1e-2 bounds σ to ~1 %%)"
     )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 epochs (smoke run)")
+    ap.add_argument("--shared", default=str(SHARED), help="the shared data folder (holds mri/chest100)")
     ap.add_argument("--out", default=str(HERE / "results" / "true_sigma"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads or max(1, torch.get_num_threads()))
@@ -188,7 +189,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for task in a.tasks.split(","):
-            root, extra = make_data(task, Path(a.keep) if a.keep else tmp, a.quick)
+            root, extra = make_data(task, Path(a.keep) if a.keep else tmp, a.quick, Path(a.shared))
             for seed in range(a.seed_start, a.seed_start + a.seeds):  # seed outer: a stopped run keeps pairs
                 for row in rows:
                     r = run(
@@ -262,7 +263,8 @@ def summarize(results, a, epochs):
     data = {
         "args": {k: v for k, v in vars(a).items() if k != "commands"},
         "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "tasks": {},
     }
     for task, rs in results.items():

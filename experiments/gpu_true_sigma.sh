@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU session's second part, after gpu_check.sh in the same call: true_sigma.py on the real
+# chest slices on CUDA, runs in parallel processes (the 256² U-Net 8/3 leaves an H100 mostly idle,
+# so processes share it well), each stopped at DEADLINE (epoch seconds); every process rewrites
+# its report after each run, so a stopped one keeps its finished rows.  Per process (λ = 0.2
+# unless named): seeds 0, 1, 2 × (plain, default, forward n = 10); seed 0 × (fd2, forward n = 1);
+# seed 0 at λ = 0.5 × (default, forward10).  Their step × plain ratios share the GPU: not cost
+# figures (gpu_check.sh's cost table is).  Merge here afterwards with true_sigma.py --merge.
+# usage: bash experiments/gpu_true_sigma.sh SHARED_DATA DEADLINE RESULTS [extra true_sigma args]
+#   SHARED_DATA holds mri/chest100 (carry a copy: ../shared does not travel)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SHARED="$1"; END="$2"; RES="$3"; shift 3
+mkdir -p "$RES"
+left=$(( END - $(date +%s) ))
+[ "$left" -gt 90 ] || { echo "true_sigma: only $left s left, not started"; exit 0; }
+echo "true_sigma: $left s"
+ts() {  # name, then true_sigma args
+  local name="$1"; shift
+  timeout "$left" python3 experiments/true_sigma.py --tasks real --epochs 12 --seeds 1 --threads 2 \
+    --shared "$SHARED" --out "$RES/true_sigma_gpu_$name" "$@" > "$RES/ts_$name.log" 2>&1 &
+}
+for s in 0 1 2; do ts "s$s" --rows plain,default,forward10 --seed-start "$s" --lam 0.2 "$@"; done
+ts x --rows fd2,forward1 --seed-start 0 --lam 0.2 "$@"
+ts lam05 --rows default,forward10 --seed-start 0 --lam 0.5 "$@"
+wait
+grep -h "seed" "$RES"/ts_*.log
+tail -n 3 "$RES"/ts_*.log | grep -i -B2 "error" || true
