@@ -7,8 +7,12 @@ Data: real chest MR slices (256×256, ``../shared/data/mri/chest100`` converted 
 (batch size, row) runs in its own process: peak memory = growth of the resident set's high-water
 mark (VmHWM) over the resident set after set-up, with glibc's mmap threshold lowered so freed
 tensors leave the resident set (as ``bench_jacobian.py``); on CUDA ``max_memory_allocated``.
-"first epoch" includes the cold start of every warm-start vector; "steady" is the median of
-the later epochs.  The reference σ monitor is off (its cost is reported by ``true_sigma.py``).
+"first epoch" includes the cold start of every warm-start vector; later epochs are split by
+history's ``first_visit_frac``: those in which some penalised sample had no vector yet (with one
+penalised sample per batch of B, about the first B epochs: each such step starts with an exact
+forward-mode iteration) and the warm ones (the steady state of a long run).  Run at least B + 2
+epochs to see the warm steady state at batch B.  The reference σ monitor is off unless asked for
+(its cost per epoch: last column).
 
     python experiments/cost_default.py [--rows plain,fd,fdalt,forward1] [--batches 1,2,4]
         [--epochs 3] [--train-slices 16] [--threads 0] [--quick]
@@ -91,7 +95,26 @@ def child(spec: dict) -> dict:
         "threads": torch.get_num_threads(),
         "ref_time": [h.get("ref_time") for h in t.history],
         "data_wait": [h.get("data_wait_frac") for h in t.history],
+        "first_visit": [h.get("first_visit_frac") for h in t.history],
     }
+
+
+def phases(m: dict) -> tuple[float, float, float]:
+    """``(first epoch, first-visit phase, warm)`` s/step of a run: epoch 1; the median of the
+    later epochs in which some penalised steps were a sample's first visit (one exact
+    forward-mode iteration more — with one penalised sample per batch of B, about the first B
+    epochs); the median of the later epochs without any (plain: every later epoch).  NaN where
+    the run has no such epoch."""
+    st, fv = m["step_times"], m.get("first_visit") or [None] * len(m["step_times"])
+    later = list(zip(st[1:], fv[1:]))
+    cold = [t for t, f in later if f is not None and f == f and f > 0]
+    warm = [t for t, f in later if not (f is not None and f == f and f > 0)]
+    med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
+    return st[0], med(cold), med(warm)
+
+
+def _f(v: float, digits: int = 2) -> str:
+    return "–" if v != v else f"{v:.{digits}f}"
 
 
 def make_synthetic(tmp: Path, n_train: int, size: str) -> Path:
@@ -174,30 +197,36 @@ def main():
         f"{epochs} epochs of {4 if a.quick else a.train_slices} training slices per run, λ1 = λ2 = 0.5, "
         f"reference σ monitor on {a.ref_slices} probe slices (its time: last column, not in the step time). "
         "Step time = history's `step_time` (compute per step); "
-        "'first' = epoch 1 (cold warm-start vectors), 'steady' = median of epochs 2…; peak "
-        "memory = growth of the peak resident set (CPU) or of `max_memory_allocated` (CUDA) over "
-        "the set-up. Ratios against `plain` at the same batch size, same call.",
+        "'first' = epoch 1 (every penalised sample's first visit); 'first visits' = median of the later "
+        "epochs in which some penalised samples were visited for the first time (one exact forward-mode "
+        "iteration more each; with one penalised sample per batch of B, about the first B epochs); 'warm' "
+        "= median of the later epochs without any (the steady state of a long run; plain: epochs 2…); "
+        "'–': no such epoch in this run. Peak memory = growth of the peak resident set (CPU) or of "
+        "`max_memory_allocated` (CUDA) over the set-up. Ratios against `plain` at the same batch size, "
+        "same call; the plain reference of every column is its epochs 2… (its first epoch for 'first').",
         "",
-        "| batch | row | first epoch s/step | × plain | steady s/step | × plain | peak MiB | × plain "
-        "| data wait | reference σ s/epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| batch | row | first epoch s/step | × plain | first-visit epochs s/step | × plain | warm s/step | × plain "
+        "| peak MiB | × plain | data wait | reference σ s/epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     data = {"args": vars(a), "machine": f"{platform.machine()}, torch threads per run as recorded", "rows": []}
     for b in batches:
         p = res.get((b, "plain"))
         for r in rows:
             m = res[(b, r)]
-            first, steady = m["step_times"][0], statistics.median(m["step_times"][1:] or m["step_times"])
-            pf = p["step_times"][0] if p else float("nan")
-            ps = statistics.median(p["step_times"][1:] or p["step_times"]) if p else float("nan")
+            first, cold, steady = phases(m)
+            pf, _, ps = phases(p) if p else (float("nan"),) * 3
             mib, pmib = m["peak_bytes"] / 2**20, (p["peak_bytes"] / 2**20 if p else float("nan"))
             rec = {
                 "batch": b,
                 "row": r,
                 "first": first,
                 "first_ratio": first / pf,
+                "first_visit_epochs": cold,
+                "first_visit_ratio": cold / ps,
                 "steady": steady,
                 "steady_ratio": steady / ps,
+                "first_visit_frac": m.get("first_visit"),
                 "peak_mib": mib,
                 "peak_ratio": mib / pmib,
                 "device": m["device"],
@@ -207,8 +236,9 @@ def main():
             }
             data["rows"].append(rec)
             lines.append(
-                f"| {b} | {ROWS[r][0]} | {first:.3f} | {rec['first_ratio']:.2f} | {steady:.3f} | "
-                f"{rec['steady_ratio']:.2f} | {mib:.0f} | {rec['peak_ratio']:.2f} | "
+                f"| {b} | {ROWS[r][0]} | {first:.3f} | {rec['first_ratio']:.2f} | {_f(cold, 3)} | "
+                f"{_f(rec['first_visit_ratio'])} | {_f(steady, 3)} | {_f(rec['steady_ratio'])} | "
+                f"{mib:.0f} | {rec['peak_ratio']:.2f} | "
                 f"{rec['data_wait'] if rec['data_wait'] is not None else float('nan'):.2f} | "
                 f"{rec['ref_time'] if rec['ref_time'] is not None else float('nan'):.1f} |"
             )

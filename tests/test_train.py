@@ -317,6 +317,24 @@ def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
     assert len(sig) == t.step == 4 and all(float(s) > 0 for s in sig)
 
 
+def test_history_counts_first_visits_of_the_fd_penalty(data, tmp_path):
+    # batch 1: every sample is penalised at every visit, so epoch 1 is all first visits and
+    # epoch 2 none; batch 4 (one penalised sample per step, unseen first): each first visit adds
+    # one sample to the store and no other step does
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "data.batch_size=1", "train.ref_slices=0"), tmp_path / "b1")
+    t.fit()
+    assert [h["first_visit_frac"] for h in t.history] == [1.0, 0.0]
+    t = Trainer(
+        cfg_for(data, "reg.name=sja+sj", "data.batch_size=4", "optim.epochs=6", "train.ref_slices=0"), tmp_path / "b4"
+    )
+    t.fit()
+    fracs = [h["first_visit_frac"] for h in t.history]
+    assert sum(round(f * 2) for f in fracs) == len(t.warm) == 8  # 2 steps per epoch, 8 slices
+    assert fracs[0] == 1.0 and fracs[-1] == 0.0
+    plain = Trainer(cfg_for(data, "train.ref_slices=0", "optim.epochs=1"), tmp_path / "plain")
+    assert math.isnan(plain.fit()["first_visit_frac"])
+
+
 @pytest.mark.parametrize(
     "extra", [["reg.tie_terms=false", "reg.samples=0"], ["reg.samples=1", "reg.fd_recompute=true"]]
 )

@@ -76,7 +76,9 @@ class PenaltyStats(dict):
     * :attr:`terms` — the unweighted differentiable terms (``max`` or ``Σ`` over the batch);
     * :attr:`vectors` — next warm-start vectors (``u_*`` left, output space; ``v_*`` right,
       input space of the operator; with ``method="fd"`` filled in by the backward pass);
-    * :attr:`index` — batch rows the per-sample entries belong to (``None``: all rows).
+    * :attr:`index` — batch rows the per-sample entries belong to (``None``: all rows);
+    * ``"first_visit"`` (``method="fd"``) — a penalised sample had no stored vector, so the
+      step began with one exact forward-mode iteration (the step's costly case).
     """
 
     def _by_term(self, prefix: str) -> dict:
@@ -361,6 +363,7 @@ class JacobianPenalty:
             stats[f"term_{t}"] = surr[k].max() + OTHERS_WEIGHT * (surr[k] - surr[k].detach()).sum()
         if idx is not None:
             stats["index"] = idx
+        stats["first_visit"] = bool(cold)  # started with an exact iteration (the costly steps)
         return out, self.weighted(stats), stats
 
     def _subset(self, module, y, A, terms, v0, generator, priority):

@@ -48,6 +48,7 @@ HISTORY_FIELDS = [
     "lambda_ja",
     "lambda_j",
     "data_wait_frac",
+    "first_visit_frac",
     "step_time",
     "epoch_time",
 ]
@@ -64,6 +65,8 @@ class EpochStats:
     n: int = 0
     wait: float = 0.0  # seconds waiting for batches
     busy: float = 0.0  # seconds computing steps
+    first_visits: int = 0  # penalised steps (method=fd) that began with an exact iteration
+    fd_steps: int = 0  # penalised steps with method=fd
 
     def add(self, r: dict) -> None:
         """One step's result (``loss``, ``penalty``, ``sigma_ja``, ``sigma_j``)."""
@@ -73,6 +76,9 @@ class EpochStats:
         for k in ("sigma_ja", "sigma_j"):
             if not math.isnan(r[k]):
                 getattr(self, k).append(r[k])
+        if not math.isnan(r.get("first_visit", math.nan)):
+            self.fd_steps += 1
+            self.first_visits += int(r["first_visit"])
 
     def row(self) -> dict:
         n = max(self.n, 1)
@@ -82,6 +88,9 @@ class EpochStats:
             "train_penalty": self.penalty / n,
             "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-12),
             "step_time": self.busy / n,
+            # share of penalised steps that were a sample's first visit (one exact iteration
+            # more): with one penalised sample per batch of B, the first ~B epochs are all such
+            "first_visit_frac": self.first_visits / self.fd_steps if self.fd_steps else math.nan,
             "train_sigma_ja": mean(self.sigma_ja),
             "train_sigma_j": mean(self.sigma_j),
         }

@@ -280,6 +280,7 @@ class Trainer:
             "penalty": float(pen.detach()) + float(wpen.detach()),
             "sigma_ja": float(stats["sigma_ja"].mean()) if "sigma_ja" in stats else math.nan,
             "sigma_j": float(stats["sigma_j"].mean()) if "sigma_j" in stats else math.nan,
+            "first_visit": float(stats["first_visit"]) if "first_visit" in stats else math.nan,
         }
 
     def _check_finite(self, loss, pen, wpen):
