@@ -183,7 +183,9 @@ def main():
             for row, runs in more_rows.items():
                 have = {r.get("seed") for r in results.get(task, {}).get(row, [])}
                 results.setdefault(task, {}).setdefault(row, []).extend(r for r in runs if r.get("seed") not in have)
-    if a.report_only:
+    if a.report_only:  # keep the machine the runs were made on (the first file's)
+        first = Path(a.out).with_suffix(".json")
+        a.machine = json.loads(first.read_text()).get("machine") if first.exists() else None
         return report(results, a, epochs)
     a.commands = a.commands + [_command(a)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,9 +263,9 @@ def summarize(results, a, epochs):
         "",
     ]
     data = {
-        "args": {k: v for k, v in vars(a).items() if k != "commands"},
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+        "args": {k: v for k, v in vars(a).items() if k not in ("commands", "machine")},
+        "machine": getattr(a, "machine", None)
+        or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "tasks": {},
     }
