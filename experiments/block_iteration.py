@@ -59,55 +59,49 @@ def orthonormalize(V: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def block_estimates(fn, y, A, V: list[torch.Tensor], steps: int):
-    """Rayleigh–Ritz estimates of ``‖J A‖₂`` per sample after ``0…steps`` block steps from the
-    block ``V`` (``k`` tensors ``(B, …)`` in A's input space): ``(B, steps + 1)`` float64, and the
-    final orthonormal block."""
+def block_ritz(fn, y, A, V: list[torch.Tensor], steps: int):
+    """Subspace iteration with Rayleigh–Ritz on ``J A`` per sample from the block ``V`` (``k``
+    tensors ``(B, …)`` in A's input space): yields, for ``s = 0…steps``, the Ritz values
+    ``(B, k)`` (decreasing; square roots of the eigenvalues of ``Wᵀ W``, ``W = J A V``) and the
+    orthonormal block they belong to; between yields ``V ← orth(Aᴴ Jᵀ W R)``, ``R`` the Ritz
+    rotation (top Ritz vector first).  One step: ``k`` JVPs and ``k`` VJPs."""
     V = orthonormalize([v.detach() for v in V])
     yl = y.detach().clone().requires_grad_()
     with torch.enable_grad():
         x = fn(yl)
-    est = []
     for s in range(steps + 1):
         W = [jvp(fn, y, apply_op(A, v), "forward")[1].detach() for v in V]
         Wf = torch.stack([_flat(w) for w in W], 1)  # (B, k, n)
-        G = Wf @ Wf.transpose(1, 2)  # (B, k, k) = Vᵀ (JA)ᵀ (JA) V
-        evals, evecs = torch.linalg.eigh(G)
-        est.append(evals[:, -1].clamp_min(0).sqrt())
+        evals, evecs = torch.linalg.eigh(Wf @ Wf.transpose(1, 2))  # Vᵀ (JA)ᵀ (JA) V, ascending
+        yield evals.flip(-1).clamp_min(0).sqrt(), V
         if s == steps:
-            break
-        # rotate to the Ritz basis (the top Ritz vector first), then one step V ← orth((JA)ᵀ W)
+            return
         R = evecs.flip(-1).to(W[0].real.dtype)  # (B, k, k), columns by decreasing Ritz value
-        Wr = [sum(R[:, j, i].view(-1, *[1] * (W[0].dim() - 1)) * W[j] for j in range(len(W))) for i in range(len(W))]
+        shape = [-1] + [1] * (W[0].dim() - 1)
         Z = []
-        for w in Wr:
+        for i in range(len(W)):
+            w = sum(R[:, j, i].view(shape) * W[j] for j in range(len(W)))
             (g,) = torch.autograd.grad(x, yl, w.to(x.dtype), retain_graph=True)
             Z.append(A.adjoint(g).detach())
         V = orthonormalize(Z)
+
+
+def block_estimates(fn, y, A, V: list[torch.Tensor], steps: int):
+    """Top Ritz value per sample after ``0…steps`` block steps from ``V``: ``(B, steps + 1)``
+    float64 (a lower bound of ``‖J A‖₂``), and the final block."""
+    est = []
+    for vals, V in block_ritz(fn, y, A, V, steps):
+        est.append(vals[:, 0])
     return torch.stack(est, 1), V
 
 
 def top_singular_values(fn, y, A, k: int = 8, iters: int = 60, seed: int = 0) -> torch.Tensor:
-    """Top ``k`` Ritz values of ``J A`` per sample from block iteration with a block of ``2k``
-    run ``iters`` steps (for the shape of the top of the spectrum): ``(B, k)``."""
+    """Top ``k`` Ritz values of ``J A`` per sample after ``iters`` steps of a block of ``2k``
+    random vectors (the shape of the top of the spectrum): ``(B, k)``."""
     g = torch.Generator().manual_seed(seed)
-    V = orthonormalize([random_input(A, y, g) for _ in range(2 * k)])
-    yl = y.detach().clone().requires_grad_()
-    with torch.enable_grad():
-        x = fn(yl)
-    for s in range(iters + 1):
-        W = [jvp(fn, y, apply_op(A, v), "forward")[1].detach() for v in V]
-        Wf = torch.stack([_flat(w) for w in W], 1)
-        evals, evecs = torch.linalg.eigh(Wf @ Wf.transpose(1, 2))
-        if s == iters:
-            return evals.flip(-1)[:, :k].clamp_min(0).sqrt()
-        R = evecs.flip(-1).to(W[0].real.dtype)
-        Wr = [sum(R[:, j, i].view(-1, *[1] * (W[0].dim() - 1)) * W[j] for j in range(len(W))) for i in range(len(W))]
-        Z = []
-        for w in Wr:
-            (gr,) = torch.autograd.grad(x, yl, w.to(x.dtype), retain_graph=True)
-            Z.append(A.adjoint(gr).detach())
-        V = orthonormalize(Z)
+    for vals, _ in block_ritz(fn, y, A, [random_input(A, y, g) for _ in range(2 * k)], iters):
+        pass
+    return vals[:, :k]
 
 
 def main():
