@@ -32,13 +32,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import true_sigma  # noqa: E402
+from cold_start import train_default  # noqa: E402
 
-from mrijac.config import load_config  # noqa: E402
 from mrijac.jacobian.products import jvp  # noqa: E402
 from mrijac.jacobian.reference import reference_sigma  # noqa: E402
 from mrijac.jacobian.vectors import apply_op, random_input, to_real  # noqa: E402
 from mrijac.tasks import fixed_batches  # noqa: E402
-from mrijac.train import Trainer  # noqa: E402
 
 
 def _flat(v: torch.Tensor) -> torch.Tensor:
@@ -121,28 +120,8 @@ def main():
         tmp = Path(tmp)
         root, extra = true_sigma.make_data("real", tmp, False, Path(a.shared))
 
-        def over(epochs):
-            return [
-                f"data.root={root}",
-                "data.batch_size=4",
-                "data.num_workers=0",
-                f"optim.epochs={epochs}",
-                "train.progress=false",
-                "train.seed=0",
-                "train.ref_slices=0",
-                "train.ge_batches=1",
-                "reg.name=sja+sj",
-                f"reg.lambda_ja={a.lam}",
-                f"reg.lambda_j={a.lam}",
-                *extra,
-            ]
-
-        tr = Trainer(load_config(None, over(8)), tmp / "run", overwrite=True)
-        tr.fit()
-        early = {k: v.clone() for k, v in tr.model.state_dict().items()}
-        tr = Trainer(load_config(None, over(12)), tmp / "run", resume=True)
-        tr.fit()
-        model, final = tr.model.eval(), {k: v.clone() for k, v in tr.model.state_dict().items()}
+        tr, early, final = train_default(root, extra, a.lam, tmp / "run")
+        model = tr.model.eval()
         batches = fixed_batches(tr.task, "train", a.slices, 123, torch.device("cpu"))
         t_train = time.time() - t0
         print(f"trained in {t_train:.0f} s", flush=True)

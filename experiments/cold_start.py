@@ -52,6 +52,35 @@ def power_estimates(fn, y, A, v, n):
     return torch.stack(out, 1)
 
 
+def train_default(root, extra: list[str], lam: float, out: Path, epochs: int = 12, early_epoch: int = 8):
+    """Train the U-Net with the default penalty (λ1 = λ2 = ``lam``, batch 4, seed 0, no
+    reference monitor) for ``epochs``; returns the trainer and the weights at ``early_epoch``
+    and at the end (state dicts)."""
+
+    def over(n):
+        return [
+            f"data.root={root}",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            f"optim.epochs={n}",
+            "train.progress=false",
+            "train.seed=0",
+            "train.ref_slices=0",
+            "train.ge_batches=1",
+            "reg.name=sja+sj",
+            f"reg.lambda_ja={lam}",
+            f"reg.lambda_j={lam}",
+            *extra,
+        ]
+
+    tr = Trainer(load_config(None, over(early_epoch)), out, overwrite=True)
+    tr.fit()
+    early = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr = Trainer(load_config(None, over(epochs)), out, resume=True)
+    tr.fit()
+    return tr, early, {k: v.clone() for k, v in tr.model.state_dict().items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -65,28 +94,8 @@ def main():
         tmp = Path(tmp)
         root, extra = true_sigma.make_data("real", tmp, False)
 
-        def over(epochs):
-            return [
-                f"data.root={root}",
-                "data.batch_size=4",
-                "data.num_workers=0",
-                f"optim.epochs={epochs}",
-                "train.progress=false",
-                "train.seed=0",
-                "train.ref_slices=0",
-                "train.ge_batches=1",
-                "reg.name=sja+sj",
-                f"reg.lambda_ja={a.lam}",
-                f"reg.lambda_j={a.lam}",
-                *extra,
-            ]
-
-        tr = Trainer(load_config(None, over(8)), tmp / "run", overwrite=True)
-        tr.fit()
-        early = {k: v.clone() for k, v in tr.model.state_dict().items()}
-        tr = Trainer(load_config(None, over(12)), tmp / "run", resume=True)
-        tr.fit()
-        model, final = tr.model.eval(), {k: v.clone() for k, v in tr.model.state_dict().items()}
+        tr, early, final = train_default(root, extra, a.lam, tmp / "run")
+        model = tr.model.eval()
         batches = fixed_batches(tr.task, "train", 8, 123, torch.device("cpu"))
 
         def refs(state):
