@@ -4,8 +4,10 @@
 # so processes share it well), each stopped at DEADLINE (epoch seconds); every process rewrites
 # its report after each run, so a stopped one keeps its finished rows.  Per process (λ = 0.2
 # unless named): seeds 0, 1, 2 × (plain, default, forward n = 10); seed 0 × (fd2, forward n = 1);
-# seed 0 at λ = 0.5 × (default, forward10).  Their step × plain ratios share the GPU: not cost
-# figures (gpu_check.sh's cost table is).  Merge here afterwards with true_sigma.py --merge.
+# seed 0 at λ = 0.5 × (default, forward10); with PHASE=2 (a second call): seeds 1, 2 at λ = 0.5
+# and seed 0 at λ = 1 × (default, forward10).  Their step × plain ratios share the GPU: not cost
+# figures (gpu_check.sh's cost table is).  Merge here afterwards with true_sigma.py --merge
+# (results/true_sigma_gpu*.md list the commands; plain runs are λ-independent and merged in).
 # usage: bash experiments/gpu_true_sigma.sh SHARED_DATA DEADLINE RESULTS [extra true_sigma args]
 #   SHARED_DATA holds mri/chest100 (carry a copy: ../shared does not travel)
 set -uo pipefail
@@ -20,9 +22,14 @@ ts() {  # name, then true_sigma args
   timeout "$left" python3 experiments/true_sigma.py --tasks real --epochs 12 --seeds 1 --threads 2 \
     --shared "$SHARED" --out "$RES/true_sigma_gpu_$name" "$@" > "$RES/ts_$name.log" 2>&1 &
 }
-for s in 0 1 2; do ts "s$s" --rows plain,default,forward10 --seed-start "$s" --lam 0.2 "$@"; done
-ts x --rows fd2,forward1 --seed-start 0 --lam 0.2 "$@"
-ts lam05 --rows default,forward10 --seed-start 0 --lam 0.5 "$@"
+if [ "${PHASE:-1}" = 1 ]; then
+  for s in 0 1 2; do ts "s$s" --rows plain,default,forward10 --seed-start "$s" --lam 0.2 "$@"; done
+  ts x --rows fd2,forward1 --seed-start 0 --lam 0.2 "$@"
+  ts lam05 --rows default,forward10 --seed-start 0 --lam 0.5 "$@"
+else  # PHASE=2, a second call: the other seeds at λ = 0.5, and λ = 1
+  for s in 1 2; do ts "lam05_s$s" --rows default,forward10 --seed-start "$s" --lam 0.5 "$@"; done
+  ts lam1 --rows default,forward10 --seed-start 0 --lam 1.0 "$@"
+fi
 wait
 grep -h "seed" "$RES"/ts_*.log
 tail -n 3 "$RES"/ts_*.log | grep -i -B2 "error" || true
