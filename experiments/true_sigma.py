@@ -252,7 +252,7 @@ def summarize(results, a, epochs):
     lines = [
         "# True Jacobian norm: reference σ of each penalty variant vs plain",
         "",
-        f"U-Net, batch 4, sja+sj with λ1 = λ2 = {a.lam} for every row, {epochs} epochs, "
+        f"U-Net, batch 4, sja+sj with {_lam_text(results, a.lam)}, {epochs} epochs, "
         "'seeds': training seeds per row; every '× plain' is the mean over seeds of the ratio to the plain run "
         "of the same seed (same data order, machine and thread count), σ values are means over seeds. "
         f"σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
@@ -273,11 +273,11 @@ def summarize(results, a, epochs):
         lines += [
             f"## {task}",
             "",
-            "| row | seeds | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
+            "| row | λ | seeds | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
             "val σ(J) mean | est/ref JA | est/ref J | worst epoch val σ(JA) × plain | "
             "val σ(JA) × plain, mean of epochs ≥ E/2 | "
             "val PSNR − plain | SSIM | step × plain |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         data["tasks"][task] = {}
         for row, runs in rs.items():
@@ -318,7 +318,8 @@ def summarize(results, a, epochs):
             }
             data["tasks"][task][row] = rec
             lines.append(
-                f"| {ROWS[row][0]} | {len(runs)} | {rec['val_sigma_ja_mean']:.3f} / {rec['val_sigma_ja_max']:.3f} | "
+                f"| {ROWS[row][0]} | {_row_lam(runs)} | {len(runs)} | "
+                f"{rec['val_sigma_ja_mean']:.3f} / {rec['val_sigma_ja_max']:.3f} | "
                 f"{rec['val_ratio']:.2f} | {rec['train_sigma_ja_mean']:.3f} / {rec['train_sigma_ja_max']:.3f} | "
                 f"{rec['train_ratio']:.2f} | {rec['val_sigma_j_mean']:.3f} | "
                 f"{rec['est_ratio_ja']:.2f} | {rec['est_ratio_j']:.2f} | {rec['worst_epoch_ratio']:.2f} | "
@@ -330,6 +331,24 @@ def summarize(results, a, epochs):
     data["commands"] = a.commands
     lines += ["Commands (in order): " + "; ".join(f"`{c}`" for c in a.commands) + f"; machine: {data['machine']}."]
     return lines, data
+
+
+def _row_lams(runs) -> list[float]:
+    """The λ1 each run of a row ended with (its history's ``lambda_ja``; none for plain)."""
+    return sorted({r["history"][-1]["lambda_ja"] for r in runs if r["history"][-1].get("lambda_ja") is not None})
+
+
+def _row_lam(runs) -> str:
+    return " / ".join(f"{v:g}" for v in _row_lams(runs)) or "–"
+
+
+def _lam_text(results, lam) -> str:
+    """``λ`` of the header: the one value every penalised run used, or a pointer to the column
+    when merged files mix them (runs carry their λ in their history)."""
+    used = {v for rs in results.values() for runs in rs.values() for v in _row_lams(runs)}
+    if len(used) > 1:
+        return "λ1 = λ2 as in the λ column (rows merged from runs with different λ)"
+    return f"λ1 = λ2 = {next(iter(used)) if used else lam:g} for every row"
 
 
 def _command(a) -> str:
