@@ -32,7 +32,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import true_sigma  # noqa: E402
-from cold_start import train_default  # noqa: E402
+from cold_start import ratio_table, train_default  # noqa: E402
 
 from mrijac.jacobian.products import jvp  # noqa: E402
 from mrijac.jacobian.reference import reference_sigma  # noqa: E402
@@ -196,12 +196,8 @@ def main():
         + ", ".join(f"{r:.3f}" for r in rel)
         + ".",
         "",
-        "| start, block size k | " + " | ".join(f"n = {n}" for n in range(a.steps + 1)) + " |",
-        "|---|" + "---|" * (a.steps + 1),
+        *ratio_table("start, block size k", [f"n = {n}" for n in range(a.steps + 1)], res),
     ]
-    for name, r in res.items():
-        cells = [f"{m:.2f} ({lo:.2f})" for m, lo in zip(r["median"], r["min"])]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "A first visit converged by Lanczos bidiagonalization instead (`reference_sigma` stopped after n steps, "
@@ -209,15 +205,15 @@ def main():
         "converged top vector of a slice of the other probe batch, current network (the kind of start "
         "`reg.cold_start=recent` gives a first visit).",
         "",
-        "| start | " + " | ".join(f"n = {n}" for n in lanczos_steps) + " |",
-        "|---|" + "---|" * len(lanczos_steps),
+        *ratio_table(
+            "start",
+            [f"n = {n}" for n in lanczos_steps],
+            {
+                start: {k: [lanczos[f"{start}, n = {n}"][k] for n in lanczos_steps] for k in ("median", "min")}
+                for start in ("random", "another slice's vector")
+            },
+        ),
     ]
-    for start in ("random", "another slice's vector"):
-        cells = [
-            f"{lanczos[f'{start}, n = {n}']['median']:.2f} ({lanczos[f'{start}, n = {n}']['min']:.2f})"
-            for n in lanczos_steps
-        ]
-        lines.append(f"| {start} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"{platform.machine()}, {a.threads} threads, torch {torch.__version__}; training {t_train:.0f} s, "

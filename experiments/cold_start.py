@@ -81,6 +81,16 @@ def train_default(root, extra: list[str], lam: float, out: Path, epochs: int = 1
     return tr, early, {k: v.clone() for k, v in tr.model.state_dict().items()}
 
 
+def ratio_table(first: str, cols: list[str], rows: dict) -> list[str]:
+    """Markdown table of est/ref ratios: one row per ``{name: {"median": [...], "min": [...]}}``
+    entry, one column per step, cells ``median (min)``."""
+    lines = [f"| {first} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, r in rows.items():
+        cells = [f"{m:.2f} ({lo:.2f})" for m, lo in zip(r["median"], r["min"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -140,12 +150,8 @@ def main():
         f"residual ≤ 0.01; σ {float(sig.min()):.2f}–{float(sig.max()):.2f}). Median (min) over the 8 slices. "
         f"|cos| between different slices' top vectors: median {float(cos.median()):.1e}, max {float(cos.max()):.1e}.",
         "",
-        "| start | " + " | ".join(f"k = {k}" for k in range(a.steps + 1)) + " |",
-        "|---|" + "---|" * (a.steps + 1),
+        *ratio_table("start", [f"k = {k}" for k in range(a.steps + 1)], res),
     ]
-    for name, r in res.items():
-        cells = [f"{m:.2f} ({lo:.2f})" for m, lo in zip(r["median"], r["min"])]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"{platform.machine()}, {a.threads} threads, torch {torch.__version__}; {time.time() - t0:.0f} s.",
