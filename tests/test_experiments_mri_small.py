@@ -1,0 +1,103 @@
+"""experiments/mri_small.py: the data it builds (split by image, augmentation, nesting) and its
+run plan — the parts whose mistakes would silently corrupt the study (a test image in a
+training set, unequal step counts)."""
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import mri_small  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+CHEST = SHARED / "mri" / "chest100"
+
+
+def _target(f: Path) -> np.ndarray:
+    with h5py.File(f, "r") as h:
+        return h["reconstruction_esc"][0]
+
+
+def _protocol(**over):
+    p = mri_small.load_protocol(ROOT / "experiments" / "configs" / "mri_small.yaml", quick=True)
+    p.update(over)
+    return p
+
+
+def test_protocols_load_and_expand():
+    quick = _protocol()
+    runs = mri_small.expand(quick)
+    keys = {mri_small.run_key(r) for r in runs}
+    assert len(keys) == len(runs)  # no run twice, even where blocks overlap
+    assert {r["seed"] for r in runs} == set(range(quick["seeds"]))
+    assert quick["seeds"] >= 3
+    assert mri_small.p_sizes(quick) == [20, 40, 80]
+    full = mri_small.load_protocol(ROOT / "experiments" / "configs" / "mri_small.yaml", quick=False)
+    assert len(mri_small.expand(full)) == 2 * 2 * 3 * 6 * 3  # models × accelerations × sizes × strategies × seeds
+    brain = mri_small.load_protocol(ROOT / "experiments" / "configs" / "mri_small_brain.yaml", quick=False)
+    assert brain["challenge"] == "multicoil" and brain["strategies"] == full["strategies"]
+
+
+def test_strategy_lambdas_and_equal_steps(tmp_path):
+    p = _protocol()
+    for n, slices in ((20, 160), (80, 640)):
+        (tmp_path / f"n{n}" / "train").mkdir(parents=True)
+        for i in range(slices // 8):  # volumes of 8 slices
+            with h5py.File(tmp_path / f"n{n}" / "train" / f"v{i}.h5", "w") as h:
+                h.create_dataset("kspace", shape=(8, 4, 4), dtype=np.complex64)
+    r = {"model": "unet", "acc": 4, "n": 20, "strategy": "sja+sj", "seed": 1}
+    o20 = mri_small.overrides(p, r, tmp_path / "n20", 0.2)
+    o80 = mri_small.overrides(p, {**r, "n": 80}, tmp_path / "n80", 0.2)
+    ep = lambda o: int(next(s for s in o if s.startswith("optim.epochs=")).split("=")[1])  # noqa: E731
+    bs = p["batch_size"]
+    assert ep(o20) * 160 / bs >= p["steps"] and (ep(o20) - 1) * 160 / bs < p["steps"]
+    assert ep(o80) * 640 / bs >= p["steps"] and (ep(o80) - 1) * 640 / bs < p["steps"]
+    assert "reg.lambda_ja=0.1" in o20 and "reg.lambda_j=0.1" in o20  # total λ split in two
+    sj = mri_small.overrides(p, {**r, "strategy": "sj"}, tmp_path / "n20", 0.2)
+    assert "reg.lambda_j=0.2" in sj
+    assert "data.center_fractions=[0.04]" in mri_small.overrides(p, {**r, "acc": 8}, tmp_path / "n20", 0.2)
+
+
+def test_choose_lambda_takes_the_lowest_validation_loss():
+    runs = {
+        str(lam): {"grid": True, "lam": lam, "val": {"val_l2": l2}} for lam, l2 in ((0.02, 3.0), (0.1, 2.5), (0.5, 2.9))
+    }
+    runs["x"] = {"lam": 9.0, "val": {"val_l2": 0.1}}  # not a grid run: ignored
+    lam, rows = mri_small.choose_lambda({}, runs)
+    assert lam == 0.1 and [r["lam"] for r in rows] == [0.02, 0.1, 0.5]
+
+
+def test_downsample_is_block_mean_and_dihedral_distinct():
+    a = np.arange(2 * 4 * 6, dtype=float).reshape(2, 4, 6)
+    d = mri_small._downsample(a, 2)
+    assert d.shape == (2, 2, 3) and d[1, 1, 2] == a[1, 2:4, 4:6].mean()
+    x = np.random.default_rng(0).random((5, 5))
+    v = mri_small._dihedral(x)
+    assert len({u.tobytes() for u in v}) == 8 and np.array_equal(v[0], x)
+
+
+@pytest.mark.skipif(not CHEST.is_dir(), reason="needs ../shared/data/mri/chest100")
+def test_quick_data_is_split_by_image(tmp_path):
+    p = _protocol(val=2, held_out=2, cross="", blocks=[{"models": ["unet"], "accelerations": [4], "sizes": [1, 3]}])
+    f = mri_small.prepare_quick(p, SHARED, tmp_path)
+    stem = lambda q: q.stem.rsplit("_", 1)[0]  # noqa: E731  (augmented copies: <image>_<k>)
+    train3 = sorted(f["roots"][3].glob("train/*.h5"))
+    assert len(train3) == 3 * 8 and len(list(f["roots"][1].glob("train/*.h5"))) == 8
+    images3 = {stem(q) for q in train3}
+    assert {stem(q) for q in f["roots"][1].glob("train/*.h5")} <= images3  # nested
+    val = {q.stem for q in f["roots"][3].glob("val/*.h5")}
+    test = {q.stem for q in f["test"].glob("*.h5")}
+    assert len(val) == 2 and len(test) == 2
+    assert not (images3 & val) and not (images3 & test) and not (val & test)  # split by image
+    assert {q.stem for q in f["orig"][3].glob("*.h5")} == images3
+    for img in images3:  # the 8 copies are the original's rotations/flips (targets up to their scale)
+        t0 = _target(f["orig"][3] / f"{img}.h5")
+        assert t0.shape == (128, 128)
+        copies = [_target(q) for q in train3 if stem(q) == img]
+        assert any(np.allclose(c, np.rot90(t0, 1), rtol=1e-4, atol=1e-6 * t0.max()) for c in copies)
+        assert any(np.allclose(c, t0.T, rtol=1e-4, atol=1e-6 * t0.max()) for c in copies)
+    assert f["cross"] is None
