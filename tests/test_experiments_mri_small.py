@@ -101,3 +101,25 @@ def test_quick_data_is_split_by_image(tmp_path):
         assert any(np.allclose(c, np.rot90(t0, 1), rtol=1e-4, atol=1e-6 * t0.max()) for c in copies)
         assert any(np.allclose(c, t0.T, rtol=1e-4, atol=1e-6 * t0.max()) for c in copies)
     assert f["cross"] is None
+
+
+def test_full_data_nested_volumes_and_split(tmp_path):
+    from mrijac.data import write_synthetic_dataset
+
+    root = tmp_path / "fastmri"
+    write_synthetic_dataset(
+        root, "knee", "singlecoil", {"train": 5, "val": 4}, 2, (40, 32), (32, 32), seed=0, progress=False
+    )
+    p = _protocol(data="fastmri", val=1, held_out=2, cross="")
+    p["blocks"] = [{"models": ["unet"], "accelerations": [4], "sizes": [2, 4], "strategies": ["none"]}]
+    f = mri_small.prepare_full(p, root, tmp_path / "work")
+    t2 = {q.name for q in f["roots"][2].glob("train/*.h5")}
+    t4 = {q.name for q in f["roots"][4].glob("train/*.h5")}
+    assert len(t2) == 2 and len(t4) == 4 and t2 < t4
+    val = {q.name for q in f["roots"][4].glob("val/*.h5")}
+    test = {q.name for q in f["test"].glob("*.h5")}
+    assert len(val) == 1 and len(test) == 2 and not val & test
+    assert mri_small.count_slices(f["roots"][4] / "train") == 4 * 2
+    p["blocks"][0]["sizes"] = [6]
+    with pytest.raises(ValueError, match="too few"):
+        mri_small.prepare_full(p, root, tmp_path / "work2")
