@@ -25,7 +25,6 @@ and a scatter figure per network.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import write_report  # noqa: E402
+from _report import mode_parser, write_report  # noqa: E402
 from mnist_cs import SHARED_MNIST, init_stack, load_images  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
@@ -220,10 +219,7 @@ def _jsonable(x):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true")
-    mode.add_argument("--full", action="store_true")
+    ap = mode_parser(__doc__, report_only=False)
     ap.add_argument("--parts", default="fc,dncnn")
     ap.add_argument("--mnist", default=str(SHARED_MNIST))
     ap.add_argument("--threads", type=int, default=0)

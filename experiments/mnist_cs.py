@@ -19,7 +19,6 @@ Per setting and row: test ℓ2 (mean over test images of ``‖f(y) − x‖₂``
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import write_report  # noqa: E402
+from _report import mode_parser, write_report  # noqa: E402
 
 from mrijac.data.mnist import find_mnist, read_idx  # noqa: E402
 from mrijac.evaluate.figures import plt, save_figure  # noqa: E402
@@ -226,12 +225,7 @@ def speedup(proto, images, n_models: int, epochs: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true", help="committed CPU run (≤ 30 min on 2 cores)")
-    mode.add_argument("--full", action="store_true", help="the paper's protocol (600 epochs, full grid)")
-    mode.add_argument("--report-only", action="store_true", help="rewrite the report from <out>.json")
-    ap.add_argument("--config", default=str(HERE / "configs" / "mnist_cs.yaml"))
+    ap = mode_parser(__doc__, HERE / "configs" / "mnist_cs.yaml")
     ap.add_argument("--mnist", default=str(SHARED_MNIST), help="MNIST IDX folder (t10k alone, or the full set)")
     ap.add_argument("--sweeps", default="q,m,eps", help="comma-separated subset of q,m,eps")
     ap.add_argument("--seeds", type=int, default=0, help="override the protocol's number of seeds")

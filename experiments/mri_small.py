@@ -27,7 +27,6 @@ feature kept).  Runs go to a pool of worker processes (one torch thread each).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import itertools
 import json
@@ -48,7 +47,7 @@ from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import write_report  # noqa: E402
+from _report import mode_parser, write_report  # noqa: E402
 
 from mrijac.atomic import atomic_path  # noqa: E402
 from mrijac.config import load_config  # noqa: E402
@@ -374,12 +373,7 @@ def choose_lambda(p, results) -> tuple[float, list]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true")
-    mode.add_argument("--full", action="store_true")
-    mode.add_argument("--report-only", action="store_true")
-    ap.add_argument("--config", default=str(HERE / "configs" / "mri_small.yaml"))
+    ap = mode_parser(__doc__, HERE / "configs" / "mri_small.yaml")
     ap.add_argument("--root", default="", help="full mode: fastMRI folder with train/ and val/")
     ap.add_argument("--cross", default="", help="full mode: another anatomy's folder at the same size")
     ap.add_argument("--shared", default=str(SHARED), help="quick mode: the shared data folder")

@@ -18,7 +18,6 @@ overfitting), small networks, 3 seeds, 8 epochs; full mode: DIV2K folders and th
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import itertools
 import json
@@ -37,7 +36,7 @@ from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import write_report  # noqa: E402
+from _report import mode_parser, write_report  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
 from mrijac.evaluate.figures import plt, save_figure  # noqa: E402
@@ -116,12 +115,7 @@ def key(model, factor, eps255) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true")
-    mode.add_argument("--full", action="store_true")
-    mode.add_argument("--report-only", action="store_true")
-    ap.add_argument("--config", default=str(HERE / "configs" / "sr_ge.yaml"))
+    ap = mode_parser(__doc__, HERE / "configs" / "sr_ge.yaml")
     ap.add_argument("--train-dir", default="")
     ap.add_argument("--val-dir", default="")
     ap.add_argument("--models", default="", help="comma-separated subset of the protocol's models")
