@@ -27,11 +27,9 @@ feature kept).  Runs go to a pool of worker processes (one torch thread each).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import shutil
@@ -47,6 +45,7 @@ from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _parallel import run_parallel  # noqa: E402
 from _report import mode_parser, write_report  # noqa: E402
 
 from mrijac.atomic import atomic_path  # noqa: E402
@@ -352,15 +351,10 @@ def run_one(p: dict, r: dict, folders: dict, lam: float, keep: str) -> dict:
 # --------------------------------------------------------------------------- driver
 def run_many(p, runs, folders, lam_of, keep, jobs, results, save, desc):
     todo = [r for r in runs if run_key(r) not in results]
-    if not todo:
-        return
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
-        futs = {ex.submit(run_one, p, r, folders, lam_of(r), keep): r for r in todo}
-        for f in tqdm(cf.as_completed(futs), total=len(futs), desc=desc):
-            r = futs[f]
-            results[run_key(r)] = f.result()
-            save()
+    calls = [(p, r, folders, lam_of(r), keep) for r in todo]
+    for i, res in run_parallel(run_one, calls, jobs, desc):
+        results[run_key(todo[i])] = res
+        save()
 
 
 def choose_lambda(p, results) -> tuple[float, list]:

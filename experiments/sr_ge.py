@@ -18,10 +18,8 @@ overfitting), small networks, 3 seeds, 8 epochs; full mode: DIV2K folders and th
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import itertools
 import json
-import multiprocessing as mp
 import platform
 import shutil
 import sys
@@ -36,6 +34,7 @@ from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _parallel import run_parallel  # noqa: E402
 from _report import mode_parser, write_report  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
@@ -157,14 +156,8 @@ def main():
             for i, (model, factor, eps255, seed, strategy) in enumerate(tqdm(grid, desc="runs")):
                 done[i] = run_one(p, model, factor, eps255, strategy, seed, Path(tmp) / "run")
         else:  # one process per run, one torch thread each
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
-                futs = {
-                    ex.submit(_run_in_worker, p, *g[:3], g[4], g[3], str(Path(tmp) / f"run{i}")): i
-                    for i, g in enumerate(grid)
-                }
-                for f in tqdm(cf.as_completed(futs), total=len(futs), desc="runs"):
-                    done[futs[f]] = f.result()
+            calls = [(p, *g[:3], g[4], g[3], str(Path(tmp) / f"run{i}")) for i, g in enumerate(grid)]
+            done.update(run_parallel(_run_in_worker, calls, jobs, "runs"))
     for i, (model, factor, eps255, seed, strategy) in enumerate(grid):  # in grid order, whatever finished first
         res["runs"].setdefault(key(model, factor, eps255), {}).setdefault(strategy, []).append(done[i])
     res["wall_seconds"] = time.time() - t0
