@@ -522,6 +522,8 @@ def report(data: dict, out: Path) -> None:
             "automatic λ with γ = 2, its scale differs); wd: 1e-4.",
             "",
         ]
+    if not grid:
+        lines += [f"λ = {data.get('lambda')} (total on σ; sja+sj: λ/2 on each term), given with `--lam` (no grid).", ""]
     lines += ["## Results on the test images", ""]
     lines += ["| model | acc. | n | strategy | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |"]
     lines += ["|" + "---|" * (5 + len(COLUMNS))]
