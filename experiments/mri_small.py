@@ -546,7 +546,9 @@ def report(data: dict, out: Path) -> None:
         "evaluation masks). σ: converged reference (Lanczos, tol 1e-2) on "
         f"{p['ref_slices']} test slices. Robustness on {p['robust']['slices']} test slices: PSNR drop under the "
         f"worst k-space perturbation of ‖δ‖ = {p['robust']['eps']:g}‖y‖ ({p['robust']['steps']} PGD steps); "
-        "feature kept: contrast of a radius-2 disc added to the image that survives reconstruction (1 = all).",
+        "feature kept: contrast of a radius-2 disc added to the image that survives reconstruction (1 = all). "
+        "step s: median training step of a worker process while others share the cores — not a cost figure "
+        "(`cost_default.py` measures cost).",
         "",
     ]
     lines += verdicts(g, p)
