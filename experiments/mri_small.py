@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from fastmri.data.transforms import center_crop
 from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
@@ -59,17 +60,23 @@ METRICS = ("psnr", "ssim", "nmse")
 
 # --------------------------------------------------------------------------- protocol
 def load_protocol(path: Path, quick: bool) -> dict:
-    """The protocol of ``path`` (a ``base:`` key names a file it overrides), with ``quick:``
-    applied in quick mode."""
+    """The protocol of ``path`` (a ``base:`` key names a file it overrides, its ``quick:`` keys
+    overriding the base's ``quick:`` keys), with ``quick:`` applied in quick mode."""
     p = yaml.safe_load(Path(path).read_text())
     if "base" in p:
         base = yaml.safe_load((Path(path).parent / p.pop("base")).read_text())  # relative to this file
-        base.update(p)
-        p = base
+        merged = {**base.get("quick", {}), **p.pop("quick", {})}
+        p = {**base, **p, "quick": merged}
     over = p.pop("quick", {})
     if quick:
         p.update(over)
     return p
+
+
+def as_json(p: dict) -> dict:
+    """``p`` as its JSON file holds it (integer keys become strings), for comparing with a
+    saved protocol."""
+    return json.loads(json.dumps(p))
 
 
 def expand(p: dict) -> list[dict]:
@@ -97,13 +104,6 @@ def _downsample(im: np.ndarray, f: int) -> np.ndarray:
     """``(S, H, W)`` → ``(S, H/f, W/f)`` by f×f means (an image-domain low-pass + decimation)."""
     S, H, W = im.shape
     return im[:, : H - H % f, : W - W % f].reshape(S, H // f, f, W // f, f).mean((2, 4))
-
-
-def _centre(im: np.ndarray, size: int) -> np.ndarray:
-    S, H, W = im.shape
-    if H < size or W < size:
-        raise ValueError(f"images {H}×{W} are smaller than the reconstruction size {size}")
-    return im[:, (H - size) // 2 : (H - size) // 2 + size, (W - size) // 2 : (W - size) // 2 + size]
 
 
 def _dihedral(x: np.ndarray) -> list[np.ndarray]:
@@ -151,7 +151,10 @@ def prepare_quick(p: dict, shared: Path, work: Path) -> dict:
             convert_images(im[i][None], d[split] / f"{name(i)}.h5", seed=int(i))
     if p.get("cross") == "knee":
         knee = read_image_stack(shared / "mri" / "knee20")
-        k = _centre(_downsample(np.abs(knee.images), 2), size)
+        k = _downsample(np.abs(knee.images), 2)
+        if min(k.shape[1:]) < size:
+            raise ValueError(f"knee20: {k.shape[1]}×{k.shape[2]} after downsampling, smaller than {size}²")
+        k = center_crop(k, (size, size))
         for i in range(len(k)):
             convert_images(k[i][None], d["cross"] / f"{Path(knee.names[i]).stem}.h5", seed=1000 + i)
     roots, orig = {}, {}
@@ -387,7 +390,7 @@ def main():
         p["cross"] = a.cross
     jobs = a.jobs or (1 if torch.cuda.is_available() else max(1, os.cpu_count() or 1))
     prev = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
-    same = prev.get("protocol") == p
+    same = prev.get("protocol") == as_json(p)  # resume only what this protocol would run
     results = prev.get("runs", {}) if same else {}  # resume an interrupted run of the same protocol
     data = {
         "protocol": p,

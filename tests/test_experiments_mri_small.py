@@ -42,6 +42,24 @@ def test_protocols_load_and_expand():
     assert brain["challenge"] == "multicoil" and brain["strategies"] == full["strategies"]
 
 
+def test_saved_protocol_compares_equal_for_resume():
+    import json
+
+    p = _protocol()
+    assert 4 in p["accelerations"]  # integer keys, which JSON turns into strings
+    saved = json.loads(json.dumps({"protocol": mri_small.as_json(p)}))["protocol"]
+    assert saved == mri_small.as_json(p) and saved != p
+    assert mri_small.as_json({**p, "steps": 1}) != saved
+
+
+def test_lam_protocol_runs_a_subset_of_the_quick_one():
+    quick = _protocol()
+    lam = mri_small.load_protocol(ROOT / "experiments" / "configs" / "mri_small_lam.yaml", quick=True)
+    assert {k: v for k, v in lam.items() if k != "blocks"} == {k: v for k, v in quick.items() if k != "blocks"}
+    keys = {mri_small.run_key(r) for r in mri_small.expand(lam)}
+    assert keys < {mri_small.run_key(r) for r in mri_small.expand(quick)} and len(keys) == 12
+
+
 def test_strategy_lambdas_and_equal_steps(tmp_path):
     p = _protocol()
     for n, slices in ((20, 160), (80, 640)):
