@@ -82,7 +82,9 @@ class ModelConfig:
         "channels", "mri: a complex image enters as (re, im) channels or as its magnitude", ("channels", "magnitude")
     )
     normalize: bool = _opt(True, "instance normalisation inside the reconstructor")
-    residual: bool = _opt(False, "network predicts a correction of the zero-filled input")
+    residual: bool = _opt(
+        False, "network predicts a correction of the zero-filled input (dncnn: residual either way, once)"
+    )
 
 
 @dataclass

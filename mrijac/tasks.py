@@ -48,7 +48,9 @@ def build_reconstructor(cfg, meta: dict) -> Reconstructor:
         if m.name == "unet":
             net = Unet(ch, ch, chans=m.chans, num_pool_layers=m.num_pool_layers, drop_prob=m.drop_prob)
         elif m.name == "dncnn":
-            net = DnCNN(ch, ch, depth=m.depth, features=m.features, batchnorm=m.batchnorm)
+            # DnCNN is residual by design (x − r(x)); with model.residual the reconstructor adds
+            # the input instead — never both (that would start from twice the zero-filled image)
+            net = DnCNN(ch, ch, depth=m.depth, features=m.features, batchnorm=m.batchnorm, residual=not m.residual)
         else:
             raise ValueError(f"config key model.name: {m.name!r} is not an MRI model (unet, dncnn, varnet)")
         return Reconstructor(net, "adjoint", m.complex_to, tuple(meta["crop"]), m.normalize, residual=m.residual)

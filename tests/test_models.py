@@ -60,6 +60,22 @@ def test_reconstructor_zero_filled_matches_fastmri():
     assert torch.allclose(mag(y, A), zf, atol=1e-10)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_mri_dncnn_adds_its_input_once(residual):
+    # DnCNN is residual by design; model.residual must not add the input a second time
+    from mrijac.config import load_config
+    from mrijac.tasks import build_reconstructor
+
+    cfg = load_config(None, ["model.name=dncnn", "model.depth=3", "model.features=4", f"model.residual={residual}"])
+    rec = build_reconstructor(cfg, {"crop": (8, 8)})
+    for p in rec.parameters():
+        nn.init.zeros_(p)
+    A = SingleCoilMRI(torch.ones(8), (8, 8))
+    y = A(A.random_input(batch=2, generator=torch.Generator().manual_seed(0)))
+    zf = Reconstructor(nn.Identity(), crop=(8, 8))(y, A)
+    assert torch.allclose(rec(y, A), zf, atol=1e-5)
+
+
 def test_reconstructor_multicoil_and_options():
     g = torch.Generator().manual_seed(1)
     sens = torch.randn(1, 3, 8, 8, dtype=torch.complex64, generator=g)
