@@ -93,6 +93,22 @@ def expand(p: dict) -> list[dict]:
     return runs
 
 
+def uses_lambda(p: dict, r: dict) -> bool:
+    """Whether run ``r`` needs the grid's λ (its strategy's overrides hold ``LAM``/``HALF``;
+    none, wd and fja+fj's automatic λ do not)."""
+    return r.get("grid", False) or any("LAM" in o or "HALF" in o for o in p["strategies"][r["strategy"]])
+
+
+COST = {"fja+fj": 3.0, "fja": 3.0, "fj": 3.0, "sja+sj": 1.5, "sja": 1.5, "sj": 1.5}  # × plain, measured roughly
+
+
+def expected_cost(r: dict) -> float:
+    """A rough relative cost of run ``r`` (strategy, training-set size: first visits and the
+    training-set evaluation grow with it) — the pool takes the longest runs first, so that it
+    does not end on one long run while the other workers idle."""
+    return COST.get(r["strategy"], 1.0) * (1.0 + int(r["n"]) / 200) * (0.8 if r["model"] == "dncnn" else 1.0)
+
+
 def run_key(r: dict) -> str:
     return f"{r['model']} {r['acc']}x n={r['n']} {r['strategy']} seed={r['seed']}" + (
         f" lam={r['lam']:g}" if r.get("grid") else ""
@@ -222,7 +238,9 @@ def count_slices(folder: Path) -> int:
 def overrides(p: dict, r: dict, root: Path, lam: float) -> list[str]:
     """The Trainer's config of run ``r``: same number of steps for every training-set size."""
     epochs = max(1, math.ceil(int(p["steps"]) * int(p["batch_size"]) / count_slices(Path(root) / "train")))
-    reg = [s.replace("HALF", repr(lam / 2)).replace("LAM", repr(lam)) for s in p["strategies"][r["strategy"]]]
+    reg = list(p["strategies"][r["strategy"]])
+    if uses_lambda(p, r):
+        reg = [s.replace("HALF", repr(lam / 2)).replace("LAM", repr(lam)) for s in reg]
     return [
         f"data.root={root}",
         f"data.challenge={p['challenge']}",
@@ -338,10 +356,12 @@ def run_one(p: dict, r: dict, folders: dict, lam: float, keep: str) -> dict:
         if tr.penalty.jac is not None:
             res["lambda"] = {k: float(getattr(tr.penalty.jac, k)) for k in ("lambda_ja", "lambda_j")}
         ckpt = scratch / "run" / "checkpoints" / "final.pt"
+        t1 = time.time()
         if not r.get("grid"):
-            t1 = time.time()
             res.update(evaluate_run(p, ckpt, folders, r["n"], r["seed"], scratch))
-            res["eval_seconds"] = time.time() - t1
+        else:  # the trade-off the grid chooses from: reference σ on validation slices
+            res["val_sigma"] = _evaluate_on(ckpt, Path(root) / "val", int(p["ref_slices"]), r["seed"])["sigma"]
+        res["eval_seconds"] = time.time() - t1
         if keep:
             dst = Path(keep) / run_key(r).replace(" ", "_")
             shutil.rmtree(dst, ignore_errors=True)
@@ -353,7 +373,7 @@ def run_one(p: dict, r: dict, folders: dict, lam: float, keep: str) -> dict:
 
 # --------------------------------------------------------------------------- driver
 def run_many(p, runs, folders, lam_of, keep, jobs, results, save, desc):
-    todo = [r for r in runs if run_key(r) not in results]
+    todo = sorted((r for r in runs if run_key(r) not in results), key=expected_cost, reverse=True)
     calls = [(p, r, folders, lam_of(r), keep) for r in todo]
     for i, res in run_parallel(run_one, calls, jobs, desc):
         results[run_key(todo[i])] = res
@@ -423,17 +443,21 @@ def main():
         data["split"] = folders["split"]
         data["prep_seconds"] = time.time() - t_prep
         n0 = min(p_sizes(p))
+        runs = expand(p)
         if a.lam is None:
             grid = [
                 {"model": "unet", "acc": 4, "n": n0, "strategy": "sja+sj", "seed": 0, "grid": True, "lam": float(lam)}
                 for lam in p["lambda_grid"]
             ]
-            run_many(p, grid, folders, lambda r: r["lam"], a.keep, jobs, results, save, "λ grid")
+            # the runs that need no λ share the pool with the grid (no worker idles while it ends)
+            free = [r for r in runs if not uses_lambda(p, r)]
+            run_many(p, grid + free, folders, lambda r: r.get("lam"), a.keep, jobs, results, save, "λ grid + λ-free")
             lam, _ = choose_lambda(p, results)
         else:
             lam = a.lam
         data["lambda"] = lam
-        run_many(p, expand(p), folders, lambda r: lam, a.keep, jobs, results, save, "runs")
+        lam_of = lambda r: lam if uses_lambda(p, r) else None  # noqa: E731
+        run_many(p, runs, folders, lam_of, a.keep, jobs, results, save, "runs")
     save()
     report(data, out)
 
@@ -510,14 +534,16 @@ def report(data: dict, out: Path) -> None:
         lines += [
             f"## λ (chosen on the validation images: sja+sj, U-Net, {grid[0]['acc']}×, n = {grid[0]['n']}, seed 0)",
             "",
-            "| λ (total on σ) | val ℓ2 | val PSNR | val PSNR − ZF |",
-            "|---|---|---|---|",
+            "| λ (total on σ) | val ℓ2 | val PSNR | val PSNR − ZF | σ(J A) val, mean / max |",
+            "|---|---|---|---|---|",
         ]
         for v in grid:
             star = " **(chosen)**" if v["lam"] == data.get("lambda") else ""
+            sig = v.get("val_sigma", {}).get("sigma_ja")
+            sig = f"{sig['mean']:.2f} / {sig['max']:.2f}" if sig else "–"
             lines.append(
                 f"| {v['lam']:g}{star} | {v['val']['val_l2']:.3f} | {v['val']['psnr']:.2f} | "
-                f"{v['val']['psnr'] - v['val']['zf_psnr']:+.2f} |"
+                f"{v['val']['psnr'] - v['val']['zf_psnr']:+.2f} | {sig} |"
             )
         lines += [
             "",

@@ -55,7 +55,9 @@ def test_saved_protocol_compares_equal_for_resume():
 def test_lam_protocol_runs_a_subset_of_the_quick_one():
     quick = _protocol()
     lam = mri_small.load_protocol(ROOT / "experiments" / "configs" / "mri_small_lam.yaml", quick=True)
-    assert {k: v for k, v in lam.items() if k != "blocks"} == {k: v for k, v in quick.items() if k != "blocks"}
+    assert lam["steps"] == 400  # what its committed results ran
+    mine = ("blocks", "steps")
+    assert {k: v for k, v in lam.items() if k not in mine} == {k: v for k, v in quick.items() if k not in mine}
     keys = {mri_small.run_key(r) for r in mri_small.expand(lam)}
     assert keys < {mri_small.run_key(r) for r in mri_small.expand(quick)} and len(keys) == 12
 
@@ -72,12 +74,19 @@ def test_strategy_lambdas_and_equal_steps(tmp_path):
     o80 = mri_small.overrides(p, {**r, "n": 80}, tmp_path / "n80", 0.2)
     ep = lambda o: int(next(s for s in o if s.startswith("optim.epochs=")).split("=")[1])  # noqa: E731
     bs = p["batch_size"]
-    assert ep(o20) * 160 / bs >= p["steps"] and (ep(o20) - 1) * 160 / bs < p["steps"]
-    assert ep(o80) * 640 / bs >= p["steps"] and (ep(o80) - 1) * 640 / bs < p["steps"]
+    assert ep(o20) * 160 / bs == p["steps"] == ep(o80) * 640 / bs  # whole epochs, equal steps
     assert "reg.lambda_ja=0.1" in o20 and "reg.lambda_j=0.1" in o20  # total λ split in two
     sj = mri_small.overrides(p, {**r, "strategy": "sj"}, tmp_path / "n20", 0.2)
     assert "reg.lambda_j=0.2" in sj
     assert "data.center_fractions=[0.04]" in mri_small.overrides(p, {**r, "acc": 8}, tmp_path / "n20", 0.2)
+    # none, wd and fja+fj (automatic λ) do not wait for the grid's λ; the spectral ones and the grid do
+    free = {s for s in p["strategies"] if not mri_small.uses_lambda(p, {**r, "strategy": s})}
+    assert free == {"none", "wd", "fja+fj"}
+    assert mri_small.uses_lambda(p, {**r, "strategy": "none", "grid": True})
+    o_none = mri_small.overrides(p, {**r, "strategy": "none"}, tmp_path / "n20", None)
+    assert not any(s.startswith("reg.lambda_j") for s in o_none)
+    order = sorted(mri_small.expand(p), key=mri_small.expected_cost, reverse=True)
+    assert order[0]["strategy"] == "fja+fj" and order[-1]["model"] == "dncnn"  # the longest runs first
 
 
 def test_choose_lambda_takes_the_lowest_validation_loss():
