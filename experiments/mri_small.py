@@ -80,7 +80,8 @@ def as_json(p: dict) -> dict:
 
 
 def expand(p: dict) -> list[dict]:
-    """Every run of the protocol's blocks (model, acceleration, size, strategy, seed), once."""
+    """Every run of the protocol's blocks (model, acceleration, size, strategy, seed), once (the
+    first block that lists it sets its ``steps`` if that block has its own)."""
     runs, seen = [], set()
     for b in p["blocks"]:
         for seed, model, acc, n, strat in itertools.product(
@@ -90,6 +91,8 @@ def expand(p: dict) -> list[dict]:
             if k not in seen:
                 seen.add(k)
                 runs.append(dict(zip(("model", "acc", "n", "strategy", "seed"), k)))
+                if "steps" in b:  # a block may train longer (e.g. 8×), the same for all its runs
+                    runs[-1]["steps"] = int(b["steps"])
     return runs
 
 
@@ -102,11 +105,12 @@ def uses_lambda(p: dict, r: dict) -> bool:
 COST = {"fja+fj": 3.0, "fja": 3.0, "fj": 3.0, "sja+sj": 1.5, "sja": 1.5, "sj": 1.5}  # × plain, measured roughly
 
 
-def expected_cost(r: dict) -> float:
-    """A rough relative cost of run ``r`` (strategy, training-set size: first visits and the
-    training-set evaluation grow with it) — the pool takes the longest runs first, so that it
-    does not end on one long run while the other workers idle."""
-    return COST.get(r["strategy"], 1.0) * (1.0 + int(r["n"]) / 200) * (0.8 if r["model"] == "dncnn" else 1.0)
+def expected_cost(r: dict, p: dict) -> float:
+    """A rough relative cost of run ``r`` (strategy, steps, training-set size: first visits and
+    the training-set evaluation grow with it) — the pool takes the longest runs first, so that
+    it does not end on one long run while the other workers idle."""
+    steps = int(r.get("steps", p["steps"])) / int(p["steps"])
+    return COST.get(r["strategy"], 1.0) * steps * (1.0 + int(r["n"]) / 200) * (0.8 if r["model"] == "dncnn" else 1.0)
 
 
 def run_key(r: dict) -> str:
@@ -236,8 +240,10 @@ def count_slices(folder: Path) -> int:
 
 
 def overrides(p: dict, r: dict, root: Path, lam: float) -> list[str]:
-    """The Trainer's config of run ``r``: same number of steps for every training-set size."""
-    epochs = max(1, math.ceil(int(p["steps"]) * int(p["batch_size"]) / count_slices(Path(root) / "train")))
+    """The Trainer's config of run ``r``: the same number of steps (the protocol's, or the run's
+    block's) for every training-set size."""
+    steps = int(r.get("steps", p["steps"]))
+    epochs = max(1, math.ceil(steps * int(p["batch_size"]) / count_slices(Path(root) / "train")))
     reg = list(p["strategies"][r["strategy"]])
     if uses_lambda(p, r):
         reg = [s.replace("HALF", repr(lam / 2)).replace("LAM", repr(lam)) for s in reg]
@@ -373,19 +379,35 @@ def run_one(p: dict, r: dict, folders: dict, lam: float, keep: str) -> dict:
 
 # --------------------------------------------------------------------------- driver
 def run_many(p, runs, folders, lam_of, keep, jobs, results, save, desc):
-    todo = sorted((r for r in runs if run_key(r) not in results), key=expected_cost, reverse=True)
+    todo = sorted((r for r in runs if run_key(r) not in results), key=lambda r: expected_cost(r, p), reverse=True)
     calls = [(p, r, folders, lam_of(r), keep) for r in todo]
     for i, res in run_parallel(run_one, calls, jobs, desc):
         results[run_key(todo[i])] = res
         save()
 
 
+def grid_runs(p: dict, n0: int) -> list[dict]:
+    """The λ grid: sja+sj at every λ of ``lambda_grid`` plus the unpenalised run it is judged
+    against (λ = 0, strategy none), U-Net, 4×, the smallest training set, seed 0."""
+    base = {"model": "unet", "acc": 4, "n": n0, "seed": 0, "grid": True}
+    lams = sorted({float(v) for v in p["lambda_grid"]} - {0.0})
+    return [{**base, "strategy": "none", "lam": 0.0}] + [{**base, "strategy": "sja+sj", "lam": v} for v in lams]
+
+
+def _block_steps(p: dict) -> str:
+    longer = [b for b in p["blocks"] if "steps" in b]
+    return "".join(
+        f"; {b['steps']} for {'/'.join(b['models'])} at {'/'.join(f'{a}×' for a in b['accelerations'])}" for b in longer
+    )
+
+
 def choose_lambda(p, results) -> tuple[float, list]:
-    """The grid's λ with the lowest validation ℓ2 (sja+sj, smallest training set, seed 0)."""
+    """The grid's λ > 0 with the lowest validation ℓ2 (sja+sj, smallest training set, seed 0);
+    the λ = 0 row is the reference, never the choice."""
     rows = sorted((v for v in results.values() if v.get("grid")), key=lambda v: v["lam"])
-    if not rows:
+    if not any(v["lam"] > 0 for v in rows):
         raise ValueError("no λ-grid runs")
-    best = min(rows, key=lambda v: v["val"]["val_l2"])
+    best = min((v for v in rows if v["lam"] > 0), key=lambda v: v["val"]["val_l2"])
     return best["lam"], rows
 
 
@@ -445,10 +467,7 @@ def main():
         n0 = min(p_sizes(p))
         runs = expand(p)
         if a.lam is None:
-            grid = [
-                {"model": "unet", "acc": 4, "n": n0, "strategy": "sja+sj", "seed": 0, "grid": True, "lam": float(lam)}
-                for lam in p["lambda_grid"]
-            ]
+            grid = grid_runs(p, n0)
             # the runs that need no λ share the pool with the grid (no worker idles while it ends)
             free = [r for r in runs if not uses_lambda(p, r)]
             run_many(p, grid + free, folders, lambda r: r.get("lam"), a.keep, jobs, results, save, "λ grid + λ-free")
@@ -521,7 +540,8 @@ def report(data: dict, out: Path) -> None:
         f"Command: `{data['command']}` — {data['mode']} mode; machine: {data['machine']}; "
         f"wall time {data.get('seconds', 0) / 60:.1f} min (data preparation {data.get('prep_seconds', 0):.0f} s).",
         "",
-        f"Data: {_data_line(p, data)}  Each run: at least {p['steps']} gradient steps (whole epochs) at batch "
+        f"Data: {_data_line(p, data)}  Each run: at least {p['steps']} gradient steps "
+        f"(whole epochs{_block_steps(p)}) at batch "
         f"{p['batch_size']}, Adam lr {p['lr']} ({p['schedule']}), random Cartesian masks "
         + ", ".join(f"{a}× (centre {c})" for a, c in p["accelerations"].items())
         + "; networks: "
@@ -538,7 +558,7 @@ def report(data: dict, out: Path) -> None:
             "|---|---|---|---|---|",
         ]
         for v in grid:
-            star = " **(chosen)**" if v["lam"] == data.get("lambda") else ""
+            star = " **(chosen)**" if v["lam"] == data.get("lambda") else (" (no penalty)" if v["lam"] == 0 else "")
             sig = v.get("val_sigma", {}).get("sigma_ja")
             sig = f"{sig['mean']:.2f} / {sig['max']:.2f}" if sig else "–"
             lines.append(

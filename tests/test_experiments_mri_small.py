@@ -85,8 +85,13 @@ def test_strategy_lambdas_and_equal_steps(tmp_path):
     assert mri_small.uses_lambda(p, {**r, "strategy": "none", "grid": True})
     o_none = mri_small.overrides(p, {**r, "strategy": "none"}, tmp_path / "n20", None)
     assert not any(s.startswith("reg.lambda_j") for s in o_none)
-    order = sorted(mri_small.expand(p), key=mri_small.expected_cost, reverse=True)
+    order = sorted(mri_small.expand(p), key=lambda r: mri_small.expected_cost(r, p), reverse=True)
     assert order[0]["strategy"] == "fja+fj" and order[-1]["model"] == "dncnn"  # the longest runs first
+    # a block's own step count (8×: 640) reaches its runs, and only them
+    r8 = [q for q in mri_small.expand(p) if q["acc"] == 8]
+    assert r8 and all(q["steps"] == 640 for q in r8)
+    assert all("steps" not in q for q in mri_small.expand(p) if q["acc"] == 4)
+    assert ep(mri_small.overrides(p, r8[0], tmp_path / "n20", 0.2)) * 160 / bs == 640
 
 
 def test_choose_lambda_takes_the_lowest_validation_loss():
@@ -94,8 +99,14 @@ def test_choose_lambda_takes_the_lowest_validation_loss():
         str(lam): {"grid": True, "lam": lam, "val": {"val_l2": l2}} for lam, l2 in ((0.02, 3.0), (0.1, 2.5), (0.5, 2.9))
     }
     runs["x"] = {"lam": 9.0, "val": {"val_l2": 0.1}}  # not a grid run: ignored
+    runs["0"] = {"grid": True, "lam": 0.0, "val": {"val_l2": 2.0}}  # the reference, never chosen
     lam, rows = mri_small.choose_lambda({}, runs)
-    assert lam == 0.1 and [r["lam"] for r in rows] == [0.02, 0.1, 0.5]
+    assert lam == 0.1 and [r["lam"] for r in rows] == [0.0, 0.02, 0.1, 0.5]
+    grid = mri_small.grid_runs(_protocol(), 20)
+    assert [(r["strategy"], r["lam"]) for r in grid][0] == ("none", 0.0)
+    assert all(r["strategy"] == "sja+sj" and r["lam"] > 0 for r in grid[1:])
+    assert len({mri_small.run_key(r) for r in grid}) == len(grid)
+    assert all(mri_small.run_key(r) not in {mri_small.run_key(q) for q in mri_small.expand(_protocol())} for r in grid)
 
 
 def test_downsample_is_block_mean_and_dihedral_distinct():
