@@ -39,6 +39,9 @@ from mrijac.jacobian.reference import reference_sigma  # noqa: E402
 from mrijac.jacobian.vectors import apply_op, random_input, to_real  # noqa: E402
 from mrijac.tasks import fixed_batches  # noqa: E402
 
+LANCZOS_STARTS = ("random", "another slice's vector", "own vector, 4 epochs old")
+DEFAULT_OUT = str(HERE / "results" / "block_iteration")
+
 
 def _flat(v: torch.Tensor) -> torch.Tensor:
     return to_real(v).reshape(v.shape[0], -1).double()
@@ -111,8 +114,11 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--lanczos", default="2,4,6,10", help="Lanczos steps for the first-visit rows")
+    ap.add_argument(
+        "--top", type=int, default=8, help="top singular values per slice for the spectrum's shape (0: skip)"
+    )
     ap.add_argument("--shared", default=str(true_sigma.SHARED))
-    ap.add_argument("--out", default=str(HERE / "results" / "block_iteration"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     blocks = [int(b) for b in a.blocks.split(",")]
@@ -143,8 +149,10 @@ def main():
             ref = reference_sigma(fn, y, A, tol=1e-2, max_iter=60, generator=torch.Generator().manual_seed(0))
             sig.append(ref.sigma)
             ref_v.append(ref.v)
-            tops.append(top_singular_values(fn, y, A, 8, 40))
-        sig, tops = torch.cat(sig), torch.cat(tops)
+            if a.top:
+                tops.append(top_singular_values(fn, y, A, a.top, 40))
+        sig = torch.cat(sig)
+        tops = torch.cat(tops) if tops else torch.ones(len(sig), 1)
         print("σ", sig.tolist(), flush=True)
         res = {}
         for start in ("random", "own block, 4 epochs old"):
@@ -167,21 +175,26 @@ def main():
                     "min": ratio.min(0).values.tolist(),
                 }
                 print(name, [f"{m:.3f}" for m in res[name]["median"]], flush=True)
-        # a first visit converged by Lanczos instead: the estimate after n products, from random
-        # and from another slice's converged vector (what reg.cold_start=recent hands a first visit)
+        # a visit converged by Lanczos instead: the estimate after n products, from random, from
+        # another slice's converged vector (what reg.cold_start=recent hands a first visit) and
+        # from the slice's own top vector of the network 4 epochs earlier (a revisit)
         lanczos = {}
-        for start in ("random", "another slice's vector"):
+        for start in LANCZOS_STARTS:
             g = torch.Generator().manual_seed(3)
             for n in lanczos_steps:
                 est = []
                 for bi, (y, A, *_) in enumerate(batches):
-                    v0 = None if start == "random" else ref_v[(bi + 1) % len(batches)]
+                    v0 = {
+                        "random": None,
+                        "another slice's vector": ref_v[(bi + 1) % len(batches)],
+                        "own vector, 4 epochs old": early_blocks[bi][0],
+                    }[start]
                     r = reference_sigma(model.as_function(A), y, A, tol=1e-12, max_iter=n, v0=v0, generator=g)
                     est.append(r.sigma)
                 ratio = torch.cat(est) / sig
                 lanczos[f"{start}, n = {n}"] = {"median": float(ratio.median()), "min": float(ratio.min())}
                 print("Lanczos", start, n, f"{float(ratio.median()):.3f}", flush=True)
-    rel = (tops / tops[:, :1]).median(0).values.tolist()
+    rel = (tops / tops[:, :1]).median(0).values.tolist() if a.top else []
     lines = [
         "# Block (subspace) iteration: est/ref after n block steps",
         "",
@@ -192,25 +205,29 @@ def main():
         "JVPs + k VJPs. 'own block, 4 epochs old' = the slice's top-k block of the network at epoch 8 "
         "(10 block steps), as a penalty carrying k vectors per sample would start a revisit.",
         "",
-        "Top of the spectrum (median over slices of σ_i / σ_1, i = 1…8; block iteration, 16 vectors, 40 steps): "
-        + ", ".join(f"{r:.3f}" for r in rel)
-        + ".",
+        (
+            f"Top of the spectrum (median over slices of σ_i / σ_1, i = 1…{a.top}; block iteration, {2 * a.top} "
+            "vectors, 40 steps): " + ", ".join(f"{r:.3f}" for r in rel) + "."
+            if a.top
+            else "Top of the spectrum: not measured in this run (`--top 0`)."
+        ),
         "",
         *ratio_table("start, block size k", [f"n = {n}" for n in range(a.steps + 1)], res),
     ]
     lines += [
         "",
-        "A first visit converged by Lanczos bidiagonalization instead (`reference_sigma` stopped after n steps, "
+        "A visit converged by Lanczos bidiagonalization instead (`reference_sigma` stopped after n steps, "
         "each one JVP + one VJP): top Ritz value / converged σ, median (min); 'another slice's vector' = the "
         "converged top vector of a slice of the other probe batch, current network (the kind of start "
-        "`reg.cold_start=recent` gives a first visit).",
+        "`reg.cold_start=recent` gives a first visit); 'own vector, 4 epochs old' = the slice's top vector of "
+        "the network at epoch 8 (a revisit, as the carried vectors start one).",
         "",
         *ratio_table(
             "start",
             [f"n = {n}" for n in lanczos_steps],
             {
                 start: {k: [lanczos[f"{start}, n = {n}"][k] for n in lanczos_steps] for k in ("median", "min")}
-                for start in ("random", "another slice's vector")
+                for start in LANCZOS_STARTS
             },
         ),
     ]
@@ -219,7 +236,10 @@ def main():
         f"{platform.machine()}, {a.threads} threads, torch {torch.__version__}; training {t_train:.0f} s, "
         f"total {time.time() - t0:.0f} s.",
         f"Command: `python experiments/block_iteration.py --threads {a.threads} --blocks {a.blocks} --steps {a.steps} "
-        f"--lanczos {a.lanczos}`",
+        f"--lanczos {a.lanczos}"
+        + (f" --top {a.top}" if a.top != 8 else "")
+        + (f" --out {a.out}" if a.out != DEFAULT_OUT else "")
+        + "`",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
