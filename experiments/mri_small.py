@@ -9,7 +9,8 @@ rotations/flips (``augment: dihedral``: without it a U-Net trained on 20 images 
 zero-filled); the 20 real knee slices of ``../shared/data/mri/knee20`` (2× downsampled, centre
 128²) as a cross-anatomy test no model trains on.  λ of the spectral penalties is chosen once by
 a grid on the validation images (sja+sj, the smallest training set, seed 0; criterion: the
-validation ℓ2 loss), then used for every strategy (its total weight on σ).
+validation ℓ2 loss, beside an unpenalised λ = 0 run that is never the choice), then used for
+every strategy (its total weight on σ).
 
 Every run goes through :class:`mrijac.train.Trainer` with the same number of gradient steps
 whatever the training-set size; every number through mrijac's evaluation code: test SSIM/PSNR/
