@@ -355,6 +355,11 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"config key {key} must be >= {meta['min']}, got {val!r}")
     if not cfg.model.drop_prob < 1:
         raise ValueError(f"config key model.drop_prob must be < 1, got {cfg.model.drop_prob}")
+    if cfg.model.residual and not (cfg.task == "mri" and cfg.model.name in ("unet", "dncnn")):
+        raise ValueError(
+            "config key model.residual=true applies to the MRI U-Net and DnCNN (a correction of the "
+            f"zero-filled image); task={cfg.task} model.name={cfg.model.name} has no such input to correct"
+        )
     if cfg.optim.lr_gamma <= 0:
         raise ValueError(f"config key optim.lr_gamma must be > 0, got {cfg.optim.lr_gamma}")
     d, r, o, t = cfg.data, cfg.reg, cfg.optim, cfg.train

@@ -94,6 +94,12 @@ CASES = [
         r"unknown config key 'model\.chanz'",
         "{root}/o3",
     ),
+    (
+        "residual where there is no zero-filled image (varnet)",
+        "train data.root={data} model.name=varnet model.residual=true --out {root}/o_res",
+        r"config key model\.residual=true applies to the MRI U-Net and DnCNN.*model\.name=varnet",
+        "{root}/o_res",
+    ),
     ("out is a file", "train data.root={data} --out {root}/afile", r"afile: --out names an existing file", None),
     (
         "out under a file",
