@@ -10,9 +10,9 @@ and random projections cost one batched matmul per layer too (no autograd tape f
 products that need no gradient).  Adam is elementwise, so optimising the stacked tensors is
 exactly K independent Adam runs.
 
-Measured on a 2-core CPU (``experiments/mnist_cs.py --speedup 8``, 8 models, 2 epochs): 0.56×
-the speed of the same 8 one after the other in one run, 1.01× in another (2026-11-27) — no gain
-either way.  Not the matmuls (one ``bmm`` over 8 models is faster than 8 ``mm`` at these
+Measured on a 2-core CPU (``experiments/mnist_cs.py --speedup 8``, 8 models, 2 epochs): 0.56×,
+1.01× and 0.51× the speed of the same 8 one after the other in three runs (the last two on
+2026-11-27) — no gain.  Not the matmuls (one ``bmm`` over 8 models is faster than 8 ``mm`` at these
 shapes); a profile puts half the stacked step in memory-bound elementwise work (Adam's update,
 masks, copies) on 8 × 5 MB of weights that no longer fit in cache.  The stack is meant for a
 GPU, where K small models fill the device (not measured yet); the CPU quick protocol trains one
