@@ -5,7 +5,8 @@
 # its report after each run, so a stopped one keeps its finished rows.  Per process (λ = 0.2
 # unless named): seeds 0, 1, 2 × (plain, default, forward n = 10); seed 0 × (fd2, forward n = 1);
 # seed 0 at λ = 0.5 × (default, forward10); with PHASE=2 (a second call): seeds 1, 2 at λ = 0.5
-# and seed 0 at λ = 1 × (default, forward10).  Their step × plain ratios share the GPU: not cost
+# and seed 0 at λ = 1 × (default, forward10); PHASE=3: see its branch.  Their step × plain
+# ratios share the GPU: not cost
 # figures (gpu_check.sh's cost table is).  Merge here afterwards with true_sigma.py --merge
 # (results/true_sigma_gpu*.md list the commands; plain runs are λ-independent and merged in).
 # usage: bash experiments/gpu_true_sigma.sh SHARED_DATA DEADLINE RESULTS [extra true_sigma args]
@@ -26,9 +27,15 @@ if [ "${PHASE:-1}" = 1 ]; then
   for s in 0 1 2; do ts "s$s" --rows plain,default,forward10 --seed-start "$s" --lam 0.2 "$@"; done
   ts x --rows fd2,forward1 --seed-start 0 --lam 0.2 "$@"
   ts lam05 --rows default,forward10 --seed-start 0 --lam 0.5 "$@"
-else  # PHASE=2, a second call: the other seeds at λ = 0.5, and λ = 1
+elif [ "$PHASE" = 2 ]; then  # a second call: the other seeds at λ = 0.5, and λ = 1
   for s in 1 2; do ts "lam05_s$s" --rows default,forward10 --seed-start "$s" --lam 0.5 "$@"; done
   ts lam1 --rows default,forward10 --seed-start 0 --lam 1.0 "$@"
+else  # PHASE=3 (2026-11-27): Lanczos steps per visit at λ = 0.5, and the default at λ = 1, seeds 1, 2
+  for s in 0 1 2; do
+    ts "lz3_s$s" --rows lz3 --seed-start "$s" --lam 0.5 "$@"
+    ts "lz4_s$s" --rows lz4 --seed-start "$s" --lam 0.5 "$@"
+  done
+  for s in 1 2; do ts "lam1_s$s" --rows default --seed-start "$s" --lam 1.0 "$@"; done
 fi
 wait
 grep -h "seed" "$RES"/ts_*.log

@@ -59,6 +59,14 @@ ROWS = {
         "fd, arg-max sample, + 1 exact power step per visit",
         ["reg.method=fd", "reg.samples=1", "reg.n_iter=2"],
     ),
+    "lz3": (
+        "the default + 2 Lanczos steps per visit (reg.n_iter=3)",
+        ["reg.n_iter=3"],
+    ),
+    "lz4": (
+        "the default + 3 Lanczos steps per visit (reg.n_iter=4)",
+        ["reg.n_iter=4"],
+    ),
     "fdalt": (
         "fd, arg-max sample, one term per step",
         ["reg.method=fd", "reg.samples=1", "reg.alternate=true"],

@@ -110,7 +110,7 @@ class RegConfig:
     lambda_ja: typing.Any = _opt("auto", "λ1 (J A): a number >= 0 or auto")
     lambda_j: typing.Any = _opt("auto", "λ2 (J): a number >= 0 or auto")
     lambda_w: float = _opt(1e-4, "wd / sw weight")
-    n_iter: int = _opt(1, "spectral: power iterations per step")
+    n_iter: int = _opt(1, "spectral: power iterations per step (fd: n-1 exact Lanczos steps, then the fused one)")
     n_proj: int = _opt(1, "Frobenius: random projections per step")
     method: str = _opt(
         "auto",

@@ -538,3 +538,98 @@ def test_warm_start_input_is_typed_and_a_dict_means_the_same():
         torch.tensor([2, 0])
     )
     assert sub.vectors["v_ja"].tolist() == [[4.0, 5.0], [0.0, 1.0]] and sub.cold.tolist() == [True, True]
+
+
+# --- Lanczos warm-start steps (krylov.lanczos_start) ------------------------------------------
+from mrijac.jacobian.krylov import lanczos_start  # noqa: E402
+
+
+def _vec(v):
+    return (torch.view_as_real(v) if v.is_complex() else v).reshape(v.shape[0], -1, 1)
+
+
+def _power(M, v, k):
+    """k power steps v ← MᵀM v / ‖·‖ on the explicit (B, m, n) matrix."""
+    v = v / v.norm(dim=1, keepdim=True)
+    for _ in range(k):
+        v = M.transpose(1, 2) @ (M @ v)
+        v = v / v.norm(dim=1, keepdim=True)
+    return v
+
+
+@pytest.mark.parametrize("problem", ["mlp", "mri", "multicoil"])
+@pytest.mark.parametrize("with_A", [True, False])
+def test_lanczos_start_one_step_is_a_power_step_and_more_steps_do_better(problem, with_A):
+    f, y, A = {"mlp": mlp_problem, "mri": lambda: mri_problem()[:3], "multicoil": lambda: multicoil_problem()[:3]}[
+        problem
+    ]()
+    op = A if with_A else None
+    M = explicit_JA(f, y, op)
+    s1 = torch.linalg.svdvals(M)[:, 0]
+    v0 = random_like_input(op, y)
+    v, bound = lanczos_start(f, y, [op], [v0], 1)
+    assert torch.allclose(_vec(v[0]), _power(M, _vec(v0), 1), atol=1e-10)
+    prev = None
+    for k in (1, 2, 3, 4):
+        v, bound = lanczos_start(f, y, [op], [v0], k)
+        gain = (M @ _vec(v[0])).norm(dim=1).squeeze(-1)  # ‖M v‖, v unit
+        assert torch.allclose(_vec(v[0]).norm(dim=1).squeeze(-1), torch.ones_like(gain))
+        assert bool((bound[0] <= gain * (1 + 1e-10)).all()) and bool((gain <= s1 * (1 + 1e-10)).all())
+        # the Krylov space holds the k-step power iterate: at least as good
+        power = (M @ _power(M, _vec(v0), k)).norm(dim=1).squeeze(-1)
+        assert bool((gain >= power * (1 - 1e-9)).all())
+        if prev is not None:
+            assert bool((bound[0] >= prev * (1 - 1e-9)).all())  # the bound only grows with k
+        prev = bound[0]
+
+
+def random_like_input(op, y, seed=3):
+    from mrijac.jacobian.vectors import random_input
+
+    return random_input(op, y, torch.Generator().manual_seed(seed))
+
+
+def test_lanczos_start_on_a_flat_top_beats_power_and_stacks_terms():
+    M, smax = _flat_top()
+    f = _Linear(M)
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(2, M.shape[1], generator=g, dtype=DT)
+    v0 = torch.randn(2, M.shape[1], generator=g, dtype=DT)
+    Mb = M.expand(2, -1, -1)
+    v, bound = lanczos_start(f, y, [None], [v0], 12)
+    gain = (Mb @ _vec(v[0])).norm(dim=1).squeeze(-1)
+    power = (Mb @ _power(Mb, _vec(v0), 12)).norm(dim=1).squeeze(-1)
+    # flat top (σ2/σ1 = 0.998): 12 Lanczos steps get closer to σ1 than 12 power steps by far
+    assert bool(((smax - gain) < 0.5 * (smax - power)).all())
+    # an invariant subspace (a rank-1 map) gives a finite, exact answer, not NaN
+    r1 = _Linear(torch.outer(M[:, 0], M[0]))
+    v, bound = lanczos_start(r1, y, [None], [v0], 4)
+    exact = M[:, 0].norm() * M[0].norm()
+    assert torch.isfinite(v[0]).all() and torch.allclose(bound[0], exact.expand(2), rtol=1e-8)
+    # two terms stacked in one pass (J A and J) give what separate calls give
+    fm, ym, Am, _ = mri_problem()
+    va, vj = random_like_input(Am, ym, 4), random_like_input(None, ym, 5)
+    both, bb = lanczos_start(fm, ym, [Am, None], [va, vj], 3)
+    (one_a,), ba = lanczos_start(fm, ym, [Am], [va], 3)
+    (one_j,), bj = lanczos_start(fm, ym, [None], [vj], 3)
+    assert torch.allclose(both[0], one_a, atol=1e-10) and torch.allclose(both[1], one_j, atol=1e-10)
+    assert torch.allclose(bb, torch.cat([ba, bj]), rtol=1e-10)
+    with pytest.raises(ValueError, match="k >= 1"):
+        lanczos_start(fm, ym, [Am], [va], 0)
+
+
+def test_fd_penalty_with_n_iter_runs_lanczos_steps_before_the_fused_one():
+    """``method='fd', n_iter=k``: k − 1 Lanczos steps from the carried vector, then the fused
+    step on the result — σ̂ = ‖J A v‖ of the Lanczos vector (explicit Jacobian), above what as
+    many power steps reach."""
+    f_, y, A, recon = mri_problem(B=3)
+    M = explicit_JA(f_, y, A)
+    v0 = random_like_input(A, y, 7)
+    for k in (2, 4):
+        pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=k)
+        _, p, st = pen(recon, y, A, v0={"v_ja": v0})
+        (v,), _ = lanczos_start(f_, y, [A], [v0], k - 1)
+        want = (M @ _vec(v)).norm(dim=1).squeeze(-1)
+        assert torch.allclose(st["sigma_ja"], want, rtol=1e-6)
+        power = (M @ _power(M, _vec(v0), k - 1)).norm(dim=1).squeeze(-1)
+        assert bool((st["sigma_ja"] >= power * (1 - 1e-6)).all())

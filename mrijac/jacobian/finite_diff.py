@@ -20,7 +20,8 @@ and backward per penalised sample and term, in the *same* batched pass as the da
 So each penalised step is one power iteration (n = 1, warm), carried across steps, at the cost of
 ``|S|·K`` more samples in the batch instead of a forward-mode pass plus a VJP over the whole
 batch.  A sample without a stored vector first gets one exact (forward-mode) iteration, so that
-first estimates — and the automatic λ — match forward mode's n = 1.  The difference quotient has
+first estimates — and the automatic λ — match forward mode's n = 1; ``n_pre > 1`` exact products
+run as Lanczos steps (:mod:`mrijac.jacobian.krylov`).  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from ..operators.base import batch_norm2
-from .products import jvp, vjp
+from .krylov import lanczos_start
 from .vectors import Network, Operator, adjoint_op, apply_op, normalize, random_input, to_real
 
 OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
@@ -109,8 +110,10 @@ def fd_power_step(
         v0: K unit right singular vectors ``(S, …)`` in the input space of ``A_k`` (warm start)
             or ``None`` entries (random).
         h: relative finite-difference step (default :func:`default_step`).
-        n_pre: extra exact power iterations (forward-mode JVP + VJP, no graph) before the
-            fused step, on the selected samples.
+        n_pre: exact products (forward-mode JVP + VJP, no parameter graph) before the fused
+            step, on the selected samples: ``n_pre`` Lanczos steps from ``v0``
+            (:func:`~mrijac.jacobian.krylov.lanczos_start`; one step is one power iteration,
+            more converge faster than as many power steps).
         recompute: instead of one stacked pass, the copies run first under activation checkpointing, so that the
             backward pass reaches them only after the batch's activations are freed and then
             recomputes theirs: peak memory of the larger of the two passes, for one more
@@ -137,11 +140,8 @@ def fd_power_step(
             v = random_input(op, ys, generator)
         vs.append(normalize(v.detach().to(ys.device)))
     fn_sel = make_fn(A_sel)
-    for _ in range(n_pre):
-        Y = torch.cat([ys] * K) if K > 1 else ys
-        _, t = jvp(fn_sel, Y, torch.cat([apply_op(op, v) for op, v in zip(ops, vs)]), "forward")
-        _, g, _ = vjp(fn_sel, Y, normalize(t))
-        vs = [normalize(adjoint_op(op, gk)) for op, gk in zip(ops, g.split(S))]
+    if n_pre > 0:
+        vs, _ = lanczos_start(fn_sel, ys, ops, vs, n_pre)
     dirs = [apply_op(op, v) for op, v in zip(ops, vs)]
     scale = h * batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
     steps = [scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny) for d in dirs]

@@ -148,7 +148,10 @@ class JacobianPenalty:
         lambda_ja, lambda_j: weights λ1 (for ``J A``) and λ2 (for ``J``); 0 switches a term off;
             ``"auto"`` picks it on the first batch with :func:`auto_lambda` (call
             :meth:`calibrate`).
-        n_iter: power iterations (spectral); n_proj: random projections (Frobenius).
+        n_iter: power iterations (spectral; with ``method="fd"``: ``n_iter − 1`` exact
+            Lanczos steps from the carried vector before the fused step, see
+            :func:`~mrijac.jacobian.krylov.lanczos_start`); n_proj: random projections
+            (Frobenius).
         method: ``"forward"`` (forward-mode AD, works for InstanceNorm U-Nets),
             ``"double_vjp"``, or ``"fd"`` (spectral only: one power iteration per step fused
             with the training pass — finite-difference JVP on a perturbed copy of each
