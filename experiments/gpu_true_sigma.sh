@@ -30,10 +30,12 @@ if [ "${PHASE:-1}" = 1 ]; then
 elif [ "$PHASE" = 2 ]; then  # a second call: the other seeds at λ = 0.5, and λ = 1
   for s in 1 2; do ts "lam05_s$s" --rows default,forward10 --seed-start "$s" --lam 0.5 "$@"; done
   ts lam1 --rows default,forward10 --seed-start 0 --lam 1.0 "$@"
-else  # PHASE=3 (2026-11-27): Lanczos steps per visit at λ = 0.5, and the default at λ = 1, seeds 1, 2
+else  # PHASE=3 (2026-11-27, the estimate/reference ratio at the step's own weights): the default
+  # and the default + 2 or 4 Lanczos steps per visit at λ = 0.5, and the default at λ = 1, seeds 1, 2
   for s in 0 1 2; do
+    ts "def05_s$s" --rows default --seed-start "$s" --lam 0.5 "$@"
     ts "lz3_s$s" --rows lz3 --seed-start "$s" --lam 0.5 "$@"
-    ts "lz4_s$s" --rows lz4 --seed-start "$s" --lam 0.5 "$@"
+    ts "lz5_s$s" --rows lz5 --seed-start "$s" --lam 0.5 "$@"
   done
   for s in 1 2; do ts "lam1_s$s" --rows default --seed-start "$s" --lam 1.0 "$@"; done
 fi

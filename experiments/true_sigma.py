@@ -63,9 +63,9 @@ ROWS = {
         "the default + 2 Lanczos steps per visit (reg.n_iter=3)",
         ["reg.n_iter=3"],
     ),
-    "lz4": (
-        "the default + 3 Lanczos steps per visit (reg.n_iter=4)",
-        ["reg.n_iter=4"],
+    "lz5": (
+        "the default + 4 Lanczos steps per visit (reg.n_iter=5)",
+        ["reg.n_iter=5"],
     ),
     "fdalt": (
         "fd, arg-max sample, one term per step",
@@ -256,6 +256,17 @@ def _m(hs, key):
     return float(np.nanmean(v)) if any(np.isfinite(v)) else math.nan
 
 
+def _est(hs, t, which):
+    """Mean over seeds of the last epoch's estimate/reference: ``which=""`` at the step,
+    ``"_end"`` at the epoch's end.  Histories from before 2026-11-27 hold the end-of-epoch ratio
+    under ``est_ratio_*`` and no ``est_ratio_end_*``."""
+    new = [h for h in hs if f"est_ratio_end_{t}" in h[-1]]
+    if which == "":
+        return _m(new, f"est_ratio_{t}") if new else math.nan
+    v = [h[-1].get(f"est_ratio_end_{t}" if h in new else f"est_ratio_{t}", math.nan) for h in hs]
+    return float(np.nanmean(v)) if any(np.isfinite(v)) else math.nan
+
+
 def summarize(results, a, epochs):
     lines = [
         "# True Jacobian norm: reference σ of each penalty variant vs plain",
@@ -266,7 +277,10 @@ def summarize(results, a, epochs):
         f"σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
         f"on {a.ref_slices} fixed validation and {a.ref_slices} fixed training slices. "
         "'est/ref' = median of the training-time estimate over the reference σ of the "
-        "samples the penalty acted on (last steps of each epoch), last epoch. "
+        "samples the penalty acted on (last steps of each epoch), last epoch: 'step' = reference of the weights "
+        "of the step that made the estimate (the estimator's accuracy), 'end' = of the weights at the end of the "
+        "epoch (the estimator's error plus how far σ moved in the remaining steps; histories from before "
+        "2026-11-27 have only this one). "
         "'worst epoch' = the largest val σ(J A) ratio to plain over epochs 2…end.",
         "",
     ]
@@ -282,7 +296,7 @@ def summarize(results, a, epochs):
             f"## {task}",
             "",
             "| row | λ | seeds | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
-            "val σ(J) mean | est/ref JA | est/ref J | worst epoch val σ(JA) × plain | "
+            "val σ(J) mean | est/ref JA, step / end | est/ref J, step / end | worst epoch val σ(JA) × plain | "
             "val σ(JA) × plain, mean of epochs ≥ E/2 | "
             "val PSNR − plain | SSIM | step × plain |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -308,8 +322,7 @@ def summarize(results, a, epochs):
                 "train_ratio": ratio("train_ref_sigma_ja_mean"),
                 "val_ratio_per_epoch": per_epoch,
                 "val_ratio_per_seed": [h[-1]["val_sigma_ja_mean"] / p[-1]["val_sigma_ja_mean"] for h, p in pairs],
-                "est_ratio_ja": _m(hs, "est_ratio_ja"),
-                "est_ratio_j": _m(hs, "est_ratio_j"),
+                **{f"est_ratio{w}_{t}": _est(hs, t, w) for t in ("ja", "j") for w in ("", "_end")},
                 "worst_epoch_ratio": max(per_epoch[1:]) if len(per_epoch) > 1 else math.nan,
                 # the plain network's σ wanders from epoch to epoch: the mean over the second half
                 # of training is a steadier comparison than the last epoch alone
@@ -330,7 +343,8 @@ def summarize(results, a, epochs):
                 f"{rec['val_sigma_ja_mean']:.3f} / {rec['val_sigma_ja_max']:.3f} | "
                 f"{rec['val_ratio']:.2f} | {rec['train_sigma_ja_mean']:.3f} / {rec['train_sigma_ja_max']:.3f} | "
                 f"{rec['train_ratio']:.2f} | {rec['val_sigma_j_mean']:.3f} | "
-                f"{rec['est_ratio_ja']:.2f} | {rec['est_ratio_j']:.2f} | {rec['worst_epoch_ratio']:.2f} | "
+                f"{rec['est_ratio_ja']:.2f} / {rec['est_ratio_end_ja']:.2f} | "
+                f"{rec['est_ratio_j']:.2f} / {rec['est_ratio_end_j']:.2f} | {rec['worst_epoch_ratio']:.2f} | "
                 f"{rec['late_ratio']:.2f} | "
                 f"{rec['psnr_vs_plain']:+.2f} | {rec['ssim']:.4f} | {rec['step_ratio']:.2f} |"
             )

@@ -632,3 +632,37 @@ def test_auto_lambda_is_calibrated_on_several_batches():
     fresh = PenaltyStep(JacobianPenalty("spectral", lambda_ja="auto", lambda_j="auto", alternate=True), auto_steps=3)
     fresh.load_state_dict(ps.state_dict(), "cpu")
     assert fresh.auto["done"] and fresh.jac.lambda_ja == jac.lambda_ja
+
+
+def test_monitor_compares_each_estimate_with_the_weights_it_was_made_with(data, tmp_path):
+    """est_ratio_* uses the reference σ of the weights of the estimate's step (CPU copies of the
+    last steps' weights), est_ratio_end_* that of the weights at the end of the epoch; a
+    power-iteration estimate never exceeds the σ of its own weights."""
+    import copy
+
+    from mrijac.jacobian import reference_sigma
+
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.lambda_ja=0.5", "reg.lambda_j=0.5", "optim.epochs=1"), tmp_path)
+    row = t.fit()
+    assert {"est_ratio_ja", "est_ratio_end_ja"} <= set(row)
+    rows = list(t.monitor.penalised)
+    snapped = [r for r in rows if r[4] is not None]
+    assert snapped and len({id(r[4]) for r in snapped}) >= 2  # one copy per step, the last steps only
+    model = t.model
+    with torch.no_grad():  # move the weights: the end-of-epoch reference changes, the at-step one not
+        for p in model.parameters():
+            p.mul_(1.3)
+    t.monitor.tol, t.monitor.max_iter = 1e-6, 200
+    at_step = t.monitor.estimate_pairs(model, at_step=True)
+    at_end = t.monitor.estimate_pairs(model, at_step=False)
+    term, y, op, est, snap = snapped[-1]
+    net = copy.deepcopy(model)
+    net.load_state_dict(snap)
+    net.eval()
+    want = float(reference_sigma(net.as_function(op), y, op if term == "ja" else None, tol=1e-6, max_iter=200).sigma[0])
+    i = [j for j, r in enumerate(r for r in rows if r[0] == term) if r is snapped[-1]][0]
+    assert abs(float(at_step[term][i, 1]) - want) / want < 1e-4
+    assert abs(float(at_end[term][i, 1]) - want) / want > 0.05
+    for tm, p in at_step.items():
+        keep = [j for j, r in enumerate(r for r in rows if r[0] == tm) if r[4] is not None]
+        assert bool((p[keep, 0] <= p[keep, 1] * 1.01).all()), p

@@ -183,6 +183,10 @@ COMPOSITE = {  # panel -> (history column, line style, label suffix)
         ("train_ref_sigma_ja_mean", "--", "train reference"),
         ("train_sigma_ja", ":", "training-time estimate"),
     ],
+    "estimate / reference σ(J A)": [
+        ("est_ratio_ja", "-", "at the step"),
+        ("est_ratio_end_ja", "--", "at epoch end"),
+    ],
 }
 
 
@@ -197,7 +201,7 @@ def curves_figure(
         "ssim",
         "psnr",
         "σ(J A): reference vs training estimate",
-        "est_ratio_ja",
+        "estimate / reference σ(J A)",
         "val_sigma_j_mean",
     ),
 ) -> Path | None:
@@ -231,7 +235,7 @@ def curves_figure(
             if band:
                 e, lo, hi = zip(*band)
                 ax.fill_between(e, lo, hi, color=c, alpha=0.15)
-        if k == "est_ratio_ja":
+        if k == "estimate / reference σ(J A)":
             ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_title(k.replace("_", " ") if k not in COMPOSITE else k, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)

@@ -43,6 +43,8 @@ HISTORY_FIELDS = [
     "train_ref_sigma_j_max",
     "est_ratio_ja",
     "est_ratio_j",
+    "est_ratio_end_ja",
+    "est_ratio_end_j",
     "ref_residual",
     "ref_time",
     "lambda_ja",

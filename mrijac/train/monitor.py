@@ -4,11 +4,18 @@
 :func:`~mrijac.jacobian.reference.reference_sigma`) on fixed probe slices of the validation
 and training splits — the same slices and masks every epoch, their singular vectors kept as
 warm starts — and compares the estimates the penalty trained with against the reference σ of
-the very samples it acted on (the arg-max of each term in the last steps of the epoch).
+the very samples it acted on (the arg-max of each term in the last steps of the epoch), twice:
+
+* ``est_ratio_*`` — against the σ of the network *at that step* (the weights are copied, to
+  CPU, on the last steps of the epoch): the accuracy of the estimator itself;
+* ``est_ratio_end_*`` — against the σ of the same samples at the end of the epoch: the
+  estimator's error plus how far σ moved in the remaining steps (the data term pushes it back
+  up after each penalised step).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
@@ -39,11 +46,16 @@ class ReferenceMonitor:
         per-sample scatter of :meth:`estimate_pairs`."""
         self.penalised = deque(self.penalised, maxlen=int(n))
 
-    def record(self, y: torch.Tensor, A, stats: dict) -> None:
-        """After a penalised step: keep each term's arg-max sample with its estimate."""
+    def record(self, y: torch.Tensor, A, stats: dict, model=None, steps_left: int | None = None) -> None:
+        """After a penalised step: keep each term's arg-max sample with its estimate, and —
+        with ``model`` given and fewer than ``maxlen`` steps left in the epoch (only those rows
+        survive to the epoch's end) — a CPU copy of the weights the estimate was made with."""
         if not self.slices or not stats:
             return
         idx = stats.get("index")
+        snap = None
+        if model is not None and steps_left is not None and steps_left < self.penalised.maxlen:
+            snap = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         for t in ("ja", "j"):
             s = stats.get(f"sigma_{t}")
             if s is None or not len(s):
@@ -51,43 +63,60 @@ class ReferenceMonitor:
             j = int(torch.argmax(s))
             b = int(idx[j]) if idx is not None else j
             op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
-            self.penalised.append((t, y[b : b + 1].detach(), op, float(s[j])))
+            self.penalised.append((t, y[b : b + 1].detach(), op, float(s[j]), snap))
 
-    def estimate_pairs(self, model) -> dict[str, torch.Tensor]:
-        """Per term, ``(n, 2)`` float64: (training-time estimate, reference σ now) of the recent
-        penalised samples.  Where ``‖J‖ = ‖J A‖``
-        (:func:`~mrijac.jacobian.penalties.terms_coincide`) a sample that both terms penalised
-        gets one reference computation."""
-        out, known = {}, {}  # (sample key) -> σ(J A) = σ(J), where the terms coincide
+    def estimate_pairs(self, model, at_step: bool = True) -> dict[str, torch.Tensor]:
+        """Per term, ``(n, 2)`` float64: (training-time estimate, reference σ) of the recent
+        penalised samples — the reference of the weights of the step that made the estimate
+        (``at_step``, where :meth:`record` kept them; else, and with ``at_step=False``, of
+        ``model`` now).  Where ``‖J‖ = ‖J A‖`` (:func:`~mrijac.jacobian.penalties.terms_coincide`)
+        a sample that both terms penalised gets one reference computation."""
+        out, known = {}, {}  # (sample, weights) -> σ(J A) = σ(J), where the terms coincide
         g = torch.Generator().manual_seed(self.seed)
+        scratch = None
         for t in ("ja", "j"):
             rows = [r for r in self.penalised if r[0] == t]
             if not rows:
                 continue
-            keys = [(r[1].data_ptr(), tuple(r[1].shape)) for r in rows]  # the same sample of a batch
+            snaps = [r[4] if at_step else None for r in rows]
+            # the same sample of a batch, under the same weights
+            keys = [(r[1].data_ptr(), tuple(r[1].shape), id(sn)) for r, sn in zip(rows, snaps)]
             refs = [known.get(k) if t == "j" else None for k in keys]
-            need = [i for i, v in enumerate(refs) if v is None]
-            if need:
+            groups: dict = {}
+            for i, v in enumerate(refs):
+                if v is None:
+                    groups.setdefault(id(snaps[i]), []).append(i)
+            for need in groups.values():
+                net = model
+                if snaps[need[0]] is not None:
+                    scratch = scratch or copy.deepcopy(model)
+                    scratch.load_state_dict(snaps[need[0]])
+                    net = scratch
                 y = torch.cat([rows[i][1] for i in need])
                 ops = [rows[i][2] for i in need]
                 A = ops[0] if ops[0] is None or len(ops) == 1 else type(ops[0]).cat(ops)
-                model.eval()
+                net.eval()
                 ref = reference_sigma(
-                    model.as_function(A), y, A if t == "ja" else None, self.tol, self.max_iter, generator=g
+                    net.as_function(A), y, A if t == "ja" else None, self.tol, self.max_iter, generator=g
                 )
                 for i, s in zip(need, ref.sigma.cpu().tolist()):
                     refs[i] = s
-                    if t == "ja" and terms_coincide(model, rows[i][2]):
+                    if t == "ja" and terms_coincide(net, rows[i][2]):
                         known[keys[i]] = s
             out[t] = torch.tensor([[r[3], ref] for r, ref in zip(rows, refs)], dtype=torch.float64)
         return out
 
     def estimate_ratios(self, model) -> dict:
-        """Median of (training-time estimate / reference σ now) per term, recent samples."""
-        return {
-            f"est_ratio_{t}": float((p[:, 0] / p[:, 1].clamp_min(1e-30)).median())
-            for t, p in self.estimate_pairs(model).items()
-        }
+        """Medians over the recent penalised samples, per term, of training-time estimate over
+        reference σ: ``est_ratio_*`` at the weights of each estimate's step, ``est_ratio_end_*``
+        at the weights of ``model`` now (only where the two differ)."""
+        out = {}
+        for name, at_step in (("est_ratio", True), ("est_ratio_end", False)):
+            if not at_step and not any(r[4] is not None for r in self.penalised):
+                break
+            for t, p in self.estimate_pairs(model, at_step).items():
+                out[f"{name}_{t}"] = float((p[:, 0] / p[:, 1].clamp_min(1e-30)).median())
+        return out
 
     def rows(self, model, task, device) -> dict:
         """History columns: ``val_sigma_*``, ``train_ref_sigma_*`` (mean, max),

@@ -184,6 +184,7 @@ class Trainer:
         # training subset of the per-epoch GE
         t = cfg.train
         self.monitor = ReferenceMonitor(t.ref_slices, t.ref_tol, t.ref_max_iter, t.seed)
+        self.steps_left = None  # steps left in the epoch (the monitor copies the weights of the last ones)
         self.ge_subset = None
         prec = str(cfg.train.precision)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
@@ -265,7 +266,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         ps.after_backward(info, stats)  # method=fd: the vectors came with that backward
-        self.monitor.record(*seen, stats)
+        self.monitor.record(*seen, stats, model=self.model, steps_left=self.steps_left)
         dist.average_gradients(self.model, self.world)
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -395,7 +396,9 @@ class Trainer:
             leave=False,
         )
         t_mark = time.perf_counter()
+        n_batches = getattr(bar, "total", None)
         for bi, batch in enumerate(bar):
+            self.steps_left = None if n_batches is None else n_batches - bi - 1
             if bi < skip:
                 if bi == skip - 1:
                     set_rng_state(self.resume_rng)
