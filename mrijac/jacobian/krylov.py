@@ -72,15 +72,17 @@ def lanczos_start(
         raise ValueError(f"lanczos_start needs k >= 1 steps, got {k}")
     K, S = len(ops), ys.shape[0]
     Y = (torch.cat([ys] * K) if K > 1 else ys).detach()
-    leaf = Y.clone().requires_grad_()
-    with torch.enable_grad():
-        out = fn(leaf)  # one graph for every VJP
+    leaf, graph = Y.clone().requires_grad_(), []
 
     def M(v):
         d = torch.cat([apply_op(op, x) for op, x in zip(ops, v)])
         return list(jvp(fn, Y, d.to(Y.dtype), "forward")[1].split(S))
 
     def Mh(u):
+        if not graph:  # built after the first JVP (k = 1: the memory profile of a power step)
+            with torch.enable_grad():
+                graph.append(fn(leaf))  # kept for the later VJPs
+        out = graph[0]
         (g,) = torch.autograd.grad(out, leaf, torch.cat(u).to(out.dtype), retain_graph=True)
         return [adjoint_op(op, x) for op, x in zip(ops, g.split(S))]
 

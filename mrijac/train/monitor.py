@@ -7,7 +7,9 @@ warm starts — and compares the estimates the penalty trained with against the 
 the very samples it acted on (the arg-max of each term in the last steps of the epoch), twice:
 
 * ``est_ratio_*`` — against the σ of the network *at that step* (the weights are copied, to
-  CPU, on the last steps of the epoch): the accuracy of the estimator itself;
+  CPU, on the last steps of the epoch — asynchronously under CUDA, and the time it takes to
+  start the copies is counted in ``ref_time``, not in the step time): the accuracy of the
+  estimator itself;
 * ``est_ratio_end_*`` — against the σ of the same samples at the end of the epoch: the
   estimator's error plus how far σ moved in the remaining steps (the data term pushes it back
   up after each penalised step).
@@ -40,6 +42,9 @@ class ReferenceMonitor:
         self.slices, self.tol, self.max_iter, self.seed = int(slices), tol, max_iter, seed
         self.probes, self.warm = None, {}
         self.penalised = deque(maxlen=2 * max(self.slices, 1))
+        self.ring: list = []  # CPU copies of the weights of the last steps (pinned under CUDA), reused
+        self.copies = 0  # copies made so far (which slot is next; a row's copy is valid while its count is)
+        self.copy_time = 0.0  # seconds spent starting the copies (kept out of the step time)
 
     def keep_last(self, n: int) -> None:
         """Remember the last ``n`` penalised samples (default ``2 × slices``), e.g. for a
@@ -53,17 +58,43 @@ class ReferenceMonitor:
         if not self.slices or not stats:
             return
         idx = stats.get("index")
+        terms = [t for t in ("ja", "j") if stats.get(f"sigma_{t}") is not None and len(stats[f"sigma_{t}"])]
         snap = None
-        if model is not None and steps_left is not None and steps_left < self.penalised.maxlen:
-            snap = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        for t in ("ja", "j"):
-            s = stats.get(f"sigma_{t}")
-            if s is None or not len(s):
-                continue
+        if terms and model is not None and steps_left is not None and steps_left < self.penalised.maxlen:
+            snap = self._copy_weights(model)
+        for t in terms:
+            s = stats[f"sigma_{t}"]
             j = int(torch.argmax(s))
             b = int(idx[j]) if idx is not None else j
             op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
             self.penalised.append((t, y[b : b + 1].detach(), op, float(s[j]), snap))
+
+    def _copy_weights(self, model) -> tuple[int, int]:
+        """Start copying ``model``'s weights into the next slot of a ring of ``maxlen`` CPU
+        buffers (pinned, asynchronous under CUDA: the copy runs behind the step, ordered before the
+        optimizer's update); returns ``(slot, count)``.  Each step that copies appends at least
+        one row, so a row's slot is overwritten only after the row has left the queue
+        (:meth:`_weights` checks it all the same)."""
+        sd = model.state_dict()
+        cuda = any(v.is_cuda for v in sd.values())
+        if cuda:
+            torch.cuda.synchronize()  # the step's own kernels are not the copy's time
+        t0 = time.perf_counter()
+        slot = self.copies % self.penalised.maxlen
+        if slot == len(self.ring):
+            self.ring.append({k: torch.empty(v.shape, dtype=v.dtype, pin_memory=cuda) for k, v in sd.items()})
+        for k, v in sd.items():
+            self.ring[slot][k].copy_(v.detach(), non_blocking=cuda)
+        self.copies += 1
+        self.copy_time += time.perf_counter() - t0
+        return slot, self.copies
+
+    def _weights(self, snap):
+        """The weights of a row's copy, or ``None`` if it has been overwritten since."""
+        if snap is None:
+            return None
+        slot, count = snap
+        return self.ring[slot] if self.copies - count < self.penalised.maxlen else None
 
     def estimate_pairs(self, model, at_step: bool = True) -> dict[str, torch.Tensor]:
         """Per term, ``(n, 2)`` float64: (training-time estimate, reference σ) of the recent
@@ -78,7 +109,9 @@ class ReferenceMonitor:
             rows = [r for r in self.penalised if r[0] == t]
             if not rows:
                 continue
-            snaps = [r[4] if at_step else None for r in rows]
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the weight copies have landed
+            snaps = [self._weights(r[4]) if at_step else None for r in rows]
             # the same sample of a batch, under the same weights
             keys = [(r[1].data_ptr(), tuple(r[1].shape), id(sn)) for r, sn in zip(rows, snaps)]
             refs = [known.get(k) if t == "j" else None for k in keys]
@@ -112,7 +145,7 @@ class ReferenceMonitor:
         at the weights of ``model`` now (only where the two differ)."""
         out = {}
         for name, at_step in (("est_ratio", True), ("est_ratio_end", False)):
-            if not at_step and not any(r[4] is not None for r in self.penalised):
+            if not at_step and not any(self._weights(r[4]) is not None for r in self.penalised):
                 break
             for t, p in self.estimate_pairs(model, at_step).items():
                 out[f"{name}_{t}"] = float((p[:, 0] / p[:, 1].clamp_min(1e-30)).median())
@@ -141,5 +174,6 @@ class ReferenceMonitor:
             resid.append(js["max_residual"])
         out.update(self.estimate_ratios(model))
         out["ref_residual"] = max(resid) if resid else math.nan
-        out["ref_time"] = time.perf_counter() - t0
+        out["ref_time"] = time.perf_counter() - t0 + self.copy_time  # the weight copies of the epoch too
+        self.copy_time = 0.0
         return out

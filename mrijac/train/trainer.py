@@ -407,6 +407,7 @@ class Trainer:
             t_got = time.perf_counter()
             sums.wait += t_got - t_mark
             y, A, target, info = self.task.unpack(batch, self.device)
+            c0 = self.monitor.copy_time
             try:
                 r, oom = self.train_step(y, A, target, info), 0
             except torch.cuda.OutOfMemoryError:
@@ -417,7 +418,7 @@ class Trainer:
                 if oom >= 3:
                     stop.sig = "oom"
             t_mark = time.perf_counter()
-            sums.busy += t_mark - t_got
+            sums.busy += t_mark - t_got - (self.monitor.copy_time - c0)  # the monitor's copies: its ref_time
             if r is not None:
                 sums.add(r)
                 bar.set_postfix(postfix(r))
