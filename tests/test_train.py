@@ -666,3 +666,23 @@ def test_monitor_compares_each_estimate_with_the_weights_it_was_made_with(data, 
     for tm, p in at_step.items():
         keep = [j for j, r in enumerate(r for r in rows if r[0] == tm) if t.monitor._weights(r[4]) is not None]
         assert bool((p[keep, 0] <= p[keep, 1] * 1.01).all()), p
+
+
+def test_monitor_references_at_most_a_training_batch_at_a_time(data, tmp_path, monkeypatch):
+    """The monitor's Lanczos runs hold a graph of every sample they are given: none is given
+    more samples than the training batch (batch 1 here), so the monitor's peak memory stays
+    within the training step's (it set the peak of a batch-1 run on the H100 before)."""
+    from mrijac.train import monitor as mon
+
+    sizes = []
+    real = mon.reference_sigma
+
+    def spy(f, y, *a, **k):
+        sizes.append(y.shape[0])
+        return real(f, y, *a, **k)
+
+    monkeypatch.setattr(mon, "reference_sigma", spy)
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "data.batch_size=1", "optim.epochs=1"), tmp_path)
+    row = t.fit()
+    assert "est_ratio_ja" in row and "est_ratio_end_ja" in row
+    assert sizes and max(sizes) == 1

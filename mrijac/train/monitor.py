@@ -35,11 +35,14 @@ class ReferenceMonitor:
 
     Args:
         slices: probe slices per split (0 switches the monitor off); ``tol``, ``max_iter``:
-            Lanczos tolerance and step cap; ``seed``: probe choice and start vectors.
+            Lanczos tolerance and step cap; ``seed``: probe choice and start vectors;
+            ``chunk``: most samples per reference computation (the training batch size, so
+            that the monitor's peak memory stays within the training step's; ``None``: all).
     """
 
-    def __init__(self, slices: int, tol: float, max_iter: int, seed: int):
+    def __init__(self, slices: int, tol: float, max_iter: int, seed: int, chunk: int | None = None):
         self.slices, self.tol, self.max_iter, self.seed = int(slices), tol, max_iter, seed
+        self.chunk = None if chunk is None else max(int(chunk), 1)
         self.probes, self.warm = None, {}
         self.penalised = deque(maxlen=2 * max(self.slices, 1))
         self.ring: list = []  # CPU copies of the weights of the last steps (pinned under CUDA), reused
@@ -119,7 +122,8 @@ class ReferenceMonitor:
             for i, v in enumerate(refs):
                 if v is None:
                     groups.setdefault(id(snaps[i]), []).append(i)
-            for need in groups.values():
+            c = self.chunk or len(rows)
+            for need in [g[i : i + c] for g in groups.values() for i in range(0, len(g), c)]:
                 net = model
                 if snaps[need[0]] is not None:
                     scratch = scratch or copy.deepcopy(model)

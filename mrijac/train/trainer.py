@@ -183,7 +183,7 @@ class Trainer:
         # the reference σ on fixed probes and the estimate/reference ratio; the fixed
         # training subset of the per-epoch GE
         t = cfg.train
-        self.monitor = ReferenceMonitor(t.ref_slices, t.ref_tol, t.ref_max_iter, t.seed)
+        self.monitor = ReferenceMonitor(t.ref_slices, t.ref_tol, t.ref_max_iter, t.seed, chunk=self.task.batch_size)
         self.steps_left = None  # steps left in the epoch (the monitor copies the weights of the last ones)
         self.ge_subset = None
         prec = str(cfg.train.precision)
