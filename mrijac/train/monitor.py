@@ -123,10 +123,11 @@ class ReferenceMonitor:
                 if v is None:
                     groups.setdefault(id(snaps[i]), []).append(i)
             c = self.chunk or len(rows)
-            for need in [g[i : i + c] for g in groups.values() for i in range(0, len(g), c)]:
+            for need in [grp[i : i + c] for grp in groups.values() for i in range(0, len(grp), c)]:
                 net = model
                 if snaps[need[0]] is not None:
-                    scratch = scratch or copy.deepcopy(model)
+                    if scratch is None:
+                        scratch = copy.deepcopy(model)
                     scratch.load_state_dict(snaps[need[0]])
                     net = scratch
                 y = torch.cat([rows[i][1] for i in need])
