@@ -56,6 +56,16 @@ def multicoil_problem(seed=0, B=3):
     return recon.as_function(A), y, A, recon
 
 
+def problem_with_jacobian(name, with_A):
+    """``(f, y, A, op, M)``: a named problem, the operator of the term (``A`` or ``None``) and
+    the explicit ``(B, m, n)`` Jacobian of that term."""
+    f, y, A = {"mlp": mlp_problem, "mri": lambda: mri_problem()[:3], "multicoil": lambda: multicoil_problem()[:3]}[
+        name
+    ]()
+    op = A if with_A else None
+    return f, y, A, op, explicit_JA(f, y, op)
+
+
 def explicit_JA(f, y, A):
     J = explicit_jacobian(f, y)
     if A is None:
@@ -444,11 +454,7 @@ from mrijac.jacobian import reference_sigma  # noqa: E402
 @pytest.mark.parametrize("problem", ["mlp", "mri", "multicoil"])
 @pytest.mark.parametrize("with_A", [True, False])
 def test_reference_sigma_matches_explicit_svd(problem, with_A):
-    f, y, A = {"mlp": mlp_problem, "mri": lambda: mri_problem()[:3], "multicoil": lambda: multicoil_problem()[:3]}[
-        problem
-    ]()
-    op = A if with_A else None
-    M = explicit_JA(f, y, op)
+    f, y, A, op, M = problem_with_jacobian(problem, with_A)
     U, S, Vh = torch.linalg.svd(M)
     r = reference_sigma(f, y, op, tol=1e-6, max_iter=100, stall_tol=0.0, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(r.sigma, S[:, 0], rtol=1e-4)
@@ -560,11 +566,7 @@ def _power(M, v, k):
 @pytest.mark.parametrize("problem", ["mlp", "mri", "multicoil"])
 @pytest.mark.parametrize("with_A", [True, False])
 def test_lanczos_start_one_step_is_a_power_step_and_more_steps_do_better(problem, with_A):
-    f, y, A = {"mlp": mlp_problem, "mri": lambda: mri_problem()[:3], "multicoil": lambda: multicoil_problem()[:3]}[
-        problem
-    ]()
-    op = A if with_A else None
-    M = explicit_JA(f, y, op)
+    f, y, A, op, M = problem_with_jacobian(problem, with_A)
     s1 = torch.linalg.svdvals(M)[:, 0]
     v0 = random_like_input(op, y)
     v, bound = lanczos_start(f, y, [op], [v0], 1)
