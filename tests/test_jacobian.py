@@ -546,8 +546,8 @@ def test_warm_start_input_is_typed_and_a_dict_means_the_same():
     assert sub.vectors["v_ja"].tolist() == [[4.0, 5.0], [0.0, 1.0]] and sub.cold.tolist() == [True, True]
 
 
-# --- Lanczos warm-start steps (krylov.lanczos_start) ------------------------------------------
-from mrijac.jacobian.krylov import lanczos_start  # noqa: E402
+# --- Lanczos warm-start steps (reference.lanczos_start) ------------------------------------------
+from mrijac.jacobian.reference import lanczos_start  # noqa: E402
 
 
 def _vec(v):

@@ -21,7 +21,7 @@ So each penalised step is one power iteration (n = 1, warm), carried across step
 ``|S|·K`` more samples in the batch instead of a forward-mode pass plus a VJP over the whole
 batch.  A sample without a stored vector first gets one exact (forward-mode) iteration, so that
 first estimates — and the automatic λ — match forward mode's n = 1; ``n_pre > 1`` exact products
-run as Lanczos steps (:mod:`mrijac.jacobian.krylov`).  The difference quotient has
+run as Lanczos steps (:func:`~mrijac.jacobian.reference.lanczos_start`).  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..operators.base import batch_norm2
-from .krylov import lanczos_start
+from .reference import lanczos_start
 from .vectors import Network, Operator, adjoint_op, apply_op, normalize, random_input, to_real
 
 OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
@@ -112,7 +112,7 @@ def fd_power_step(
         h: relative finite-difference step (default :func:`default_step`).
         n_pre: exact products (forward-mode JVP + VJP, no parameter graph) before the fused
             step, on the selected samples: ``n_pre`` Lanczos steps from ``v0``
-            (:func:`~mrijac.jacobian.krylov.lanczos_start`; one step is one power iteration,
+            (:func:`~mrijac.jacobian.reference.lanczos_start`; one step is one power iteration,
             more converge faster than as many power steps).
         recompute: instead of one stacked pass, the copies run first under activation checkpointing, so that the
             backward pass reaches them only after the batch's activations are freed and then

@@ -150,7 +150,7 @@ class JacobianPenalty:
             :meth:`calibrate`).
         n_iter: power iterations (spectral; with ``method="fd"``: ``n_iter − 1`` exact
             Lanczos steps from the carried vector before the fused step, see
-            :func:`~mrijac.jacobian.krylov.lanczos_start`); n_proj: random projections
+            :func:`~mrijac.jacobian.reference.lanczos_start`); n_proj: random projections
             (Frobenius).
         method: ``"forward"`` (forward-mode AD, works for InstanceNorm U-Nets),
             ``"double_vjp"``, or ``"fd"`` (spectral only: one power iteration per step fused
