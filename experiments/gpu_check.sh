@@ -7,7 +7,8 @@
 # $OUT (and experiments/results/).
 #   run(command="bash experiments/gpu_check.sh", carry=["experiments/wheels"], timeout_s=540)
 # DEVICE=cpu bash experiments/gpu_check.sh rehearses it here (smaller sizes, no CUDA tests).
-# COST_ROWS=plain,default,lz3 (rows of cost_default.py), COST_TIMEOUT=s, THROUGHPUT=0 (skip the
+# COST_ROWS=plain,default,lz3 (rows of cost_default.py), COST_BATCHES=1,2,4, COST_EPOCHS=6,
+# COST_REF=2 (reference-σ probe slices; 0: monitor off), COST_TIMEOUT=s, THROUGHPUT=0 (skip the
 # throughput table, unchanged since its last run) fit the check to what a session measures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,14 +32,14 @@ PY
 echo "install: $(( $(date +%s) - T0 )) s"
 if [ "$DEVICE" = cuda ]; then
   timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -4
-  SIZE="synthetic:640x368:320x320"; CH=32; PO=4; BATCHES=1,4
+  SIZE="synthetic:640x368:320x320"; CH=32; PO=4; BATCHES=${COST_BATCHES:-1,4}
 else
   timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_operators.py tests/test_cuda.py 2>&1 | tail -3
-  SIZE="synthetic:96x80:64x64"; CH=8; PO=2; BATCHES=1,2
+  SIZE="synthetic:96x80:64x64"; CH=8; PO=2; BATCHES=${COST_BATCHES:-1,2}
 fi
 echo "tests: $(( $(date +%s) - T0 )) s"
 timeout "${COST_TIMEOUT:-270}" python3 experiments/cost_default.py --data "$SIZE" --chans $CH --pools $PO --batches $BATCHES \
-  --rows "${COST_ROWS:-plain,default}" --epochs 6 --train-slices 8 --ref-slices 2 --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
+  --rows "${COST_ROWS:-plain,default}" --epochs "${COST_EPOCHS:-6}" --train-slices 8 --ref-slices "${COST_REF:-2}" --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
 echo "cost: $(( $(date +%s) - T0 )) s"
 SMALL=$([ "$DEVICE" = cuda ] || echo --small)
 # slices/s, data wait and peak memory, single-coil knee and 16-coil brain, plain and default

@@ -5,7 +5,7 @@
 # its report after each run, so a stopped one keeps its finished rows.  Per process (λ = 0.2
 # unless named): seeds 0, 1, 2 × (plain, default, forward n = 10); seed 0 × (fd2, forward n = 1);
 # seed 0 at λ = 0.5 × (default, forward10); with PHASE=2 (a second call): seeds 1, 2 at λ = 0.5
-# and seed 0 at λ = 1 × (default, forward10); PHASE=3 and 4: see their branches.  Their step × plain
+# and seed 0 at λ = 1 × (default, forward10); PHASE=3, 4 and 5: see their branches.  Their step × plain
 # ratios share the GPU: not cost
 # figures (gpu_check.sh's cost table is).  Merge here afterwards with true_sigma.py --merge
 # (results/true_sigma_gpu*.md list the commands; plain runs are λ-independent and merged in).
@@ -37,9 +37,12 @@ elif [ "$PHASE" = 3 ]; then  # the estimate/reference ratio at the step's own we
     ts "def05_s$s" --rows default --seed-start "$s" --lam 0.5 "$@"
     ts "lz3_s$s" --rows lz3 --seed-start "$s" --lam 0.5 "$@"
   done
-else  # PHASE=4: 4 Lanczos steps per visit at λ = 0.5, and the default at λ = 1, seeds 1, 2
+elif [ "$PHASE" = 4 ]; then  # 4 Lanczos steps per visit at λ = 0.5, and the default at λ = 1, seeds 1, 2
   for s in 0 1 2; do ts "lz5_s$s" --rows lz5 --seed-start "$s" --lam 0.5 "$@"; done
   for s in 1 2; do ts "lam1_s$s" --rows default --seed-start "$s" --lam 1.0 "$@"; done
+else  # PHASE=5: the default at the sweep's recommended λ = 1, seeds 0, 1, 2 (3 processes; seed 0
+  # again for the estimate/reference at the step's own weights, which its 2026-11-26 run lacks)
+  for s in 0 1 2; do ts "lam1_s$s" --rows default --seed-start "$s" --lam 1.0 "$@"; done
 fi
 wait
 grep -h "seed" "$RES"/ts_*.log
