@@ -170,7 +170,12 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from <out>.json, run nothing")
     ap.add_argument("--keep", default="", help="keep the run folders (checkpoints) and the data under this folder")
-    ap.add_argument("--merge", default="", help="comma-separated result .json files whose runs are added (report)")
+    ap.add_argument(
+        "--merge",
+        default="",
+        help="comma-separated result .json files whose runs are added (report); FILE@row+row takes only those rows",
+    )
+    ap.add_argument("--machine", default="", help="--report-only: the machine line (runs merged from several machines)")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--ref-slices", type=int, default=4)
     ap.add_argument(
@@ -185,15 +190,22 @@ def main():
     rows = a.rows.split(",")
     results, a.commands = load_previous(Path(a.out)) if a.append or a.report_only else ({}, [])
     for extra in filter(None, a.merge.split(",")):  # runs made by parallel calls
+        extra, _, only = extra.partition("@")
         more, cmds = load_previous(Path(extra))
+        if not more:
+            raise SystemExit(f"--merge: no results in {Path(extra).with_suffix('.json')}")
+        if only:  # just the commands that ran one of the rows taken
+            cmds = [c for c in cmds if set(_rows_of(c)) & set(only.split("+"))]
         a.commands += [c for c in cmds if c not in a.commands]
         for task, more_rows in more.items():  # not `rows`: that is the list of rows to run
             for row, runs in more_rows.items():
+                if only and row not in only.split("+"):
+                    continue
                 have = {r.get("seed") for r in results.get(task, {}).get(row, [])}
                 results.setdefault(task, {}).setdefault(row, []).extend(r for r in runs if r.get("seed") not in have)
     if a.report_only:  # keep the machine the runs were made on (the first file's)
         first = Path(a.out).with_suffix(".json")
-        a.machine = json.loads(first.read_text()).get("machine") if first.exists() else None
+        a.machine = a.machine or (json.loads(first.read_text()).get("machine") if first.exists() else None)
         return report(results, a, epochs)
     a.commands = a.commands + [_command(a)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,6 +234,12 @@ def main():
                         flush=True,
                     )
                     report(results, a, epochs)  # after every run: a stopped sweep keeps its rows
+
+
+def _rows_of(command: str) -> list[str]:
+    """The ``--rows`` of a recorded command line (every row when it names none)."""
+    words = command.strip("`").split()
+    return words[words.index("--rows") + 1].split(",") if "--rows" in words[:-1] else list(ROWS)
 
 
 def load_previous(out: Path) -> tuple[dict, list[str]]:
@@ -281,7 +299,8 @@ def summarize(results, a, epochs):
         "of the step that made the estimate (the estimator's accuracy), 'end' = of the weights at the end of the "
         "epoch (the estimator's error plus how far σ moved in the remaining steps; histories from before "
         "2026-11-27 have only this one). "
-        "'worst epoch' = the largest val σ(J A) ratio to plain over epochs 2…end.",
+        "'worst epoch' = the largest σ(J A) ratio to plain over epochs 2…end, of the mean over seeds on the "
+        "validation / training probes, and in brackets of the worst single seed.",
         "",
     ]
     data = {
@@ -296,7 +315,8 @@ def summarize(results, a, epochs):
             f"## {task}",
             "",
             "| row | λ | seeds | val σ(JA) mean / max | × plain | train σ(JA) mean / max | × plain | "
-            "val σ(J) mean | est/ref JA, step / end | est/ref J, step / end | worst epoch val σ(JA) × plain | "
+            "val σ(J) mean | est/ref JA, step / end | est/ref J, step / end | "
+            "worst epoch σ(JA) × plain, val / train (worst seed) | "
             "val σ(JA) × plain, mean of epochs ≥ E/2 | "
             "val PSNR − plain | SSIM | step × plain |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -312,6 +332,7 @@ def summarize(results, a, epochs):
 
             n_ep = min((len(h) for h, _ in pairs), default=0)
             per_epoch = [ratio("val_sigma_ja_mean", e) for e in range(n_ep)]
+            per_epoch_train = [ratio("train_ref_sigma_ja_mean", e) for e in range(n_ep)]
             rec = {
                 "val_sigma_ja_mean": _m(hs, "val_sigma_ja_mean"),
                 "val_sigma_ja_max": _m(hs, "val_sigma_ja_max"),
@@ -324,6 +345,12 @@ def summarize(results, a, epochs):
                 "val_ratio_per_seed": [h[-1]["val_sigma_ja_mean"] / p[-1]["val_sigma_ja_mean"] for h, p in pairs],
                 **{f"est_ratio{w}_{t}": _est(hs, t, w) for t in ("ja", "j") for w in ("", "_end")},
                 "worst_epoch_ratio": max(per_epoch[1:]) if len(per_epoch) > 1 else math.nan,
+                "worst_epoch_train_ratio": max(per_epoch_train[1:]) if len(per_epoch_train) > 1 else math.nan,
+                # the acceptance is per seed: the largest ratio of any seed at any epoch ≥ 2
+                **{
+                    f"worst_seed_epoch{name}_ratio": _worst_seed(pairs, key)
+                    for name, key in (("", "val_sigma_ja_mean"), ("_train", "train_ref_sigma_ja_mean"))
+                },
                 # the plain network's σ wanders from epoch to epoch: the mean over the second half
                 # of training is a steadier comparison than the last epoch alone
                 "late_ratio": float(np.mean(per_epoch[n_ep // 2 :])) if n_ep else math.nan,
@@ -344,7 +371,9 @@ def summarize(results, a, epochs):
                 f"{rec['val_ratio']:.2f} | {rec['train_sigma_ja_mean']:.3f} / {rec['train_sigma_ja_max']:.3f} | "
                 f"{rec['train_ratio']:.2f} | {rec['val_sigma_j_mean']:.3f} | "
                 f"{rec['est_ratio_ja']:.2f} / {rec['est_ratio_end_ja']:.2f} | "
-                f"{rec['est_ratio_j']:.2f} / {rec['est_ratio_end_j']:.2f} | {rec['worst_epoch_ratio']:.2f} | "
+                f"{rec['est_ratio_j']:.2f} / {rec['est_ratio_end_j']:.2f} | {rec['worst_epoch_ratio']:.2f} / "
+                f"{rec['worst_epoch_train_ratio']:.2f} ({rec['worst_seed_epoch_ratio']:.2f} / "
+                f"{rec['worst_seed_epoch_train_ratio']:.2f}) | "
                 f"{rec['late_ratio']:.2f} | "
                 f"{rec['psnr_vs_plain']:+.2f} | {rec['ssim']:.4f} | {rec['step_ratio']:.2f} |"
             )
@@ -353,6 +382,12 @@ def summarize(results, a, epochs):
     data["commands"] = a.commands
     lines += ["Commands (in order): " + "; ".join(f"`{c}`" for c in a.commands) + f"; machine: {data['machine']}."]
     return lines, data
+
+
+def _worst_seed(pairs, key) -> float:
+    """The largest ``key`` ratio to plain of any seed at any epoch after the first."""
+    v = [h[e].get(key, math.nan) / p[e].get(key, math.nan) for h, p in pairs for e in range(1, min(len(h), len(p)))]
+    return float(np.nanmax(v)) if v and any(np.isfinite(v)) else math.nan
 
 
 def _row_lams(runs) -> list[float]:

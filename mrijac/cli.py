@@ -308,7 +308,7 @@ def cmd_sweep(a):
         lams = [float(v) for v in a.lambdas.split(",")]
     except ValueError:
         raise ValueError(f"--lambdas must be comma-separated numbers, got {a.lambdas!r}") from None
-    r = lambda_sweep(load_config(a.config, a.overrides), lams, a.out, a.overwrite, a.max_drop)
+    r = lambda_sweep(load_config(a.config, a.overrides), lams, a.out, a.overwrite, a.max_drop, a.seeds)
     print(f"recommended λ = {r['recommended']['lambda']:g}; report: {Path(a.out) / 'report.html'}")
 
 
@@ -394,6 +394,12 @@ def add_run_parsers(sub):
         type=float,
         default=0.2,
         help="largest PSNR loss (dB) against λ = 0 that a recommendation may have",
+    )
+    w.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="training seeds per λ (train.seed, train.seed+1, …); the recommendation uses their means",
     )
     w.add_argument("--out", required=True)
     w.add_argument("--overwrite", action="store_true")

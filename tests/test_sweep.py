@@ -6,7 +6,7 @@ import math
 import pytest
 
 from mrijac.cli import main
-from mrijac.sweep import recommend
+from mrijac.sweep import aggregate, recommend
 
 
 def test_recommend_picks_lowest_sigma_within_the_psnr_budget():
@@ -43,6 +43,60 @@ def test_sweep_command_trains_each_lambda_and_reports(tmp_path, capsys, syntheti
     cfg.write_text(f"data: {{root: {root}}}\nreg: {{name: wd}}\n")
     assert main(["sweep", "--config", str(cfg), "--out", str(tmp_path / "s2")]) == 2
     assert "needs a Jacobian penalty" in capsys.readouterr().err
+
+
+def test_aggregate_pairs_each_seed_with_its_own_baseline():
+    def run(lam, seed, psnr, sigma):
+        return {"lambda": lam, "seed": seed, "psnr": psnr, "val_sigma_ja_mean": sigma, "ssim": 0.5}
+
+    runs = [run(0.0, 0, 30.0, 2.0), run(0.0, 1, 31.0, 4.0), run(0.5, 0, 29.9, 1.0), run(0.5, 1, 30.5, 3.0)]
+    rows = {r["lambda"]: r for r in aggregate(runs)}
+    assert rows[0.5]["seeds"] == 2 and rows[0.5]["psnr"] == pytest.approx(30.2)
+    assert rows[0.5]["val_sigma_ja_mean"] == pytest.approx(2.0)
+    # paired: (1/2 + 3/4) / 2, not the ratio of the means (2.0 / 3.0)
+    assert rows[0.5]["sigma_ratio"] == pytest.approx(0.625) and rows[0.5]["sigma_ratio_worst"] == pytest.approx(0.75)
+    assert rows[0.5]["psnr_diff"] == pytest.approx(-0.3) and rows[0.5]["psnr_diff_worst"] == pytest.approx(-0.5)
+    assert rows[0.0]["sigma_ratio"] == 1.0 and math.isnan(rows[0.5]["step_time"])
+    # a seed whose λ = 0 run is missing is left out of the paired columns
+    rows = {r["lambda"]: r for r in aggregate(runs[:1] + runs[2:])}
+    assert rows[0.5]["sigma_ratio"] == pytest.approx(0.5) and rows[0.5]["seeds"] == 2
+
+
+def test_sweep_over_seeds_runs_every_lambda_per_seed(tmp_path, synthetic_knee):
+    from mrijac.config import load_config
+    from mrijac.sweep import lambda_sweep
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={synthetic_knee}",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            "model.chans=4",
+            "model.num_pool_layers=2",
+            "reg.name=sja+sj",
+            "optim.epochs=1",
+            "train.progress=false",
+            "train.ref_slices=1",
+            "train.seed=3",
+        ],
+    )
+    res = lambda_sweep(cfg, [0.5], tmp_path / "s", seeds=2)
+    assert [(r["lambda"], r["seed"]) for r in res["runs"]] == [(0.0, 3), (0.5, 3), (0.0, 4), (0.5, 4)]
+    for lam in (0, 0.5):
+        for seed in (3, 4):
+            hist = tmp_path / "s" / "runs" / f"lam_{lam:g}" / f"seed_{seed}" / "history.csv"
+            assert hist.exists(), hist
+    by_seed = {r["seed"]: r["psnr"] for r in res["runs"] if r["lambda"] == 0}
+    assert by_seed[3] != by_seed[4]  # the seed reaches the weights: two different baselines
+    row = next(r for r in res["rows"] if r["lambda"] == 0.5)
+    assert row["seeds"] == 2
+    assert row["psnr"] == pytest.approx(sum(r["psnr"] for r in res["runs"] if r["lambda"] == 0.5) / 2)
+    saved = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert len(saved["runs"]) == 4 and saved["recommended"]["lambda"] in (0.0, 0.5)
+    assert "seeds 3, 4" in (tmp_path / "s" / "report.md").read_text()
+    with pytest.raises(ValueError, match="--seeds"):
+        lambda_sweep(cfg, [0.5], tmp_path / "s3", seeds=0)
 
 
 @pytest.mark.parametrize("bad", ["-1", "nan"])
