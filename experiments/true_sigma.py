@@ -426,9 +426,7 @@ def figure(results, path):
     """Per task, the σ(J A) ratio to plain per epoch on the validation and the training probes
     (mean over seeds, the seeds' range shaded; dashed: the 0.85 of the acceptance)."""
     probes = (("val_sigma_ja_mean", "validation"), ("train_ref_sigma_ja_mean", "training"))
-    fig, axes = plt.subplots(
-        len(probes), len(results), figsize=(5.5 * len(results), 3.4 * len(probes)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(probes), len(results), figsize=(5.5 * len(results), 3.4 * len(probes)), squeeze=False)
     for col, (task, rs) in enumerate(results.items()):
         for ax, (key, name) in zip(axes[:, col], probes):
             for row, runs in rs.items():
@@ -450,6 +448,7 @@ def figure(results, path):
             ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path)
+
 
 if __name__ == "__main__":
     main()
