@@ -67,6 +67,10 @@ ROWS = {
         "the default + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
     ),
+    "win3": (
+        "the default with a 3-vector window per sample (reg.fd_window=3, LOBPCG-like)",
+        ["reg.fd_window=3"],
+    ),
     "fdalt": (
         "fd, arg-max sample, one term per step",
         ["reg.method=fd", "reg.samples=1", "reg.alternate=true"],

@@ -635,3 +635,86 @@ def test_fd_penalty_with_n_iter_runs_lanczos_steps_before_the_fused_one():
         assert torch.allclose(st["sigma_ja"], want, rtol=1e-6)
         power = (M @ _power(M, _vec(v0), k - 1)).norm(dim=1).squeeze(-1)
         assert bool((st["sigma_ja"] >= power * (1 - 1e-6)).all())
+
+
+def _ritz_sigma(M, vecs):
+    """σ_max(M Q), Q an orthonormal basis of the real-view vectors ``vecs`` (per sample)."""
+    Q, _ = torch.linalg.qr(torch.cat([_vec(v) for v in vecs], 2))
+    return torch.linalg.svdvals(M @ Q)[:, 0]
+
+
+@pytest.mark.parametrize("problem", ["mri", "multicoil"])
+def test_fd_window_penalises_the_rayleigh_ritz_vector_of_its_subspace(problem):
+    """``window=3``: σ̂ = σ_max(J A V) over the span of the carried vectors (explicit Jacobian),
+    ≥ the lead vector's ‖J A v‖ and ≤ σ₁; ∇θ is that of ⟨û, J A v*⟩ at the Ritz vector v*; the
+    backward hands back the next window {Aᴴ Jᵀ û, v*, the previous Ritz vector}."""
+    f_, y, A, recon = (mri_problem if problem == "mri" else multicoil_problem)(B=3)
+    M = explicit_JA(f_, y, A)
+    lead, r1 = random_like_input(A, y, 11), random_like_input(A, y, 12)
+    pen = JacobianPenalty("spectral", lambda_ja=0.7, method="fd", window=3, tie=False)
+    recon.zero_grad()
+    out, p, st = pen(recon, y, A, v0={"v_ja": lead, "v_ja_1": r1})
+    p.backward()
+    assert torch.allclose(out, f_(y), atol=1e-12)
+    # the third window vector was missing: a random one orthogonal to the others fills it, so
+    # σ̂ lies between the 2-vector subspace's Ritz value and σ₁
+    two = _ritz_sigma(M, [lead, r1])
+    s1 = torch.linalg.svdvals(M)[:, 0]
+    assert bool((st["sigma_ja"] >= two * (1 - 1e-6)).all()) and bool((st["sigma_ja"] <= s1 * (1 + 1e-6)).all())
+    one = (M @ torch.nn.functional.normalize(_vec(lead), dim=1)).norm(dim=1).squeeze(-1)
+    assert bool((st["sigma_ja"] > one).all())
+    # the Ritz vector v* (stored as v_ja_1) spans with the window: σ̂ = ‖J A v*‖ exactly
+    vstar = _vec(st["v_ja_1"])
+    assert torch.allclose(vstar.norm(dim=1).squeeze(-1), torch.ones(3, dtype=DT))
+    assert torch.allclose((M @ vstar).norm(dim=1).squeeze(-1), st["sigma_ja"], rtol=1e-6)
+    # next lead: one power step from v*; the previous Ritz vector moves one place down
+    assert torch.allclose(_vec(st["v_ja"]), _power(M, vstar, 1), atol=1e-6)
+    assert torch.allclose(_vec(st["v_ja_2"]), torch.nn.functional.normalize(_vec(r1), dim=1), atol=1e-12)
+    # ∇θ = 0.7 ∇⟨û, J_θ(y_b) A v*⟩ at the arg-max sample (û, v* fixed): forward-mode JVP of the
+    # functional network
+    b = int(st["sigma_ja"].argmax())
+    u = torch.nn.functional.normalize((M[b] @ vstar[b])[:, 0], dim=0).detach()
+    params = {k: v.detach() for k, v in recon.named_parameters()}
+    d = A.select(slice(b, b + 1))(st["v_ja_1"][b : b + 1])
+
+    def surrogate(prm):
+        fn = lambda yy: torch.func.functional_call(recon, prm, (yy, A.select(slice(b, b + 1))))  # noqa: E731
+        _, t = torch.func.jvp(fn, (y[b : b + 1],), (d,))
+        return 0.7 * (u * torch.view_as_real(t).reshape(-1) if t.is_complex() else u * t.reshape(-1)).sum()
+
+    grads = torch.func.grad(surrogate)(params)
+    ref = torch.cat([grads[k].reshape(-1) for k, _ in recon.named_parameters()])
+    assert (_param_grads(recon) - ref).norm() / ref.norm() < 1e-4
+
+
+def test_fd_window_converges_faster_than_power_steps_on_a_flat_top():
+    """Carried from step to step, the 3-vector window (LOBPCG's subspace) gets far closer to σ₁
+    on the flat-topped spectrum than one vector (a power step per step) in as many steps."""
+    M, smax = _flat_top()
+    f = _Linear(M)
+    y = torch.randn(2, M.shape[1], generator=torch.Generator().manual_seed(1), dtype=DT)
+    gaps = {}
+    for W in (1, 3):
+        pen = JacobianPenalty("spectral", lambda_j=1.0, method="fd", window=W)
+        v0, g = {"v_j": torch.randn(2, M.shape[1], generator=torch.Generator().manual_seed(2), dtype=DT)}, None
+        for _ in range(25):
+            _, p, st = pen(f, y, None, v0=v0, generator=g)
+            p.backward()
+            v0 = {k: st[k] for k in st if k.startswith("v_")}
+        assert bool((st["sigma_j"] <= smax * (1 + 1e-6)).all())
+        gaps[W] = float((smax - st["sigma_j"]).max())
+    assert gaps[3] < 0.2 * gaps[1], gaps
+
+
+def test_fd_window_refuses_bad_settings():
+    with pytest.raises(ValueError, match="window"):
+        JacobianPenalty("spectral", lambda_ja=1.0, method="forward", window=2)
+    with pytest.raises(ValueError, match="window"):
+        JacobianPenalty("spectral", lambda_ja=1.0, method="fd", window=0)
+    from mrijac.config import load_config
+
+    with pytest.raises(ValueError, match="reg.fd_window"):
+        load_config(None, ["reg.name=sja", "reg.method=forward", "reg.fd_window=3"])
+    with pytest.raises(ValueError, match="reg.fd_window"):
+        load_config(None, ["reg.name=sja", "reg.pool=1", "reg.fd_window=3"])
+    assert load_config(None, ["reg.name=sja", "reg.fd_window=3"]).reg.method == "fd"
