@@ -38,7 +38,6 @@ ROWS = {
     "default": ("the default sja+sj (reg: {name: sja+sj})", []),
     "defaultrc": ("the default with reg.fd_recompute=true", ["reg.fd_recompute=true"]),
     "lz3": ("the default + 2 Lanczos steps per visit (reg.n_iter=3)", ["reg.n_iter=3"]),
-    "win3": ("the default with a 3-vector window (reg.fd_window=3)", ["reg.fd_window=3"]),
     "lz5": ("the default + 4 Lanczos steps per visit (reg.n_iter=5)", ["reg.n_iter=5"]),
     "pool": ("tracked pool of 1 (reg.pool=1)", ["reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"]),
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),

@@ -67,10 +67,6 @@ ROWS = {
         "the default + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
     ),
-    "win3": (
-        "the default with a 3-vector window per sample (reg.fd_window=3, LOBPCG-like)",
-        ["reg.fd_window=3"],
-    ),
     "fdalt": (
         "fd, arg-max sample, one term per step",
         ["reg.method=fd", "reg.samples=1", "reg.alternate=true"],
@@ -84,6 +80,19 @@ ROWS = {
         ["reg.method=fd", "reg.pool=2", "reg.pool_refresh=10", "reg.pool_iters=8", "reg.alternate=true"],
     ),
 }
+
+# rows that were measured and then removed with their option; kept so that their reports can be
+# redrawn (--report-only / --merge)
+RETIRED = {
+    "win3": (
+        "the default with a 3-vector window per sample (reg.fd_window=3, LOBPCG-like; removed after "
+        "this measurement, commit d0987a2)",
+    ),
+}
+
+
+def _label(row: str) -> str:
+    return (ROWS.get(row) or RETIRED[row])[0]
 
 
 def make_data(task: str, tmp: Path, quick: bool, shared: Path = SHARED) -> tuple[Path, list[str]]:
@@ -370,7 +379,7 @@ def summarize(results, a, epochs):
             }
             data["tasks"][task][row] = rec
             lines.append(
-                f"| {ROWS[row][0]} | {_row_lam(runs)} | {len(runs)} | "
+                f"| {_label(row)} | {_row_lam(runs)} | {len(runs)} | "
                 f"{rec['val_sigma_ja_mean']:.3f} / {rec['val_sigma_ja_max']:.3f} | "
                 f"{rec['val_ratio']:.2f} | {rec['train_sigma_ja_mean']:.3f} / {rec['train_sigma_ja_max']:.3f} | "
                 f"{rec['train_ratio']:.2f} | {rec['val_sigma_j_mean']:.3f} | "
@@ -442,7 +451,7 @@ def figure(results, path):
                     [[h[e].get(key, math.nan) / p[e].get(key, math.nan) for e in range(n_ep)] for h, p in pairs]
                 )
                 ep = np.arange(1, n_ep + 1)
-                line = ax.plot(ep, per.mean(0), marker="o", label=f"{ROWS[row][0]} ({len(pairs)} seeds)")[0]
+                line = ax.plot(ep, per.mean(0), marker="o", label=f"{_label(row)} ({len(pairs)} seeds)")[0]
                 if len(pairs) > 1:  # the seeds' range
                     ax.fill_between(ep, per.min(0), per.max(0), color=line.get_color(), alpha=0.15)
             ax.axhline(0.85, color="k", ls="--", lw=0.8)

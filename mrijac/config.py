@@ -136,12 +136,6 @@ class RegConfig:
     alternate: bool = _opt(True, "sja+sj / fja+fj: one term per penalised step, in turn (×2)")
     fd_step: float = _opt(0.0, "method=fd: relative finite-difference step (0: 0.3·sqrt(eps))")
     fd_recompute: bool = _opt(False, "method=fd: checkpoint the perturbed copies (less memory)")
-    fd_window: int = _opt(
-        1,
-        "method=fd: right vectors carried per sample; the step penalises their Rayleigh–Ritz best "
-        "combination (1: power step; 3: LOBPCG-like), one copy each",
-        min=1,
-    )
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
     pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")
@@ -415,12 +409,6 @@ def validate(cfg: Config) -> None:
             f"reg.pool (tracked samples) needs reg.method=fd and a spectral "
             f"penalty (sj, sja, sja+sj), got reg.method={r.method}, "
             f"reg.name={r.name}"
-        )
-    if r.fd_window > 1 and r.name in ("sj", "sja", "sja+sj") and (r.method != "fd" or r.pool):
-        raise ValueError(
-            f"config key reg.fd_window={r.fd_window} needs reg.method=fd (auto: float32, no BatchNorm) "
-            "without reg.pool, "
-            f"got reg.method={r.method}, reg.pool={r.pool}"
         )
     if "ja" in r.name and r.lambda_ja == 0:
         raise ValueError(f"reg.name={r.name} needs reg.lambda_ja > 0 or 'auto'")

@@ -21,12 +21,7 @@ So each penalised step is one power iteration (n = 1, warm), carried across step
 ``|S|·K`` more samples in the batch instead of a forward-mode pass plus a VJP over the whole
 batch.  A sample without a stored vector first gets one exact (forward-mode) iteration, so that
 first estimates — and the automatic λ — match forward mode's n = 1; ``n_pre > 1`` exact products
-run as Lanczos steps (:func:`~mrijac.jacobian.reference.lanczos_start`).  With ``window = W > 1``
-each penalised sample carries ``W`` right vectors — the last VJP direction, the last Ritz vector
-and the ones before it, a LOBPCG-like subspace — and rides as ``W`` copies: the step's estimate
-is the Rayleigh–Ritz value ``σ̂ = σ_max(J A V)`` over their span (``V`` orthonormal, one batched
-pass, no extra sequential product), penalised through the Ritz combination ``J A V c``.  The
-difference quotient has
+run as Lanczos steps (:func:`~mrijac.jacobian.reference.lanczos_start`).  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
@@ -41,7 +36,7 @@ import torch
 from torch import nn
 
 from ..operators.base import batch_norm2
-from .reference import _orthogonalize, lanczos_start
+from .reference import lanczos_start
 from .vectors import Network, Operator, adjoint_op, apply_op, normalize, random_input, to_real
 
 OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
@@ -91,40 +86,6 @@ def _stacked_op(A, idx: torch.Tensor | None, copies: int, with_batch: bool):
     return parts[0] if len(parts) == 1 else type(A).cat(parts)
 
 
-def orthonormal_window(vecs: list, size: int, op, ys: torch.Tensor, generator=None) -> list:
-    """``size`` orthonormal (real inner product, per sample) vectors ``(S, …)`` spanning the
-    leading ones of ``vecs`` (most important first; ``None`` entries skipped).  A vector (nearly)
-    inside the span of those before it — a converged window — or a missing one is replaced by a
-    random direction orthogonal to them, so the window always has full rank."""
-    out = []
-    for v in [v for v in vecs if v is not None][:size]:
-        out.append(_unit_or_random(_orthogonalize(v.detach().to(ys.device), out), out, op, ys, generator))
-    while len(out) < size:
-        out.append(_unit_or_random(None, out, op, ys, generator))
-    return out
-
-
-def _unit_or_random(w, basis, op, ys, generator):
-    """``w / ‖w‖`` per sample; where ``w`` is missing or its norm is below 1e-3 (of a unit vector
-    that was orthogonalized), a random unit vector orthogonal to ``basis``."""
-    r = normalize(_orthogonalize(random_input(op, ys, generator), basis))
-    if w is None:
-        return r
-    nrm = batch_norm2(w)
-    keep = (nrm > 1e-3).view(-1, *[1] * (w.dim() - 1))
-    return torch.where(keep, w / nrm.clamp_min(1e-30).view(-1, *[1] * (w.dim() - 1)), r)
-
-
-def _ritz(diffs: list[torch.Tensor]) -> torch.Tensor:
-    """Top right singular vector ``c`` ``(S, W)`` of the ``(n × W)`` matrices ``[d_1 … d_W]`` per
-    sample (``d_w = J A v_w``, detached), signed so that ``c_1 ≥ 0`` (along the lead vector)."""
-    D = torch.stack([to_real(d).reshape(d.shape[0], -1).double() for d in diffs], 1)  # (S, W, n)
-    G = D @ D.transpose(1, 2)
-    _, vec = torch.linalg.eigh(G)
-    c = vec[:, :, -1]
-    return c * torch.where(c[:, :1] < 0, -1.0, 1.0)
-
-
 def fd_power_step(
     make_fn: Callable[[Operator], Network],
     y: torch.Tensor,
@@ -138,7 +99,6 @@ def fd_power_step(
     sink: dict | None = None,
     names: list | None = None,
     recompute: bool = False,
-    window: int = 1,
 ):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
@@ -148,8 +108,7 @@ def fd_power_step(
             ``None`` for the identity, i.e. ``||J||``); idx: the ``S`` selected samples or
             ``None`` (all, ``S = B``).
         v0: K unit right singular vectors ``(S, …)`` in the input space of ``A_k`` (warm start)
-            or ``None`` entries (random); with ``window > 1`` each entry may be a list of up to
-            ``window`` vectors, the lead one first.
+            or ``None`` entries (random).
         h: relative finite-difference step (default :func:`default_step`).
         n_pre: exact products (forward-mode JVP + VJP, no parameter graph) before the fused
             step, on the selected samples: ``n_pre`` Lanczos steps from ``v0``
@@ -161,14 +120,7 @@ def fd_power_step(
             forward of the copies.
         sink, names: if given, the backward pass of anything that depends on the surrogates
             stores the next unit right singular vectors ``(S, …)`` as ``sink[names[k]]``
-            (copies that received no gradient — not the arg-max — keep their vector); with
-            ``window > 1`` also the Ritz vector ``V c`` as ``sink[names[k] + "_1"]`` and the
-            carried Ritz vectors of earlier visits as ``"_2"`` … (the next window: with
-            ``W = 3`` LOBPCG's ``{Aᴴ Jᵀ û, x, x_prev}``).
-        window: right vectors per sample and term, ``W`` copies each: the estimate is the
-            Rayleigh–Ritz value ``σ_max(J A V)`` over their span (``V`` orthonormalized) and the
-            surrogate ``⟨û, J A V c⟩`` (value ``σ̂``, gradient ``⟨û, ∂(J A v*)/∂θ⟩`` at the Ritz
-            vector ``v* = V c``); the backward gives ``Aᴴ Jᵀ û`` through every copy.
+            (copies that received no gradient — not the arg-max — keep their vector).
     Returns:
         ``(out, surrogates, sigmas)``: ``out = f(y)`` ``(B, …)`` with graph; K
         differentiable ``(S,)`` surrogates (value ``σ̂``); K detached ``(S,)`` ``σ̂``.
@@ -181,24 +133,16 @@ def fd_power_step(
     S = ys.shape[0]
     rdt = y.real.dtype
     h = default_step(rdt) if h is None else float(h)
-    W = int(window)
-    if W < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    wins = []  # K windows of vectors (S, …), the lead one first
+    vs = []
     for k, op in enumerate(ops):
-        entry = None if v0 is None else v0[k]
-        vecs = [] if entry is None else ([entry] if torch.is_tensor(entry) else [v for v in entry if v is not None])
-        if not vecs:
-            vecs = [random_input(op, ys, generator)]
-        wins.append([normalize(v.detach().to(ys.device)) for v in vecs])
+        v = None if v0 is None else v0[k]
+        if v is None:
+            v = random_input(op, ys, generator)
+        vs.append(normalize(v.detach().to(ys.device)))
     fn_sel = make_fn(A_sel)
     if n_pre > 0:
-        leads, _ = lanczos_start(fn_sel, ys, ops, [w[0] for w in wins], n_pre)
-        wins = [[v] + w[1:] for v, w in zip(leads, wins)]
-    raws = wins  # as carried: the lead vector, then the Ritz vectors of earlier visits
-    wins = [w[:1] if W == 1 else orthonormal_window(w, W, op, ys, generator) for w, op in zip(wins, ops)]
-    vs = [v for w in wins for v in w]  # copy j = k·W + w
-    dirs = [apply_op(ops[j // W], v) for j, v in enumerate(vs)]
+        vs, _ = lanczos_start(fn_sel, ys, ops, vs, n_pre)
+    dirs = [apply_op(op, v) for op, v in zip(ops, vs)]
     scale = h * batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
     steps = [scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny) for d in dirs]
     bshape = lambda s: s.view(-1, *[1] * (ys.dim() - 1))  # noqa: E731
@@ -206,60 +150,36 @@ def fd_power_step(
     Xc = Xc.detach().requires_grad_()
     with torch.enable_grad():
         if not recompute:
-            out_all = make_fn(_stacked_op(A, idx, K * W, True))(torch.cat([y, Xc]))
+            out_all = make_fn(_stacked_op(A, idx, K, True))(torch.cat([y, Xc]))
             out, out1 = out_all[:B], out_all[B:]
         else:
             from torch.utils.checkpoint import checkpoint
 
-            out1 = checkpoint(make_fn(_stacked_op(A, idx, K * W, False)), Xc, use_reentrant=False)
+            out1 = checkpoint(make_fn(_stacked_op(A, idx, K, False)), Xc, use_reentrant=False)
             out = make_fn(A)(y)
     out0 = out if idx is None else out[idx]
-    surrogates, sigmas, coefs = [], [], []
+    surrogates, sigmas = [], []
     for k in range(K):
-        diffs = []
-        for w in range(W):
-            j = k * W + w
-            o1 = out1[j * S : (j + 1) * S]
-            diffs.append((o1 - out0) / steps[j].to(rdt).view(-1, *[1] * (o1.dim() - 1)))
-        if W == 1:
-            diff, c = diffs[0], None
-        else:  # Rayleigh–Ritz over the window: the best combination J A V c, ‖c‖ = 1
-            c = _ritz([d.detach() for d in diffs])
-            cr = c.to(rdt)
-            diff = sum(cr[:, w].view(-1, *[1] * (d.dim() - 1)) * d for w, d in enumerate(diffs))
+        o1 = out1[k * S : (k + 1) * S]
+        step = steps[k].to(rdt).view(-1, *[1] * (o1.dim() - 1))
+        diff = (o1 - out0) / step
         sig = batch_norm2(diff.detach())
         u = normalize(diff.detach())
         surrogates.append(_real_dot(u, diff))
         sigmas.append(sig)
-        coefs.append(c)
     if sink is not None:
 
-        def hook(g, ops=ops, wins=wins, raws=raws, coefs=coefs, steps=steps):
-            parts = g.detach().split(S)
-            vshape = lambda t, like: t.view(-1, *[1] * (like.dim() - 1))  # noqa: E731
-            for k, op in enumerate(ops):
-                if W == 1:
-                    gk = parts[k]
-                else:  # copy w received c_w·Jᵀû/t_w (times the penalty weight): Σ_w t_w c_w g_w ∝ Jᵀû
-                    c = coefs[k].to(rdt)
-                    gk = sum(
-                        vshape(steps[k * W + w].to(rdt) * c[:, w], parts[k * W + w]).to(parts[0].dtype)
-                        * parts[k * W + w]
-                        for w in range(W)
-                    )
-                w_new = adjoint_op(op, gk)
-                nrm = batch_norm2(w_new)
+        def hook(g, ops=ops, vs=vs):
+            for k, (op, gk) in enumerate(zip(ops, g.detach().split(S))):
+                w = adjoint_op(op, gk)
+                nrm = batch_norm2(w)
                 ok = (nrm > 0) & torch.isfinite(nrm)
-                new = w_new / nrm.clamp_min(torch.finfo(rdt).tiny).view(-1, *[1] * (w_new.dim() - 1))
-                keep = ok.view(-1, *[1] * (w_new.dim() - 1))
+                new = w / nrm.clamp_min(torch.finfo(rdt).tiny).view(-1, *[1] * (w.dim() - 1))
+                keep = ok.view(-1, *[1] * (w.dim() - 1))
                 # a second backward pass over the same graph (e.g. data loss after the
                 # penalty) hands zeros: keep what an earlier pass found
-                prev = sink.get(names[k], wins[k][0])
+                prev = sink.get(names[k], vs[k])
                 sink[names[k]] = torch.where(keep, new, prev).detach()
-                if W > 1:  # the next window: Aᴴ Jᵀ û, this Ritz vector V c, the earlier ones (LOBPCG)
-                    ritz = normalize(sum(vshape(coefs[k][:, w].to(rdt), v) * v for w, v in enumerate(wins[k])))
-                    for i, v in enumerate([ritz] + raws[k][1 : W - 1], start=1):
-                        sink[f"{names[k]}_{i}"] = torch.where(keep, v, sink.get(f"{names[k]}_{i}", v)).detach()
 
         Xc.register_hook(hook)
     return out, surrogates, sigmas

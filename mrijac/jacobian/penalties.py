@@ -174,11 +174,6 @@ class JacobianPenalty:
             recomputed in the backward pass after the batch's are freed) — peak memory of the
             plain step when the copies are no more than the batch, for one more forward of
             the copies.
-        window: ``method="fd"``: right vectors carried per sample and term (``v_ja``,
-            ``v_ja_1`` …); the step rides ``window`` copies of the sample and penalises the
-            Rayleigh–Ritz best combination of them (1: a power step; 3: LOBPCG's subspace of the
-            last VJP, the last Ritz vector and the one before; see
-            :func:`~mrijac.jacobian.finite_diff.fd_power_step`).
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
             once and use it for both terms — the same penalty at half the cost.
@@ -213,7 +208,6 @@ class JacobianPenalty:
         fd_step: float | None = None,
         recompute: bool = False,
         tie: bool = True,
-        window: int = 1,
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -242,9 +236,6 @@ class JacobianPenalty:
         self.fd_step = None if fd_step is None else float(fd_step)
         self.recompute = bool(recompute)
         self.tie = bool(tie)
-        if int(window) < 1 or (int(window) > 1 and method != "fd"):
-            raise ValueError(f"window must be >= 1, and > 1 needs method='fd'; got {window} with {method!r}")
-        self.window = int(window)
 
     @property
     def every(self) -> int:
@@ -342,11 +333,9 @@ class JacobianPenalty:
         check_fd_network(module if module is not None else fn)
         make_fn = module.as_function if module is not None else (lambda op: fn)
         vs = None
-        if v0 is not None:  # per term: the lead vector, then the window's others (window > 1)
-            names = lambda t: [f"v_{t}"] + [f"v_{t}_{i}" for i in range(1, self.window)]  # noqa: E731
-            pick = lambda v: None if v is None else (v if idx is None else v[idx])  # noqa: E731
-            vs = [[pick(v0.get(n)) for n in names(t)] for t in terms]
-            vs = [w[0] if self.window == 1 else (None if w[0] is None else w) for w in vs]
+        if v0 is not None:
+            vs = [v0.get(f"v_{t}") for t in terms]
+            vs = [None if v is None else (v if idx is None else v[idx]) for v in vs]
         cold = (
             v0 is None
             or any(v is None for v in vs)
@@ -368,7 +357,6 @@ class JacobianPenalty:
             sink=stats if self.warm_start_vectors else None,
             names=[f"v_{t}" for t in terms],
             recompute=self.recompute,
-            window=self.window,
         )
         for k, t in enumerate(terms):
             stats[f"sigma_{t}"] = sig[k]
