@@ -40,6 +40,8 @@ def test_sweep_command_trains_each_lambda_and_reports(tmp_path, capsys, syntheti
         assert (out / f).exists(), f
     assert "recommended λ" in capsys.readouterr().out
     assert main(["sweep", "--config", str(cfg), "--lambdas", "a,b", "--out", str(out)]) == 2
+    assert main(["sweep", "--config", str(cfg), "--seeds", "0", "--out", str(tmp_path / "s0")]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err  # the CLI hands --seeds to the sweep
     cfg.write_text(f"data: {{root: {root}}}\nreg: {{name: wd}}\n")
     assert main(["sweep", "--config", str(cfg), "--out", str(tmp_path / "s2")]) == 2
     assert "needs a Jacobian penalty" in capsys.readouterr().err
