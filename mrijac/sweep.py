@@ -40,17 +40,17 @@ KEYS = (
 
 def recommend(rows: list[dict], max_drop: float = 0.2) -> dict | None:
     """The row with the lowest ``val_sigma_ja_mean`` among those whose PSNR is at most
-    ``max_drop`` dB below the λ = 0 row's (``None`` without a baseline)."""
+    ``max_drop`` dB below the λ = 0 row's (``None`` without a baseline): the mean of the paired
+    per-seed differences ``psnr_diff`` where :func:`aggregate` made the rows (a seed whose run
+    failed then drops out of both sides), else the difference of the rows' PSNR."""
     base = next((r for r in rows if r["lambda"] == 0), None)
     if base is None:
         return None
-    ok = [
-        r
-        for r in rows
-        if math.isfinite(r.get("psnr", math.nan))
-        and r["psnr"] >= base["psnr"] - max_drop
-        and math.isfinite(r["val_sigma_ja_mean"])
-    ]
+
+    def drop(r):
+        return r["psnr_diff"] if "psnr_diff" in r else r.get("psnr", math.nan) - base.get("psnr", math.nan)
+
+    ok = [r for r in rows if math.isfinite(drop(r)) and drop(r) >= -max_drop and math.isfinite(r["val_sigma_ja_mean"])]
     return min(ok, key=lambda r: r["val_sigma_ja_mean"]) if ok else base
 
 

@@ -59,6 +59,10 @@ def test_aggregate_pairs_each_seed_with_its_own_baseline():
     assert rows[0.5]["sigma_ratio"] == pytest.approx(0.625) and rows[0.5]["sigma_ratio_worst"] == pytest.approx(0.75)
     assert rows[0.5]["psnr_diff"] == pytest.approx(-0.3) and rows[0.5]["psnr_diff_worst"] == pytest.approx(-0.5)
     assert rows[0.0]["sigma_ratio"] == 1.0 and math.isnan(rows[0.5]["step_time"])
+    # the recommendation reads the paired differences: seed 1's λ = 0.5 run failed (NaN PSNR), so
+    # the unpaired means (29.9 vs 30.5 → −0.6 dB) would refuse λ = 0.5; paired it is −0.1 dB
+    failed = runs[:3] + [run(0.5, 1, math.nan, 3.0)]
+    assert recommend(aggregate(failed), 0.2)["lambda"] == 0.5
     # a seed whose λ = 0 run is missing is left out of the paired columns
     rows = {r["lambda"]: r for r in aggregate(runs[:1] + runs[2:])}
     assert rows[0.5]["sigma_ratio"] == pytest.approx(0.5) and rows[0.5]["seeds"] == 2

@@ -108,12 +108,12 @@ class ReferenceMonitor:
         out, known = {}, {}  # (sample, weights) -> σ(J A) = σ(J), where the terms coincide
         g = torch.Generator().manual_seed(self.seed)
         scratch = None
+        if at_step and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the weight copies have landed
         for t in ("ja", "j"):
             rows = [r for r in self.penalised if r[0] == t]
             if not rows:
                 continue
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()  # the weight copies have landed
             snaps = [self._weights(r[4]) if at_step else None for r in rows]
             # the same sample of a batch, under the same weights
             keys = [(r[1].data_ptr(), tuple(r[1].shape), id(sn)) for r, sn in zip(rows, snaps)]
