@@ -5,7 +5,7 @@
 # its report after each run, so a stopped one keeps its finished rows.  Per process (λ = 0.2
 # unless named): seeds 0, 1, 2 × (plain, default, forward n = 10); seed 0 × (fd2, forward n = 1);
 # seed 0 at λ = 0.5 × (default, forward10); with PHASE=2 (a second call): seeds 1, 2 at λ = 0.5
-# and seed 0 at λ = 1 × (default, forward10); PHASE=3, 4 and 5: see their branches.  Their step × plain
+# and seed 0 at λ = 1 × (default, forward10); PHASE=3 … 6: see their branches.  Their step × plain
 # ratios share the GPU: not cost
 # figures (gpu_check.sh's cost table is).  Merge here afterwards with true_sigma.py --merge
 # (results/true_sigma_gpu*.md list the commands; plain runs are λ-independent and merged in).
@@ -40,10 +40,23 @@ elif [ "$PHASE" = 3 ]; then  # the estimate/reference ratio at the step's own we
 elif [ "$PHASE" = 4 ]; then  # 4 Lanczos steps per visit at λ = 0.5, and the default at λ = 1, seeds 1, 2
   for s in 0 1 2; do ts "lz5_s$s" --rows lz5 --seed-start "$s" --lam 0.5 "$@"; done
   for s in 1 2; do ts "lam1_s$s" --rows default --seed-start "$s" --lam 1.0 "$@"; done
+elif [ "$PHASE" = 6 ]; then  # 30 epochs (2026-11-27): does the accurate estimate (2 Lanczos steps per
+  # visit) hold σ where the default's drifts?  plain, default and lz3 × seeds 0–2 at λ = 0.5, 9
+  # processes; --keep puts each run's folder under $RES/keep, so that a process stopped at the
+  # deadline leaves its history.csv (copied to $RES/hist) for the report
+  for s in 0 1 2; do
+    for r in plain default lz3; do ts "${r}30_s$s" --rows "$r" --seed-start "$s" --lam 0.5 --epochs 30 --keep "$RES/keep/${r}_s$s" "$@"; done
+  done
 else  # PHASE=5: the default at the sweep's recommended λ = 1, seeds 0, 1, 2 (3 processes; seed 0
   # again for the estimate/reference at the step's own weights, which its 2026-11-26 run lacks)
   for s in 0 1 2; do ts "lam1_s$s" --rows default --seed-start "$s" --lam 1.0 "$@"; done
 fi
 wait
+if [ -d "$RES/keep" ]; then  # histories only (the folders hold data and checkpoints)
+  for h in "$RES"/keep/*/*/history.csv; do
+    d="$RES/hist/$(basename "$(dirname "$(dirname "$h")")")"; mkdir -p "$d"; cp "$h" "$d/"
+  done
+  rm -rf "$RES/keep"
+fi
 grep -h "seed" "$RES"/ts_*.log
 tail -n 3 "$RES"/ts_*.log | grep -i -B2 "error" || true

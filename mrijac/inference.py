@@ -8,6 +8,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from .jacobian.bounds import sigma_floor
 from .jacobian.penalties import terms_coincide
 from .jacobian.reference import reference_sigma
 from .metrics import aggregate
@@ -115,8 +116,11 @@ def sigma_reference(
 ) -> dict:
     """Converged σ(J A) and σ(J) per sample of one batch (:func:`reference_sigma`).
 
-    Returns ``{"sigma_ja": (B,), "sigma_j": (B,), "residual": (B,) max of the two relative
-    residuals, "iterations": Lanczos steps of the slower term}`` as float64 CPU tensors.
+    Returns ``{"sigma_ja": (B,), "sigma_j": (B,), "floor_ja": (B,), "floor_j": (B,),
+    "residual": (B,) max of the two relative residuals, "iterations": Lanczos steps of the
+    slower term}`` as float64 CPU tensors; ``floor_*`` is the lower bound
+    :func:`~mrijac.jacobian.bounds.sigma_floor` (one JVP: ``‖J A Aᴴy‖/‖Aᴴy‖``, which is
+    ``‖f(y)‖/‖y‖`` for a normalising reconstructor and single-coil data).
     ``warm`` (a dict) keeps each term's right vectors under ``(key, term)`` for the next call:
     a warm start from the last epoch's vectors needs fewer steps.  Where the two norms are
     provably equal (:func:`~mrijac.jacobian.penalties.terms_coincide`) σ(J) is σ(J A).
@@ -137,6 +141,10 @@ def sigma_reference(
         its = max(its, r.iterations)
     if tied:
         out["sigma_j"] = out["sigma_ja"].clone()
+    # the measurement direction's Rayleigh quotient: a floor no penalty can push σ under
+    # without changing the output (mrijac.jacobian.bounds)
+    out["floor_ja"] = sigma_floor(f, y, A).double().cpu()
+    out["floor_j"] = out["floor_ja"].clone() if tied else sigma_floor(f, y, None).double().cpu()
     out["residual"] = torch.stack(res).amax(0)
     out["iterations"] = its
     return out
@@ -151,7 +159,8 @@ def jacobian_stats(
 ) -> dict:
     """Reference σ(J A) and σ(J) over fixed batches ``[(y, A), …]``: mean, max, per sample.
 
-    ``{"sigma_ja": {"mean", "max", "values"}, "sigma_j": {…}, "n_samples", "method":
+    ``{"sigma_ja": {"mean", "max", "values"}, "sigma_j": {…}, "floor_ja": {…}, "floor_j": {…}
+    (lower bounds, :func:`sigma_reference`), "n_samples", "method":
     "lanczos", "tol", "max_residual", "iterations" (largest per batch), "seconds"}``; empty
     when there are no batches.  Each batch costs ``iterations`` JVP+VJP pairs per term.
     """
@@ -160,10 +169,10 @@ def jacobian_stats(
     parts = [sigma_reference(model, y, A, tol, max_iter, g, warm, key=i) for i, (y, A) in enumerate(batches)]
     if not parts:
         return {}
-    cat = {k: torch.cat([p[k] for p in parts]) for k in ("sigma_ja", "sigma_j", "residual")}
+    names = ("sigma_ja", "sigma_j", "floor_ja", "floor_j")
+    cat = {k: torch.cat([p[k] for p in parts]) for k in (*names, "residual")}
     return {
-        "sigma_ja": {**_summary(cat["sigma_ja"]), "values": cat["sigma_ja"].tolist()},
-        "sigma_j": {**_summary(cat["sigma_j"]), "values": cat["sigma_j"].tolist()},
+        **{k: {**_summary(cat[k]), "values": cat[k].tolist()} for k in names},
         "n_samples": int(len(cat["sigma_ja"])),
         "method": "lanczos",
         "tol": tol,

@@ -635,3 +635,54 @@ def test_fd_penalty_with_n_iter_runs_lanczos_steps_before_the_fused_one():
         assert torch.allclose(st["sigma_ja"], want, rtol=1e-6)
         power = (M @ _power(M, _vec(v0), k - 1)).norm(dim=1).squeeze(-1)
         assert bool((st["sigma_ja"] >= power * (1 - 1e-6)).all())
+
+
+# --- the lower bound along the measurement (mrijac.jacobian.bounds) ------------------------
+from mrijac.jacobian.bounds import data_floor, sigma_floor  # noqa: E402
+
+
+@pytest.mark.parametrize("problem", ["mlp", "mri", "multicoil"])
+@pytest.mark.parametrize("with_A", [True, False])
+def test_sigma_floor_is_the_rayleigh_quotient_along_the_measurement(problem, with_A):
+    f, y, A, op, M = problem_with_jacobian(problem, with_A)
+    v = y if op is None else op.adjoint(y)
+    vr = torch.view_as_real(v) if v.is_complex() else v
+    Mv = M @ vr.reshape(len(y), -1, 1)
+    want = Mv.squeeze(-1).norm(dim=1) / vr.reshape(len(y), -1).norm(dim=1)
+    got = sigma_floor(f, y, op)
+    assert got.shape == (len(y),) and torch.allclose(got, want, rtol=1e-8)
+    assert bool((got <= torch.linalg.matrix_norm(M, ord=2) * (1 + 1e-10)).all())  # a lower bound of σ
+
+
+def test_sigma_floor_of_a_normalising_reconstructor_on_single_coil_data_is_output_over_input():
+    """Euler's identity J(y) y = f(y) for a positively homogeneous f, and A Aᴴ y = y for a 0/1
+    mask: the bound is ‖f(y)‖/‖y‖, and a perfect reconstructor's is ‖x‖/‖y‖."""
+    f, y, A, recon = mri_problem(B=3)
+    out = f(y)
+    assert torch.allclose(f(2.5 * y), 2.5 * out, rtol=1e-10)  # homogeneous (normalize=True)
+    assert torch.allclose(A(A.adjoint(y)), y, atol=1e-12)
+    ratio = out.reshape(3, -1).norm(dim=1) / torch.view_as_real(y).reshape(3, -1).norm(dim=1)
+    assert torch.allclose(sigma_floor(f, y, A), ratio, rtol=1e-8)
+    assert torch.allclose(sigma_floor(f, y, None), ratio, rtol=1e-8)
+    assert torch.allclose(data_floor(out, y), ratio, rtol=1e-12)
+    # without the normalisation the network has biases: not homogeneous, and the bound differs
+    plain = Reconstructor(recon.net, normalize=False).as_function(A)
+    assert not torch.allclose(
+        sigma_floor(plain, y, A), plain(y).reshape(3, -1).norm(dim=1) / torch.view_as_real(y).reshape(3, -1).norm(dim=1)
+    )
+
+
+def test_jacobian_stats_report_the_floor_below_the_reference():
+    from mrijac.inference import jacobian_stats
+
+    _, y, A, recon = multicoil_problem(B=2)
+    js = jacobian_stats(recon, [(y, A)], tol=1e-6, max_iter=100)
+    for t in ("ja", "j"):
+        sig, fl = (torch.tensor(js[f"{k}_{t}"]["values"], dtype=DT) for k in ("sigma", "floor"))
+        assert bool((fl > 0).all()) and bool((fl <= sig * (1 + 1e-6)).all())
+        assert js[f"floor_{t}"]["max"] == float(fl.max())
+    op = {"ja": A, "j": None}
+    for t in ("ja", "j"):
+        assert torch.allclose(
+            torch.tensor(js[f"floor_{t}"]["values"], dtype=DT), sigma_floor(recon.as_function(A), y, op[t])
+        )

@@ -72,6 +72,10 @@ def test_train_each_regularizer(data, tmp_path, reg):
     assert all(
         k in row for k in ("train_loss", "val_loss", "ge", "ssim", "psnr", "val_sigma_ja_mean", "val_sigma_j_mean")
     )
+    # the lower bound along the measurement is logged beside the reference, and is below it
+    assert 0 < row["val_floor_ja_mean"] <= row["val_sigma_ja_mean"] * (1 + 1e-6)
+    assert 0 < row["train_ref_floor_j_mean"] <= row["train_ref_sigma_j_mean"] * (1 + 1e-6)
+    assert "val_floor_ja_mean" in (out / "history.csv").read_text().splitlines()[0]
     ck = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ck["final"] and ck["train_loss_eval"] > 0
     if reg in ("sja+sj", "fja+fj"):

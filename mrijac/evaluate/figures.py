@@ -182,6 +182,7 @@ COMPOSITE = {  # panel -> (history column, line style, label suffix)
         ("val_sigma_ja_mean", "-", "val reference"),
         ("train_ref_sigma_ja_mean", "--", "train reference"),
         ("train_sigma_ja", ":", "training-time estimate"),
+        ("val_floor_ja_mean", "-.", "val lower bound ‖J A Aᴴy‖/‖Aᴴy‖"),
     ],
     "estimate / reference σ(J A)": [
         ("est_ratio_ja", "-", "at the step"),

@@ -247,8 +247,17 @@ def _markdown(r, figs, curves) -> str:
                 [
                     ["σ(J A)", js["sigma_ja"]["mean"], js["sigma_ja"]["max"]],
                     ["σ(J)", js["sigma_j"]["mean"], js["sigma_j"]["max"]],
+                ]
+                + [  # reports written before the bound existed lack it
+                    [f"lower bound of {name}: ‖J {op}v‖/‖v‖, v = {v}", js[k]["mean"], js[k]["max"]]
+                    for k, name, op, v in (("floor_ja", "σ(J A)", "A ", "Aᴴy"), ("floor_j", "σ(J)", "", "y"))
+                    if k in js
                 ],
             ),
+            "",
+            "The lower bound is the Rayleigh quotient along the measurement itself (one JVP); for a "
+            "normalising reconstructor and single-coil data it equals ‖f(y)‖/‖y‖, so no penalty can push σ "
+            "below it without shrinking the reconstruction.",
         ]
     lines += [
         "",

@@ -1,5 +1,6 @@
 """Jacobian products, norm estimates and penalties."""
 
+from .bounds import data_floor, sigma_floor
 from .finite_diff import fd_power_step
 from .lam import auto_lambda
 from .norms import frobenius_norm_sq, frobenius_terms, power_iteration, spectral_norm
@@ -25,4 +26,6 @@ __all__ = [
     "auto_lambda",
     "reference_sigma",
     "ReferenceSigma",
+    "sigma_floor",
+    "data_floor",
 ]

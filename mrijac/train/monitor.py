@@ -158,6 +158,8 @@ class ReferenceMonitor:
 
     def rows(self, model, task, device) -> dict:
         """History columns: ``val_sigma_*``, ``train_ref_sigma_*`` (mean, max),
+        ``val_floor_*_mean``, ``train_ref_floor_*_mean`` (the lower bound
+        :func:`~mrijac.jacobian.bounds.sigma_floor`),
         ``est_ratio_*``, ``ref_residual`` and ``ref_time`` (seconds)."""
         if not self.slices:
             return {}
@@ -176,6 +178,8 @@ class ReferenceMonitor:
                 continue
             for k in ("sigma_ja", "sigma_j"):
                 out[f"{prefix}{k}_mean"], out[f"{prefix}{k}_max"] = js[k]["mean"], js[k]["max"]
+                floor = k.replace("sigma", "floor")  # the lower bound ‖J A Aᴴy‖/‖Aᴴy‖ (mean)
+                out[f"{prefix}{floor}_mean"] = js[floor]["mean"]
             resid.append(js["max_residual"])
         out.update(self.estimate_ratios(model))
         out["ref_residual"] = max(resid) if resid else math.nan
