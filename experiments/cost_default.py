@@ -165,7 +165,6 @@ def main():
     if a.child:
         print("RESULT " + json.dumps(child(json.loads(a.child))))
         return
-    from _report import write_report
     from tqdm.auto import tqdm
 
     epochs = 2 if a.quick else a.epochs
@@ -192,6 +191,15 @@ def main():
             if line is None:
                 raise RuntimeError(f"batch {b}, row {r} failed:\n{p.stderr[-3000:]}")
             res[(b, r)] = json.loads(line[7:])
+            # after every run: a call stopped at its time limit keeps the rows it finished
+            write_cost_report(a, res, batches, rows, epochs)
+            tqdm.write(f"cost: batch {b}, {r} done", file=sys.stdout)
+
+
+def write_cost_report(a, res: dict, batches: list, rows: list, epochs: int) -> None:
+    """The table of the runs in ``res`` (``(batch, row) -> child result``; missing ones are left out)."""
+    from _report import write_report
+
     lines = [
         f"# Cost of the penalty through the trainer ({'real 256×256 chest slices' if a.data == 'chest' else a.data}, "
         f"U-Net {a.chans} ch / {a.pools} pools)",
@@ -215,6 +223,8 @@ def main():
     for b in batches:
         p = res.get((b, "plain"))
         for r in rows:
+            if (b, r) not in res:
+                continue
             m = res[(b, r)]
             first, cold, steady = phases(m)
             pf, _, ps = phases(p) if p else (float("nan"),) * 3

@@ -461,6 +461,7 @@ def above_target(rs: dict, floors: dict) -> list[dict]:
                     if e == 0 or not s > TARGET * sp:
                         continue
                     own = h.get(f"{pre}floor_ja_mean")
+                    own = own if own is not None and math.isfinite(own) else None
                     floor = own if own is not None else floors.get(str(seed), {}).get(split, math.nan)
                     kind = "own" if own is not None else "data"
                     out.append(
@@ -472,7 +473,11 @@ def above_target(rs: dict, floors: dict) -> list[dict]:
 def _above_section(rs: dict, floors: dict) -> list[str]:
     """The report's account of the epochs that miss the 0.85 × plain target, against the floor."""
     hits = above_target(rs, floors)
-    n_pts = {row: sum(max(len(r["history"]) - 1, 0) for r in runs) * 2 for row, runs in rs.items() if row != "plain"}
+    n_pts = {  # the points compared: epochs ≥ 2 that the run and its seed's plain run both have, × 2 splits
+        row: sum(max(min(len(h), len(p)) - 1, 0) for h, p in _paired(runs, rs.get("plain", []))) * 2
+        for row, runs in rs.items()
+        if row != "plain"
+    }
     if not n_pts:
         return []
     lines = [

@@ -1,0 +1,90 @@
+"""experiments/true_sigma.py: the account of the epochs above 0.85× plain against the floor of σ
+— which points it counts, which floor it uses, and the probe slices' ‖x‖/‖y‖ it reads."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import true_sigma  # noqa: E402
+
+
+ROWS_FOR_TEST = {"a": ("row a", []), "b": ("row b", []), "unpaired": ("row u", [])}
+
+
+@pytest.fixture(autouse=True)
+def _labels(monkeypatch):
+    monkeypatch.setattr(true_sigma, "ROWS", {**true_sigma.ROWS, **ROWS_FOR_TEST})
+
+
+def _hist(val, train, floor=None):
+    rows = []
+    for e, (v, t) in enumerate(zip(val, train)):
+        r = {"epoch": e + 1, "val_sigma_ja_mean": v, "train_ref_sigma_ja_mean": t}
+        if floor is not None:
+            r["val_floor_ja_mean"] = r["train_ref_floor_ja_mean"] = floor
+        rows.append(r)
+    return rows
+
+
+def test_above_target_counts_epochs_after_the_first_and_picks_the_floor():
+    plain = _hist([4.0, 1.2, 2.0], [4.0, 1.2, 2.0])
+    rs = {
+        "plain": [{"history": plain, "seed": 0}, {"history": plain, "seed": 1}],
+        # seed 0: epoch 1 is above but not counted, epoch 2 above on both splits, epoch 3 below
+        "a": [{"history": _hist([4.0, 1.1, 1.0], [4.0, 1.3, 1.0]), "seed": 0}],
+        # seed 1 logs its own floor (1.04); seed 0 has none: the data floor (1.05) is used
+        "b": [
+            {"history": _hist([1.0, 1.1, 1.9], [1.0, 1.0, 1.0]), "seed": 0},
+            {"history": _hist([1.0, 1.1, 1.9], [1.0, 1.0, 1.0], floor=1.04), "seed": 1},
+        ],
+        "unpaired": [{"history": _hist([9.0] * 3, [9.0] * 3), "seed": 7}],
+    }
+    floors = {"0": {"val": 1.05, "train": 1.06}}
+    hits = true_sigma.above_target(rs, floors)
+    a = [h for h in hits if h["row"] == "a"]
+    assert sorted((h["split"], h["epoch"]) for h in a) == [("train", 2), ("val", 2)]
+    assert {h["floor"] for h in a} == {1.05, 1.06} and {h["kind"] for h in a} == {"data"}
+    b = sorted((h["seed"], h["split"], h["epoch"], h["floor"], h["kind"]) for h in hits if h["row"] == "b")
+    assert b == [
+        (0, "val", 2, 1.05, "data"),
+        (0, "val", 3, 1.05, "data"),
+        (1, "val", 2, 1.04, "own"),
+        (1, "val", 3, 1.04, "own"),
+    ]
+    assert not [h for h in hits if h["row"] == "unpaired"]  # no plain run of its seed
+    # a seed without any floor: NaN, not a made-up number
+    rs2 = {"plain": [{"history": plain, "seed": 3}], "a": [{"history": _hist([1, 1.1, 2], [1, 1, 1]), "seed": 3}]}
+    assert all(math.isnan(h["floor"]) for h in true_sigma.above_target(rs2, floors))
+
+    lines = true_sigma._above_section(rs, floors)
+    row_a = next(ln for ln in lines if ln.startswith("| row a |"))
+    assert "| 2 / 4 |" in row_a  # 2 points above, of 2 epochs ≥ 2 × 2 splits
+    # 0.85 × 1.2 = 1.02 ≤ 1.1 × 1.05: both of a's points are at the floor
+    assert row_a.split("|")[3].strip() == "2"
+    assert true_sigma._above_section({"plain": rs["plain"]}, floors) == []
+
+
+CHEST = ROOT.parent / "shared" / "data" / "mri" / "chest100"
+
+
+@pytest.mark.skipif(not CHEST.exists(), reason="needs ../shared/data/mri/chest100")
+def test_data_floors_of_the_real_probe_slices(tmp_path):
+    """‖x‖/‖y‖ of the monitor's probe slices: above 1 (the zero-filled image lost the energy of
+    the unsampled k-space) and equal to what the probe batches themselves give."""
+    from mrijac.config import load_config
+    from mrijac.tasks import fixed_batches
+    from mrijac.train import Trainer
+
+    root, extra = true_sigma.make_data("real", tmp_path, quick=True)
+    got = true_sigma.data_floors(root, extra, seed=0, ref_slices=2)
+    assert set(got) == {"val", "train"} and all(1.0 < v < 1.5 for v in got.values())
+    over = [f"data.root={root}", "data.batch_size=4", "data.num_workers=0", "train.seed=0", *extra]
+    task = Trainer(load_config(None, over), tmp_path / "run", overwrite=True).task
+    y, _, x, _ = fixed_batches(task, "val", 2, 1, "cpu")[0]
+    want = (x.reshape(len(x), -1).norm(dim=1) / torch.view_as_real(y).reshape(len(y), -1).norm(dim=1)).mean()
+    assert got["val"] == pytest.approx(float(want), rel=1e-6)
