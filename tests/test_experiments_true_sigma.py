@@ -12,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import true_sigma  # noqa: E402
 
-
 ROWS_FOR_TEST = {"a": ("row a", []), "b": ("row b", []), "unpaired": ("row u", [])}
 
 
