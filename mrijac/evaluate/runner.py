@@ -254,11 +254,14 @@ def _markdown(r, figs, curves) -> str:
                     if k in js
                 ],
             ),
-            "",
-            "The lower bound is the Rayleigh quotient along the measurement itself (one JVP); for a "
-            "normalising reconstructor and single-coil data it equals ‖f(y)‖/‖y‖, so no penalty can push σ "
-            "below it without shrinking the reconstruction.",
         ]
+        if "floor_ja" in js:
+            lines += [
+                "",
+                "The lower bound is the Rayleigh quotient along the measurement itself (one JVP); for a "
+                "normalising reconstructor and single-coil data it equals ‖f(y)‖/‖y‖, so no penalty can push σ "
+                "below it without shrinking the reconstruction.",
+            ]
     lines += [
         "",
         "## Per volume",
