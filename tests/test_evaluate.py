@@ -75,6 +75,10 @@ def test_evaluate_writes_report_and_matches_fastmri(run, tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert len(saved["per_volume"]) == 2 and saved["ge"] == pytest.approx(abs(saved["test_loss"] - saved["train_loss"]))
     assert saved["jacobian"]["sigma_ja"]["max"] >= saved["jacobian"]["sigma_ja"]["mean"] > 0
+    # the lower bound along the measurement: per sample below the reference σ, and in the report
+    jac = saved["jacobian"]
+    assert all(0 < f <= s * (1 + 1e-6) for f, s in zip(jac["floor_ja"]["values"], jac["sigma_ja"]["values"]))
+    assert "lower bound of σ(J A)" in (out / "report.md").read_text()
     # the zero-filled baseline agrees with fastmri's own computation on the same volumes
     ds = MRISliceDataset(root / "data" / "val", "singlecoil", mode="val", crop_kspace=True)
     first = [ds[i] for i in range(len(ds)) if ds[i].fname == saved["per_volume"][0]["fname"]]
