@@ -103,21 +103,7 @@ def main():
         tmp = Path(tmp)
         root, extra = true_sigma.make_data("real", tmp, False)
         for row in a.rows.split(","):
-            over = [
-                f"data.root={root}",
-                "data.batch_size=4",
-                "data.num_workers=0",
-                f"optim.epochs={a.epochs}",
-                "train.progress=false",
-                "train.seed=0",
-                "train.ref_slices=0",
-                "train.ge_batches=1",
-                "reg.name=sja+sj",
-                f"reg.lambda_ja={a.lam}",
-                f"reg.lambda_j={a.lam}",
-                *extra,
-                *true_sigma.ROWS[row][1],
-            ]
+            over = true_sigma.overrides(root, extra, row, 0, a.epochs, a.lam, 0, a.tol, ge_batches=1)
             tr = Trainer(load_config(None, over), tmp / f"run_{row}", overwrite=True)
             tr.fit()
             res[row] = measure(tr, a.tol)

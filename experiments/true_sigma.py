@@ -149,8 +149,10 @@ def make_data(task: str, tmp: Path, quick: bool, shared: Path = SHARED) -> tuple
     return root, ["model.chans=8", "model.num_pool_layers=3", "model.residual=true"]
 
 
-def run(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, out):
-    over = [
+def overrides(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, ge_batches: int = 2) -> list[str]:
+    """The config overrides of one run: the task's data and model (``extra``), batch 4, the
+    row's penalty settings at λ1 = λ2 = ``lam``, the reference monitor on ``ref_slices`` probes."""
+    return [
         f"data.root={root}",
         "data.batch_size=4",
         "data.num_workers=0",
@@ -159,13 +161,17 @@ def run(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, out):
         f"train.seed={seed}",
         f"train.ref_slices={ref_slices}",
         f"train.ref_tol={ref_tol}",
-        "train.ge_batches=2",
+        f"train.ge_batches={ge_batches}",
         "reg.name=sja+sj",
         f"reg.lambda_ja={lam}",
         f"reg.lambda_j={lam}",
         *extra,
         *ROWS[row][1],
     ]
+
+
+def run(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, out):
+    over = overrides(root, extra, row, seed, epochs, lam, ref_slices, ref_tol)
     t0 = time.time()
     tr = Trainer(load_config(None, over), out, overwrite=True)
     tr.fit()
@@ -180,7 +186,7 @@ def data_floors(root, extra, seed, ref_slices) -> dict:
     from mrijac.jacobian import data_floor
     from mrijac.tasks import fixed_batches
 
-    over = [f"data.root={root}", "data.batch_size=4", "data.num_workers=0", f"train.seed={seed}", *extra]
+    over = overrides(root, extra, "plain", seed, 1, 0.0, ref_slices, 1e-2)
     with tempfile.TemporaryDirectory() as tmp:
         task = Trainer(load_config(None, over), Path(tmp) / "run", overwrite=True).task
     out = {}
