@@ -184,11 +184,9 @@ def data_floors(root, extra, seed, ref_slices) -> dict:
     ``‖f(y)‖/‖y‖`` of σ(J A) (:mod:`mrijac.jacobian.bounds`) for a reconstructor that returns
     the target exactly — what no penalty can push an accurate network under."""
     from mrijac.jacobian import data_floor
-    from mrijac.tasks import fixed_batches
+    from mrijac.tasks import fixed_batches, make_task
 
-    over = overrides(root, extra, "plain", seed, 1, 0.0, ref_slices, 1e-2)
-    with tempfile.TemporaryDirectory() as tmp:
-        task = Trainer(load_config(None, over), Path(tmp) / "run", overwrite=True).task
+    task = make_task(load_config(None, overrides(root, extra, "plain", seed, 1, 0.0, ref_slices, 1e-2)))
     out = {}
     for split in ("val", "train"):
         vals = [data_floor(x, y) for y, _, x, _ in fixed_batches(task, split, ref_slices, seed + 1, "cpu")]

@@ -76,14 +76,13 @@ def test_data_floors_of_the_real_probe_slices(tmp_path):
     """‖x‖/‖y‖ of the monitor's probe slices: above 1 (the zero-filled image lost the energy of
     the unsampled k-space) and equal to what the probe batches themselves give."""
     from mrijac.config import load_config
-    from mrijac.tasks import fixed_batches
-    from mrijac.train import Trainer
+    from mrijac.tasks import fixed_batches, make_task
 
     root, extra = true_sigma.make_data("real", tmp_path, quick=True)
     got = true_sigma.data_floors(root, extra, seed=0, ref_slices=2)
     assert set(got) == {"val", "train"} and all(1.0 < v < 1.5 for v in got.values())
     over = [f"data.root={root}", "data.batch_size=4", "data.num_workers=0", "train.seed=0", *extra]
-    task = Trainer(load_config(None, over), tmp_path / "run", overwrite=True).task
+    task = make_task(load_config(None, over))
     y, _, x, _ = fixed_batches(task, "val", 2, 1, "cpu")[0]
     want = (x.reshape(len(x), -1).norm(dim=1) / torch.view_as_real(y).reshape(len(y), -1).norm(dim=1)).mean()
     assert got["val"] == pytest.approx(float(want), rel=1e-6)
