@@ -38,6 +38,10 @@ ROWS = {
     "default": ("the default sja+sj (reg: {name: sja+sj})", []),
     "defaultrc": ("the default with reg.fd_recompute=true", ["reg.fd_recompute=true"]),
     "lz3": ("the default + 2 Lanczos steps per visit (reg.n_iter=3)", ["reg.n_iter=3"]),
+    "lz3fd": (
+        "the default + 2 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=3 reg.lanczos_jvp=fd)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
+    ),
     "lz5": ("the default + 4 Lanczos steps per visit (reg.n_iter=5)", ["reg.n_iter=5"]),
     "pool": ("tracked pool of 1 (reg.pool=1)", ["reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"]),
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),

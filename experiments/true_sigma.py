@@ -63,6 +63,10 @@ ROWS = {
         "the default + 2 Lanczos steps per visit (reg.n_iter=3)",
         ["reg.n_iter=3"],
     ),
+    "lz3fd": (
+        "the default + 2 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=3 reg.lanczos_jvp=fd)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
+    ),
     "lz5": (
         "the default + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],

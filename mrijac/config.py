@@ -136,6 +136,12 @@ class RegConfig:
     alternate: bool = _opt(True, "sja+sj / fja+fj: one term per penalised step, in turn (×2)")
     fd_step: float = _opt(0.0, "method=fd: relative finite-difference step (0: 0.3·sqrt(eps))")
     fd_recompute: bool = _opt(False, "method=fd: checkpoint the perturbed copies (less memory)")
+    lanczos_jvp: str = _opt(
+        "forward",
+        "method=fd: J A v of the n_iter-1 Lanczos steps (and a first visit's) by forward mode or a "
+        "forward difference (fd: cheaper)",
+        ("forward", "fd"),
+    )
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
     pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")
@@ -401,6 +407,11 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"reg.method=fd (finite differences) needs train.precision=32, not {t.precision}")
     if not 0 <= r.fd_step < 1:
         raise ValueError(f"config key reg.fd_step must be in [0, 1), got {r.fd_step}")
+    if r.lanczos_jvp == "fd" and r.method != "fd" and r.name not in ("none", "wd", "sw"):
+        raise ValueError(
+            f"config key reg.lanczos_jvp=fd is for reg.method=fd, but this run uses reg.method={r.method} "
+            "(auto gives forward for Frobenius penalties, BatchNorm or train.precision other than 32)"
+        )
     positive("reg.pool", r.pool, strict=False)
     positive("reg.pool_refresh", r.pool_refresh)
     positive("reg.pool_iters", r.pool_iters)

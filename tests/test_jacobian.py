@@ -637,6 +637,51 @@ def test_fd_penalty_with_n_iter_runs_lanczos_steps_before_the_fused_one():
         assert bool((st["sigma_ja"] >= power * (1 - 1e-6)).all())
 
 
+@pytest.mark.parametrize("problem", ["mlp", "mri", "multicoil"])
+@pytest.mark.parametrize("with_A", [True, False])
+def test_lanczos_start_with_finite_difference_jvps_matches_forward_mode(problem, with_A, monkeypatch):
+    """``fd_step``: the JVPs of the Lanczos steps by forward differences (float64, h = 4.5e-9)
+    give the forward-mode vectors and bounds to the difference's error, and ‖M v‖ of the
+    explicit Jacobian is as high; no forward-mode pass runs."""
+    import mrijac.jacobian.reference as reference
+    from mrijac.jacobian.finite_diff import default_step
+
+    f, y, A, op, M = problem_with_jacobian(problem, with_A)
+    v0 = random_like_input(op, y)
+    h = default_step(torch.float64)
+    for k in (1, 3):
+        (ve,), be = lanczos_start(f, y, [op], [v0], k)
+        with monkeypatch.context() as m:
+            m.setattr(reference, "jvp", lambda *a, **kw: pytest.fail("forward-mode JVP with fd_step"))
+            (vf,), bf = lanczos_start(f, y, [op], [v0], k, fd_step=h)
+        assert torch.allclose(_vec(vf), _vec(ve), atol=1e-6)
+        assert torch.allclose(bf, be, rtol=1e-6)
+        ge, gf = ((M @ _vec(v)).norm(dim=1).squeeze(-1) for v in (ve, vf))
+        assert torch.allclose(gf, ge, rtol=1e-6)
+    with pytest.raises(ValueError, match="fd_step"):
+        lanczos_start(f, y, [op], [v0], 1, fd_step=2.0)
+
+
+def test_fd_penalty_lanczos_jvp_fd_gives_the_forward_mode_estimates():
+    """``lanczos_jvp='fd'``: same σ̂ and next vectors as forward-mode Lanczos steps (also a
+    first visit's exact iteration); only with ``method='fd'``."""
+    f_, y, A, recon = mri_problem(B=3)
+    v0 = random_like_input(A, y, 7)
+    for start in ({"v_ja": v0}, None):  # carried vectors, then a first visit
+        runs = []
+        for lj in ("forward", "fd"):
+            pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=3, lanczos_jvp=lj)
+            _, p, st = pen(recon, y, A, v0=start, generator=torch.Generator().manual_seed(0))
+            p.backward()
+            runs.append(st)
+        assert torch.allclose(runs[1]["sigma_ja"], runs[0]["sigma_ja"], rtol=1e-6)
+        assert torch.allclose(runs[1]["v_ja"], runs[0]["v_ja"], atol=1e-5)
+    with pytest.raises(ValueError, match="lanczos_jvp='fd' is for method='fd'"):
+        JacobianPenalty("spectral", lambda_ja=1.0, method="forward", lanczos_jvp="fd")
+    with pytest.raises(ValueError, match="lanczos_jvp must be one of"):
+        JacobianPenalty("spectral", lambda_ja=1.0, method="fd", lanczos_jvp="exact")
+
+
 # --- the lower bound along the measurement (mrijac.jacobian.bounds) ------------------------
 from mrijac.jacobian.bounds import data_floor, sigma_floor  # noqa: E402
 

@@ -340,7 +340,12 @@ def test_history_counts_first_visits_of_the_fd_penalty(data, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra", [["reg.tie_terms=false", "reg.samples=0"], ["reg.samples=1", "reg.fd_recompute=true"]]
+    "extra",
+    [
+        ["reg.tie_terms=false", "reg.samples=0"],
+        ["reg.samples=1", "reg.fd_recompute=true"],
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
+    ],
 )
 def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, extra):
     """reg.method=fd with alternating terms: penalised, every sample's vectors stored after
@@ -368,9 +373,12 @@ def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, ext
         (["reg.name=fja+fj"], "spectral penalties"),
         (["train.precision=bf16"], "needs train.precision=32"),
         (["reg.fd_step=1.5"], "reg.fd_step"),
+        (["reg.lanczos_jvp=exact"], "reg.lanczos_jvp must be one of"),
     ]:
         with pytest.raises(ValueError, match=msg):
             cfg_for(data, "reg.name=sja+sj", "reg.method=fd", *bad)
+    with pytest.raises(ValueError, match="lanczos_jvp=fd is for reg.method=fd, but this run uses reg.method=forward"):
+        cfg_for(data, "reg.name=sja+sj", "reg.method=forward", "reg.lanczos_jvp=fd")
 
 
 @pytest.mark.parametrize("tie", ["true", "false"])

@@ -21,7 +21,8 @@ So each penalised step is one power iteration (n = 1, warm), carried across step
 ``|S|·K`` more samples in the batch instead of a forward-mode pass plus a VJP over the whole
 batch.  A sample without a stored vector first gets one exact (forward-mode) iteration, so that
 first estimates — and the automatic λ — match forward mode's n = 1; ``n_pre > 1`` exact products
-run as Lanczos steps (:func:`~mrijac.jacobian.reference.lanczos_start`).  The difference quotient has
+run as Lanczos steps (:func:`~mrijac.jacobian.reference.lanczos_start`); ``pre_fd`` takes their
+JVPs by forward differences too (a plain forward each instead of a forward-mode pass).  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
@@ -99,6 +100,7 @@ def fd_power_step(
     sink: dict | None = None,
     names: list | None = None,
     recompute: bool = False,
+    pre_fd: bool = False,
 ):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
@@ -114,6 +116,8 @@ def fd_power_step(
             step, on the selected samples: ``n_pre`` Lanczos steps from ``v0``
             (:func:`~mrijac.jacobian.reference.lanczos_start`; one step is one power iteration,
             more converge faster than as many power steps).
+        pre_fd: the ``n_pre`` steps take their JVPs by forward differences of step ``h`` (one
+            forward without graph each) instead of forward mode.
         recompute: instead of one stacked pass, the copies run first under activation checkpointing, so that the
             backward pass reaches them only after the batch's activations are freed and then
             recomputes theirs: peak memory of the larger of the two passes, for one more
@@ -141,7 +145,7 @@ def fd_power_step(
         vs.append(normalize(v.detach().to(ys.device)))
     fn_sel = make_fn(A_sel)
     if n_pre > 0:
-        vs, _ = lanczos_start(fn_sel, ys, ops, vs, n_pre)
+        vs, _ = lanczos_start(fn_sel, ys, ops, vs, n_pre, fd_step=h if pre_fd else None)
     dirs = [apply_op(op, v) for op, v in zip(ops, vs)]
     scale = h * batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
     steps = [scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny) for d in dirs]

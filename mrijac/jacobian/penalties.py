@@ -17,6 +17,7 @@ from .products import METHODS
 from .vectors import Network, Operator
 
 KINDS = ("spectral", "frobenius")
+LANCZOS_JVPS = ("forward", "fd")
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,10 @@ class JacobianPenalty:
             recomputed in the backward pass after the batch's are freed) — peak memory of the
             plain step when the copies are no more than the batch, for one more forward of
             the copies.
+        lanczos_jvp: ``method="fd"``: how the exact steps before the fused one (``n_iter − 1``
+            Lanczos steps, a first visit's iteration) compute ``J A v`` — ``"forward"`` mode,
+            or ``"fd"``, a forward difference of step ``fd_step`` (one forward without graph
+            each: cheaper, same vectors to the difference's ~1e-4 relative error).
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
             once and use it for both terms — the same penalty at half the cost.
@@ -208,6 +213,7 @@ class JacobianPenalty:
         fd_step: float | None = None,
         recompute: bool = False,
         tie: bool = True,
+        lanczos_jvp: str = "forward",
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -219,6 +225,11 @@ class JacobianPenalty:
             )
         if fd_step is not None and not 0 < float(fd_step) < 1:
             raise ValueError(f"fd_step must be in (0, 1), got {fd_step}")
+        if lanczos_jvp not in LANCZOS_JVPS:
+            raise ValueError(f"lanczos_jvp must be one of {LANCZOS_JVPS}, got {lanczos_jvp!r}")
+        if lanczos_jvp == "fd" and method != "fd":
+            raise ValueError(f"lanczos_jvp='fd' is for method='fd' (its warm Lanczos steps), not method={method!r}")
+        self.lanczos_jvp = lanczos_jvp
         if schedule is None:
             schedule = PenaltySchedule(int(every), bool(alternate), bool(hold))
         elif (every, alternate, hold) != (1, False, False):
@@ -357,6 +368,7 @@ class JacobianPenalty:
             sink=stats if self.warm_start_vectors else None,
             names=[f"v_{t}" for t in terms],
             recompute=self.recompute,
+            pre_fd=self.lanczos_jvp == "fd",
         )
         for k, t in enumerate(terms):
             stats[f"sigma_{t}"] = sig[k]

@@ -86,6 +86,7 @@ def reference_sigma(
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     stall_tol: float | None = None,
+    fd_step: float | None = None,
 ) -> ReferenceSigma:
     """Converged ``σ_b = ‖J_f(y_b) A_b‖₂`` per sample by Lanczos bidiagonalization.
 
@@ -103,9 +104,15 @@ def reference_sigma(
         max_iter: cap on Lanczos steps (memory: ``2·max_iter`` vectors per sample).
         v0: starting right vectors ``(B, …)`` (e.g. the ``v`` of an earlier call), else random.
         generator: for the random start.
+        fd_step: if given, the JVPs are forward differences ``(f(y + t d) − f(y)) / t``,
+            ``d = A v``, ``t = fd_step·‖y_b‖/‖d_b‖`` (one plain forward without graph instead
+            of a forward-mode pass; relative error ~1e-4–1e-3 in float32 with
+            :func:`~mrijac.jacobian.finite_diff.default_step`, see there) — for the few warm
+            steps of a penalty, not for a reference.
     Returns:
-        :class:`ReferenceSigma` (all detached).  Cost per step: one forward-mode pass and one
-        backward pass of ``f`` over the batch (the forward graph for the VJPs is built once).
+        :class:`ReferenceSigma` (all detached).  Cost per step: one forward-mode pass (or, with
+        ``fd_step``, one forward without graph) and one backward pass of ``f`` over the batch
+        (the forward graph for the VJPs is built once).
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
@@ -114,18 +121,31 @@ def reference_sigma(
     y = y.detach()
     B = y.shape[0]
     y_leaf, graph = y.clone().requires_grad_(), []
+    if fd_step is not None and not 0 < float(fd_step) < 1:
+        raise ValueError(f"fd_step must be in (0, 1), got {fd_step}")
 
-    def JAv(v):
-        return jvp(f, y, apply_op(A, v), "forward")[1]
-
-    def AtJtu(u):
-        if not graph:  # built after the first JVP (one step: the memory profile of a power step)
+    def forward_graph():
+        if not graph:  # kept: every later VJP (and fd_step's base f(y)) reuses this graph
             try:
                 with torch.enable_grad():
-                    graph.append(f(y_leaf))  # kept: every later VJP reuses this graph
+                    graph.append(f(y_leaf))
             except RuntimeError as err:
                 raise third_order_hint(err) from err
-        out = graph[0]
+        return graph[0]
+
+    def JAv(v):
+        d = apply_op(A, v)
+        if fd_step is None:  # the graph is built after the first JVP: a power step's memory profile
+            return jvp(f, y, d, "forward")[1]
+        base = forward_graph().detach()
+        rdt = y.real.dtype
+        t = fd_step * _norm64(y).clamp_min(1e-300) / _norm64(d).clamp_min(1e-300)
+        t = t.to(rdt).view(_bshape(y))
+        with torch.no_grad():
+            return (f(y + t.to(y.dtype) * d) - base) / t.view(_bshape(base))
+
+    def AtJtu(u):
+        out = forward_graph()
         (g,) = torch.autograd.grad(out, y_leaf, u.to(out.dtype), retain_graph=True)
         return adjoint_op(A, g)
 
@@ -210,7 +230,7 @@ def _norm64(a: torch.Tensor) -> torch.Tensor:
 
 
 def lanczos_start(
-    fn: Network, ys: torch.Tensor, ops: list, vs: list[torch.Tensor], k: int
+    fn: Network, ys: torch.Tensor, ops: list, vs: list[torch.Tensor], k: int, fd_step: float | None = None
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``k`` Lanczos steps from each carried vector: the warm start of the fused power step.
 
@@ -223,12 +243,17 @@ def lanczos_start(
     Args:
         fn: the network on the ``S`` samples ``ys`` ``(S, …)`` (samples must not interact);
             ops: ``K`` operators restricted to them, ``None`` for the identity (``‖J‖``);
-            vs: ``K`` starting vectors ``(S, …)``; k: steps (``k`` forward-mode JVPs + VJPs).
+            vs: ``K`` starting vectors ``(S, …)``; k: steps (``k`` JVPs + VJPs); fd_step: JVPs
+            by forward differences of this relative step (see :func:`reference_sigma`) instead
+            of forward mode.
     Returns:
         ``(v, bound)``: ``K`` unit vectors ``(S, …)`` and ``(K, S)`` float64 lower bounds
         ``σ_max(C) ≤ ‖J A v‖ ≤ σ₁``.
     """
     if k < 1:
         raise ValueError(f"lanczos_start needs k >= 1 steps, got {k}")
-    rs = [reference_sigma(fn, ys, op, tol=1e-12, max_iter=k, v0=v, stall_tol=0.0) for op, v in zip(ops, vs)]
+    rs = [
+        reference_sigma(fn, ys, op, tol=1e-12, max_iter=k, v0=v, stall_tol=0.0, fd_step=fd_step)
+        for op, v in zip(ops, vs)
+    ]
     return [r.v_next for r in rs], torch.stack([r.bound for r in rs])

@@ -107,6 +107,7 @@ def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
             fd_step=r.fd_step or None,
             recompute=r.fd_recompute,
             tie=r.tie_terms,
+            lanczos_jvp=r.lanczos_jvp,
         )
     pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) if jac is not None and r.pool else None
     warm = (
