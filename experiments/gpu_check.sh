@@ -9,7 +9,8 @@
 # DEVICE=cpu bash experiments/gpu_check.sh rehearses it here (smaller sizes, no CUDA tests).
 # COST_ROWS=plain,default,lz3 (rows of cost_default.py), COST_BATCHES=1,2,4, COST_EPOCHS=6,
 # COST_REF=2 (reference-σ probe slices; 0: monitor off), COST_TIMEOUT=s, THROUGHPUT=0 (skip the
-# throughput table, unchanged since its last run) fit the check to what a session measures.
+# throughput table, unchanged since its last run), LANCZOS=0 (skip lanczos_cost.py: the warm
+# Lanczos steps, forward-mode vs fd JVPs) fit the check to what a session measures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
@@ -41,6 +42,13 @@ echo "tests: $(( $(date +%s) - T0 )) s"
 timeout "${COST_TIMEOUT:-270}" python3 experiments/cost_default.py --data "$SIZE" --chans $CH --pools $PO --batches $BATCHES \
   --rows "${COST_ROWS:-plain,default}" --epochs "${COST_EPOCHS:-6}" --train-slices 8 --ref-slices "${COST_REF:-2}" --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
 echo "cost: $(( $(date +%s) - T0 )) s"
+# the warm Lanczos steps of reg.n_iter=3, forward-mode vs finite-difference JVPs (reg.lanczos_jvp)
+if [ "${LANCZOS:-1}" != 0 ]; then
+  LSIZE=$([ "$DEVICE" = cuda ] && echo 320 || echo 64)
+  timeout 120 python3 experiments/lanczos_cost.py --device "$DEVICE" --size $LSIZE --chans $CH --pools $PO \
+    --batches "$BATCHES" --out "$OUT/lanczos_cost_$DEVICE" 2>&1 | grep "^batch"
+  echo "lanczos: $(( $(date +%s) - T0 )) s"
+fi
 SMALL=$([ "$DEVICE" = cuda ] || echo --small)
 # slices/s, data wait and peak memory, single-coil knee and 16-coil brain, plain and default
 [ "${THROUGHPUT:-1}" = 0 ] || timeout 150 python3 experiments/throughput.py --device "$DEVICE" --slices 6 $SMALL --out "$OUT" 2>&1 | tail -9
