@@ -5,7 +5,7 @@
 # its report after each run, so a stopped one keeps its finished rows.  Per process (λ = 0.2
 # unless named): seeds 0, 1, 2 × (plain, default, forward n = 10); seed 0 × (fd2, forward n = 1);
 # seed 0 at λ = 0.5 × (default, forward10); with PHASE=2 (a second call): seeds 1, 2 at λ = 0.5
-# and seed 0 at λ = 1 × (default, forward10); PHASE=3 … 6: see their branches.  Their step × plain
+# and seed 0 at λ = 1 × (default, forward10); PHASE=3 … 7: see their branches.  Their step × plain
 # ratios share the GPU: not cost
 # figures (gpu_check.sh's cost table is).  Merge here afterwards with true_sigma.py --merge
 # (results/true_sigma_gpu*.md list the commands; plain runs are λ-independent and merged in).
@@ -46,6 +46,12 @@ elif [ "$PHASE" = 6 ]; then  # 30 epochs (2026-11-27): does the accurate estimat
   # deadline leaves its history.csv (copied to $RES/hist) for the report
   for s in 0 1 2; do
     for r in plain default lz3; do ts "${r}30_s$s" --rows "$r" --seed-start "$s" --lam 0.5 --epochs 30 --keep "$RES/keep/${r}_s$s" "$@"; done
+  done
+elif [ "$PHASE" = 7 ]; then  # 30 epochs (session 19): the accurate estimate with fd JVPs (lz3fd) at
+  # λ = 0.1 and 0.2, seeds 0–2 (6 processes): does a λ hold σ ≤ 0.85× plain for 30 epochs within
+  # 0.2 dB?  plain's 30-epoch runs of these seeds are in results/true_sigma_gpu_30ep.json
+  for s in 0 1 2; do
+    for l in 0.1 0.2; do ts "lz3fd${l#0.}_s$s" --rows lz3fd --seed-start "$s" --lam "$l" --epochs 30 --keep "$RES/keep/lz3fd${l#0.}_s$s" "$@"; done
   done
 else  # PHASE=5: the default at the sweep's recommended λ = 1, seeds 0, 1, 2 (3 processes; seed 0
   # again for the estimate/reference at the step's own weights, which its 2026-11-26 run lacks)
