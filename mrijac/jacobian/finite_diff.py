@@ -38,7 +38,7 @@ from torch import nn
 
 from ..operators.base import batch_norm2
 from .reference import lanczos_start
-from .vectors import Network, Operator, adjoint_op, apply_op, normalize, random_input, to_real
+from .vectors import Network, Operator, adjoint_op, apply_op, fd_steps, normalize, random_input, to_real
 
 OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
 
@@ -147,8 +147,7 @@ def fd_power_step(
     if n_pre > 0:
         vs, _ = lanczos_start(fn_sel, ys, ops, vs, n_pre, fd_step=h if pre_fd else None)
     dirs = [apply_op(op, v) for op, v in zip(ops, vs)]
-    scale = h * batch_norm2(ys).clamp_min(torch.finfo(rdt).tiny)
-    steps = [scale / batch_norm2(d).clamp_min(torch.finfo(rdt).tiny) for d in dirs]
+    steps = [fd_steps(ys, d, h) for d in dirs]
     bshape = lambda s: s.view(-1, *[1] * (ys.dim() - 1))  # noqa: E731
     Xc = torch.cat([ys + bshape(s).to(ys.dtype) * d for s, d in zip(steps, dirs)])
     Xc = Xc.detach().requires_grad_()

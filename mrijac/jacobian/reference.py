@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .products import jvp, third_order_hint
-from .vectors import Network, Operator, adjoint_op, apply_op, normalize, random_input, to_real
+from .vectors import Network, Operator, adjoint_op, apply_op, fd_steps, normalize, random_input, to_real
 
 
 @dataclass
@@ -138,11 +138,9 @@ def reference_sigma(
         if fd_step is None:  # the graph is built after the first JVP: a power step's memory profile
             return jvp(f, y, d, "forward")[1]
         base = forward_graph().detach()
-        rdt = y.real.dtype
-        t = fd_step * _norm64(y).clamp_min(1e-300) / _norm64(d).clamp_min(1e-300)
-        t = t.to(rdt).view(_bshape(y))
+        t = fd_steps(y, d, fd_step)
         with torch.no_grad():
-            return (f(y + t.to(y.dtype) * d) - base) / t.view(_bshape(base))
+            return (f(y + t.view(_bshape(y)).to(y.dtype) * d) - base) / t.view(_bshape(base))
 
     def AtJtu(u):
         out = forward_graph()

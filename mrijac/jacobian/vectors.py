@@ -38,6 +38,13 @@ def normalize(v: torch.Tensor) -> torch.Tensor:
     return v / batch_norm2(v).clamp_min(1e-30).view(-1, *[1] * (v.dim() - 1))
 
 
+def fd_steps(y: torch.Tensor, d: torch.Tensor, h: float) -> torch.Tensor:
+    """Forward-difference steps ``t_b = h·‖y_b‖/‖d_b‖`` ``(B,)`` (real dtype of ``y``): a step of
+    relative size ``h`` from ``y`` along ``d``, for ``J d ≈ (f(y + t d) − f(y)) / t``."""
+    tiny = torch.finfo(y.real.dtype).tiny
+    return h * batch_norm2(y).clamp_min(tiny) / batch_norm2(d).clamp_min(tiny)
+
+
 def input_dim(v: torch.Tensor) -> int:
     return v[0].numel() * (2 if v.is_complex() else 1)
 
