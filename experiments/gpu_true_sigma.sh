@@ -48,10 +48,10 @@ elif [ "$PHASE" = 6 ]; then  # 30 epochs (2026-11-27): does the accurate estimat
     for r in plain default lz3; do ts "${r}30_s$s" --rows "$r" --seed-start "$s" --lam 0.5 --epochs 30 --keep "$RES/keep/${r}_s$s" "$@"; done
   done
 elif [ "$PHASE" = 7 ]; then  # 30 epochs (session 19): the accurate estimate with fd JVPs (lz3fd) at
-  # λ = 0.1 and 0.2, seeds 0–2 (6 processes): does a λ hold σ ≤ 0.85× plain for 30 epochs within
+  # λ = 0.1, 0.15 and 0.2, seeds 0–2 (9 processes, as PHASE=6): does a λ hold σ ≤ 0.85× plain for 30 epochs within
   # 0.2 dB?  plain's 30-epoch runs of these seeds are in results/true_sigma_gpu_30ep.json
   for s in 0 1 2; do
-    for l in 0.1 0.2; do ts "lz3fd${l#0.}_s$s" --rows lz3fd --seed-start "$s" --lam "$l" --epochs 30 --keep "$RES/keep/lz3fd${l#0.}_s$s" "$@"; done
+    for l in 0.1 0.15 0.2; do ts "lz3fd${l#0.}_s$s" --rows lz3fd --seed-start "$s" --lam "$l" --epochs 30 --keep "$RES/keep/lz3fd${l#0.}_s$s" "$@"; done
   done
 else  # PHASE=5: the default at the sweep's recommended λ = 1, seeds 0, 1, 2 (3 processes; seed 0
   # again for the estimate/reference at the step's own weights, which its 2026-11-26 run lacks)
