@@ -66,6 +66,9 @@ def test_above_target_counts_epochs_after_the_first_and_picks_the_floor():
     # 0.85 × 1.2 = 1.02 ≤ 1.1 × 1.05: both of a's points are at the floor
     assert row_a.split("|")[3].strip() == "2"
     assert true_sigma._above_section({"plain": rs["plain"]}, floors) == []
+    # no floor at all: the count says so rather than reading as "none at the floor"
+    row = next(ln for ln in true_sigma._above_section(rs2, {}) if ln.startswith("| row a |"))
+    assert row.split("|")[3].strip() == "– (no floor)"
 
 
 CHEST = ROOT.parent / "shared" / "data" / "mri" / "chest100"
@@ -86,3 +89,33 @@ def test_data_floors_of_the_real_probe_slices(tmp_path):
     y, _, x, _ = fixed_batches(task, "val", 2, 1, "cpu")[0]
     want = (x.reshape(len(x), -1).norm(dim=1) / torch.view_as_real(y).reshape(len(y), -1).norm(dim=1)).mean()
     assert got["val"] == pytest.approx(float(want), rel=1e-6)
+
+
+def test_summary_reports_the_psnr_cost_over_the_second_half_per_seed_pair():
+    """The PSNR half of the acceptance: PSNR − plain of the same seed, averaged over seeds per
+    epoch, then mean / worst over epochs ≥ E/2 and the count of those epochs below −0.2 dB."""
+    from types import SimpleNamespace
+
+    def hist(psnr):
+        h = _hist([2.0] * len(psnr), [2.0] * len(psnr))
+        for r, p in zip(h, psnr):
+            r["psnr"] = p
+        return h
+
+    rs = {
+        "plain": [{"history": hist([20.0, 21.0, 22.0, 23.0]), "seed": 0}, {"history": hist([20.0] * 4), "seed": 1}],
+        # epochs 3, 4 (≥ E/2 = 2): seed 0 −0.3, −0.1; seed 1 −0.3, +0.1 → means −0.3, 0.0
+        "a": [
+            {"history": hist([19.0, 20.0, 21.7, 22.9]), "seed": 0},
+            {"history": hist([19.0, 19.0, 19.7, 20.1]), "seed": 1},
+        ],
+    }
+    a = SimpleNamespace(lam=0.1, ref_tol=0.01, ref_slices=2, commands=["x"], floors={}, machine="m")
+    lines, data = true_sigma.summarize({"real": rs}, a, 4)
+    rec = data["tasks"]["real"]["a"]
+    assert rec["late_psnr_vs_plain"] == pytest.approx(-0.15)
+    assert rec["late_psnr_worst"] == pytest.approx(-0.3)
+    assert (rec["late_psnr_over_budget"], rec["late_psnr_epochs"]) == (1, 2)
+    assert rec["psnr_vs_plain"] == pytest.approx(0.0)  # the last epoch alone hides the cost
+    row = next(ln for ln in lines if ln.startswith("| row a |"))
+    assert "| -0.15 / -0.30 (1 of 2) |" in row
