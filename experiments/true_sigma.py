@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import platform
 import subprocess
 import sys
@@ -397,7 +398,7 @@ def summarize(results, a, epochs):
             per_epoch = [float(np.nanmean(val[:, e])) for e in range(n_ep)]
             per_epoch_train = [float(np.nanmean(train[:, e])) for e in range(n_ep)]
             # PSNR − plain per seed and epoch over the second half of training (as late_ratio)
-            dpsnr = _per_epoch_diff(pairs, "psnr")[:, n_ep // 2 :]
+            dpsnr = _per_epoch(pairs, "psnr", operator.sub)[:, n_ep // 2 :]
             dpsnr_mean = np.nanmean(dpsnr, axis=0) if dpsnr.size else np.array([])
             rec = {
                 "val_sigma_ja_mean": _m(hs, "val_sigma_ja_mean"),
@@ -540,20 +541,14 @@ def _above_section(rs: dict, floors: dict) -> list[str]:
     return lines + [""]
 
 
-def _per_epoch(pairs, key) -> np.ndarray:
-    """``(seeds, epochs)`` ratios of ``key`` to the plain run of the same seed, over the epochs
-    every pair has (NaN where a history lacks the key)."""
+def _per_epoch(pairs, key, combine=operator.truediv) -> np.ndarray:
+    """``(seeds, epochs)`` ratios of ``key`` to the plain run of the same seed (``combine=
+    operator.sub``: differences, e.g. PSNR in dB), over the epochs every pair has (NaN where a
+    history lacks the key)."""
     n_ep = min((min(len(h), len(p)) for h, p in pairs), default=0)
     return np.array(
-        [[h[e].get(key, math.nan) / p[e].get(key, math.nan) for e in range(n_ep)] for h, p in pairs], dtype=float
-    ).reshape(len(pairs), n_ep)
-
-
-def _per_epoch_diff(pairs, key) -> np.ndarray:
-    """``(seeds, epochs)`` differences ``key − plain's`` (e.g. PSNR in dB), as :func:`_per_epoch`."""
-    n_ep = min((min(len(h), len(p)) for h, p in pairs), default=0)
-    return np.array(
-        [[h[e].get(key, math.nan) - p[e].get(key, math.nan) for e in range(n_ep)] for h, p in pairs], dtype=float
+        [[combine(h[e].get(key, math.nan), p[e].get(key, math.nan)) for e in range(n_ep)] for h, p in pairs],
+        dtype=float,
     ).reshape(len(pairs), n_ep)
 
 
