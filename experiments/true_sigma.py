@@ -2,7 +2,7 @@
 plain training, judged by the converged reference σ (Lanczos, ``reg``-independent) on fixed
 probe slices — not by the estimate the penalty itself uses.
 
-Tasks: ``real`` — 40 real chest MR slices (256×256, ``../shared/data/mri/chest100``, converted
+Tasks: ``real`` — 40 (``--train-slices``) real chest MR slices (256×256, ``../shared/data/mri/chest100``, converted
 by ``mrijac data convert images``: simulated single-coil k-space) for training, 20 for
 validation; ``synthetic`` — the demo's phantom task (64×64).  U-Net, 4× random Cartesian,
 batch 4, the same fixed λ for every row.  Per row: reference σ(J A) and σ(J) (mean and max)
@@ -100,7 +100,11 @@ def _label(row: str) -> str:
     return (ROWS.get(row) or RETIRED[row])[0]
 
 
-def make_data(task: str, tmp: Path, quick: bool, shared: Path = SHARED) -> tuple[Path, list[str]]:
+def make_data(
+    task: str, tmp: Path, quick: bool, shared: Path = SHARED, train_slices: int = 40
+) -> tuple[Path, list[str]]:
+    """``(root, overrides)`` of a task; ``real``: the first ``train_slices`` (≤ 80) of the 80
+    chest training slices, 20 validation slices (12 / 8 with ``quick``)."""
     if task == "synthetic":
         root = tmp / "synth"
         write_synthetic_dataset(
@@ -122,32 +126,36 @@ def make_data(task: str, tmp: Path, quick: bool, shared: Path = SHARED) -> tuple
         ]
     src = shared / "mri" / "chest100"
     full = tmp / "chest_all"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mrijac.cli",
-            "data",
-            "convert",
-            "images",
-            str(src),
-            "--out",
-            str(full),
-            "--per-volume",
-            "1",
-            "--split",
-            "0.8,0.2,0",
-            "--key",
-            "im_ori",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    if not (full / "train").is_dir():  # converted once per folder
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mrijac.cli",
+                "data",
+                "convert",
+                "images",
+                str(src),
+                "--out",
+                str(full),
+                "--per-volume",
+                "1",
+                "--split",
+                "0.8,0.2,0",
+                "--key",
+                "im_ori",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    n_train = 12 if quick else train_slices
+    have = sorted((full / "train").glob("*.h5"))
+    if not 0 < n_train <= len(have):
+        raise SystemExit(f"--train-slices: {n_train} asked, the converted chest data has {len(have)} training slices")
     root = tmp / "chest"
     (root / "train").mkdir(parents=True)
     (root / "val").mkdir()
-    n_train = 12 if quick else 40
-    for i, p in enumerate(sorted((full / "train").glob("*.h5"))[:n_train]):
+    for i, p in enumerate(have[:n_train]):
         (root / "train" / p.name).symlink_to(p)
     for p in sorted((full / "val").glob("*.h5"))[: 8 if quick else 20]:
         (root / "val" / p.name).symlink_to(p)
@@ -227,6 +235,9 @@ def main():
     ap.add_argument(
         "--ref-tol", type=float, default=1e-2, help="reference σ tolerance (relative residual; 1e-2 bounds σ to ~1 %%)"
     )
+    ap.add_argument(
+        "--train-slices", type=int, default=40, help="real: training slices (≤ 80; 40 → 10 steps per epoch)"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 epochs (smoke run)")
     ap.add_argument("--shared", default=str(SHARED), help="the shared data folder (holds mri/chest100)")
     ap.add_argument("--out", default=str(HERE / "results" / "true_sigma"))
@@ -261,7 +272,7 @@ def main():
         if a.data_floor:
             with tempfile.TemporaryDirectory() as tmp:
                 for task, rs in results.items():
-                    root, extra = make_data(task, Path(tmp), a.quick, Path(a.shared))
+                    root, extra = make_data(task, Path(tmp), a.quick, Path(a.shared), getattr(a, "train_slices", 40))
                     for seed in sorted({r.get("seed", 0) for runs in rs.values() for r in runs}):
                         a.floors.setdefault(task, {})[str(seed)] = data_floors(root, extra, seed, a.ref_slices)
         return report(results, a, epochs)
@@ -269,7 +280,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for task in a.tasks.split(","):
-            root, extra = make_data(task, Path(a.keep) if a.keep else tmp, a.quick, Path(a.shared))
+            root, extra = make_data(
+                task, Path(a.keep) if a.keep else tmp, a.quick, Path(a.shared), getattr(a, "train_slices", 40)
+            )
             for seed in range(a.seed_start, a.seed_start + a.seeds):  # seed outer: a stopped run keeps pairs
                 a.floors.setdefault(task, {})[str(seed)] = data_floors(root, extra, seed, a.ref_slices)
                 for row in rows:
@@ -351,7 +364,9 @@ def summarize(results, a, epochs):
     lines = [
         "# True Jacobian norm: reference σ of each penalty variant vs plain",
         "",
-        f"U-Net, batch 4, sja+sj with {_lam_text(results, a.lam)}, {epochs} epochs, "
+        f"U-Net, batch 4, sja+sj with {_lam_text(results, a.lam)}, {epochs} epochs"
+        + (f" ({a.train_slices} real training slices)" if getattr(a, "train_slices", 40) != 40 else "")
+        + ", "
         "'seeds': training seeds per row; every '× plain' is the mean over seeds of the ratio to the plain run "
         "of the same seed (same data order, machine and thread count), σ values are means over seeds. "
         f"σ = converged reference (Lanczos, relative residual ≤ {a.ref_tol:g}) "
@@ -577,7 +592,9 @@ def _command(a) -> str:
     return (
         f"python experiments/true_sigma.py --tasks {a.tasks} --rows {a.rows} --epochs {a.epochs} "
         f"--seeds {a.seeds}{f' --seed-start {a.seed_start}' if a.seed_start else ''} --lam {a.lam} "
-        f"--ref-tol {a.ref_tol:g}{' --quick' if a.quick else ''}{' --append' if getattr(a, 'append', False) else ''}"
+        f"--ref-tol {a.ref_tol:g}"
+        f"{f' --train-slices {a.train_slices}' if getattr(a, 'train_slices', 40) != 40 else ''}"
+        f"{' --quick' if a.quick else ''}{' --append' if getattr(a, 'append', False) else ''}"
     )
 
 

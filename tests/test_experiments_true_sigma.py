@@ -91,6 +91,14 @@ def test_data_floors_of_the_real_probe_slices(tmp_path):
     assert got["val"] == pytest.approx(float(want), rel=1e-6)
 
 
+@pytest.mark.skipif(not CHEST.exists(), reason="needs ../shared/data/mri/chest100")
+def test_real_task_takes_the_asked_number_of_training_slices(tmp_path):
+    with pytest.raises(SystemExit, match="--train-slices: 81 asked, the converted chest data has 80"):
+        true_sigma.make_data("real", tmp_path, quick=False, train_slices=81)
+    root, _ = true_sigma.make_data("real", tmp_path, quick=False, train_slices=60)  # reuses the conversion
+    assert len(list((root / "train").glob("*.h5"))) == 60 and len(list((root / "val").glob("*.h5"))) == 20
+
+
 def test_summary_reports_the_psnr_cost_over_the_second_half_per_seed_pair():
     """The PSNR half of the acceptance: PSNR − plain of the same seed, averaged over seeds per
     epoch, then mean / worst over epochs ≥ E/2 and the count of those epochs below −0.2 dB."""
