@@ -236,7 +236,10 @@ def main():
         "--ref-tol", type=float, default=1e-2, help="reference σ tolerance (relative residual; 1e-2 bounds σ to ~1 %%)"
     )
     ap.add_argument(
-        "--train-slices", type=int, default=40, help="real: training slices (≤ 80; 40 → 10 steps per epoch)"
+        "--train-slices",
+        type=int,
+        default=None,
+        help="real: training slices (≤ 80; default 40 → 10 steps per epoch; --report-only: the JSON's)",
     )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 epochs (smoke run)")
     ap.add_argument("--shared", default=str(SHARED), help="the shared data folder (holds mri/chest100)")
@@ -244,6 +247,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads or max(1, torch.get_num_threads()))
     epochs = 2 if a.quick else a.epochs
+    if not a.report_only and a.train_slices is None:
+        a.train_slices = 40
     rows = a.rows.split(",")
     results, a.commands = load_previous(Path(a.out)) if a.append or a.report_only else ({}, [])
     for extra in filter(None, a.merge.split(",")):  # runs made by parallel calls
@@ -266,13 +271,16 @@ def main():
         if (a.report_only or a.append or path != Path(a.out)) and path.with_suffix(".json").exists():
             for task, by_seed in json.loads(path.with_suffix(".json").read_text()).get("data_floor", {}).items():
                 a.floors.setdefault(task, {}).update(by_seed)
-    if a.report_only:  # keep the machine the runs were made on (the first file's)
+    if a.report_only:  # keep the machine the runs were made on (the first file's), and its slice count
         first = Path(a.out).with_suffix(".json")
-        a.machine = a.machine or (json.loads(first.read_text()).get("machine") if first.exists() else None)
+        prev = json.loads(first.read_text()) if first.exists() else {}
+        a.machine = a.machine or prev.get("machine")
+        if a.train_slices is None:
+            a.train_slices = prev.get("args", {}).get("train_slices") or 40
         if a.data_floor:
             with tempfile.TemporaryDirectory() as tmp:
                 for task, rs in results.items():
-                    root, extra = make_data(task, Path(tmp), a.quick, Path(a.shared), getattr(a, "train_slices", 40))
+                    root, extra = make_data(task, Path(tmp), a.quick, Path(a.shared), a.train_slices)
                     for seed in sorted({r.get("seed", 0) for runs in rs.values() for r in runs}):
                         a.floors.setdefault(task, {})[str(seed)] = data_floors(root, extra, seed, a.ref_slices)
         return report(results, a, epochs)
@@ -280,9 +288,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for task in a.tasks.split(","):
-            root, extra = make_data(
-                task, Path(a.keep) if a.keep else tmp, a.quick, Path(a.shared), getattr(a, "train_slices", 40)
-            )
+            root, extra = make_data(task, Path(a.keep) if a.keep else tmp, a.quick, Path(a.shared), a.train_slices)
             for seed in range(a.seed_start, a.seed_start + a.seeds):  # seed outer: a stopped run keeps pairs
                 a.floors.setdefault(task, {})[str(seed)] = data_floors(root, extra, seed, a.ref_slices)
                 for row in rows:
