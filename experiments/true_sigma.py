@@ -247,8 +247,17 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads or max(1, torch.get_num_threads()))
     epochs = 2 if a.quick else a.epochs
-    if not a.report_only and a.train_slices is None:
-        a.train_slices = 40
+    merges = [Path(e.partition("@")[0]) for e in filter(None, a.merge.split(","))]
+    own = _train_slices_of(Path(a.out)) if a.append or a.report_only else None
+    if a.train_slices is None:
+        a.train_slices = own or 40
+    for path in [Path(a.out)] * (own is not None) + merges:  # pairs of another data size are no pairs
+        n = _train_slices_of(path)
+        if n is not None and n != a.train_slices:
+            raise SystemExit(
+                f"{path.with_suffix('.json')}: runs with --train-slices {n}, not {a.train_slices}; "
+                "rows trained on other data are not comparable"
+            )
     rows = a.rows.split(",")
     results, a.commands = load_previous(Path(a.out)) if a.append or a.report_only else ({}, [])
     for extra in filter(None, a.merge.split(",")):  # runs made by parallel calls
@@ -267,16 +276,13 @@ def main():
                 have = {r.get("seed") for r in results.get(task, {}).get(row, [])}
                 results.setdefault(task, {}).setdefault(row, []).extend(r for r in runs if r.get("seed") not in have)
     a.floors = {}  # task -> str(seed) -> {"val", "train"}: ‖x‖/‖y‖ of the probes
-    for path in [Path(a.out)] + [Path(e.partition("@")[0]) for e in filter(None, a.merge.split(","))]:
+    for path in [Path(a.out)] + merges:
         if (a.report_only or a.append or path != Path(a.out)) and path.with_suffix(".json").exists():
             for task, by_seed in json.loads(path.with_suffix(".json").read_text()).get("data_floor", {}).items():
                 a.floors.setdefault(task, {}).update(by_seed)
-    if a.report_only:  # keep the machine the runs were made on (the first file's), and its slice count
+    if a.report_only:  # keep the machine the runs were made on (the first file's)
         first = Path(a.out).with_suffix(".json")
-        prev = json.loads(first.read_text()) if first.exists() else {}
-        a.machine = a.machine or prev.get("machine")
-        if a.train_slices is None:
-            a.train_slices = prev.get("args", {}).get("train_slices") or 40
+        a.machine = a.machine or (json.loads(first.read_text()).get("machine") if first.exists() else None)
         if a.data_floor:
             with tempfile.TemporaryDirectory() as tmp:
                 for task, rs in results.items():
@@ -318,6 +324,13 @@ def _rows_of(command: str) -> list[str]:
     """The ``--rows`` of a recorded command line (every row when it names none)."""
     words = command.strip("`").split()
     return words[words.index("--rows") + 1].split(",") if "--rows" in words[:-1] else list(ROWS)
+
+
+def _train_slices_of(out: Path) -> int | None:
+    """``--train-slices`` of the runs in ``<out>.json`` (40 in files from before the option),
+    ``None`` without such a file."""
+    path = out.with_suffix(".json")
+    return (json.loads(path.read_text())["args"].get("train_slices") or 40) if path.exists() else None
 
 
 def load_previous(out: Path) -> tuple[dict, list[str]]:

@@ -1,6 +1,7 @@
 """experiments/true_sigma.py: the account of the epochs above 0.85× plain against the floor of σ
 — which points it counts, which floor it uses, and the probe slices' ‖x‖/‖y‖ it reads."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -97,6 +98,18 @@ def test_real_task_takes_the_asked_number_of_training_slices(tmp_path):
         true_sigma.make_data("real", tmp_path, quick=False, train_slices=81)
     root, _ = true_sigma.make_data("real", tmp_path, quick=False, train_slices=60)  # reuses the conversion
     assert len(list((root / "train").glob("*.h5"))) == 60 and len(list((root / "val").glob("*.h5"))) == 20
+
+
+def test_report_refuses_to_merge_runs_of_another_training_set_size(tmp_path, monkeypatch):
+    """Rows are paired with plain by seed: a merged file trained on more slices would pair runs of
+    different data without a word."""
+    (tmp_path / "a.json").write_text(json.dumps({"args": {"train_slices": 80}, "tasks": {"real": {}}}))
+    (tmp_path / "b.json").write_text(json.dumps({"args": {}, "tasks": {"real": {}}}))  # before the option: 40
+    argv = ["true_sigma.py", "--report-only", "--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match=r"b\.json: runs with --train-slices 40, not 80"):
+        true_sigma.main()
+    assert true_sigma._train_slices_of(tmp_path / "missing") is None
 
 
 def test_summary_reports_the_psnr_cost_over_the_second_half_per_seed_pair():
