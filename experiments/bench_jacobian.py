@@ -169,6 +169,7 @@ def run_row(spec: dict) -> dict:
             warm_start_vectors=spec.get("warm", False) or spec.get("method") == "fd",
             samples=spec.get("samples"),
             recompute=spec.get("recompute", False),
+            lanczos_jvp="forward",  # as measured before "auto" (fd with method="fd") existed
         )
     Am = operator_matrix(A.to(dtype=torch.float32), dtype=torch.float32) if reg == "explicit" else None
     state = {"step": 0}

@@ -68,6 +68,8 @@ def train_default(root, extra: list[str], lam: float, out: Path, epochs: int = 1
             "train.ref_slices=0",
             "train.ge_batches=1",
             "reg.name=sja+sj",
+            "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
+            "reg.lanczos_jvp=forward",
             f"reg.lambda_ja={lam}",
             f"reg.lambda_j={lam}",
             *extra,

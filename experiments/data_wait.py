@@ -35,6 +35,8 @@ REGS = {
         "reg.samples=1",
         "reg.alternate=true",
         "reg.fd_recompute=true",
+        "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
+        "reg.lanczos_jvp=forward",
         "reg.lambda_ja=0.001",
         "reg.lambda_j=0.001",
     ],

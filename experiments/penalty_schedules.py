@@ -42,6 +42,7 @@ def config(data, *over):
             "data.center_fractions=[0.16]",
             "reg.name=sja+sj",
             "reg.n_iter=1",
+            "reg.lanczos_jvp=forward",
             "train.progress=false",
             "train.ref_slices=4",
             "train.ge_batches=2",

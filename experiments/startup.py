@@ -86,6 +86,8 @@ def launch(root: Path, overrides: list[str], cache_dir: Path) -> dict:
         "model.chans=8",
         "model.num_pool_layers=2",
         "reg.name=sja+sj",
+        "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
+        "reg.lanczos_jvp=forward",
         "train.progress=false",
     ]
     t0 = time.time()

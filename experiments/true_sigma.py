@@ -50,9 +50,9 @@ ROWS = {
         "forward n = 10, whole batch",
         ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=10"],
     ),
-    "default": ("the default (reg.method=auto → fd, 1 sample, alternate terms)", []),
+    "default": ("the default until 2026-11-28 (reg.method=auto → fd, 1 sample, alternate terms, one fused power step per visit: reg.n_iter=1)", []),
     "random_cold": (
-        "the default, first visits from a random vector (reg.cold_start=random; the default before 2026-11-26)",
+        "the default until 2026-11-28 (reg.n_iter=1), first visits from a random vector (reg.cold_start=random; the default before 2026-11-26)",
         ["reg.cold_start=random"],
     ),
     "fd": ("fd, arg-max sample (warm per sample)", ["reg.method=fd", "reg.samples=1"]),
@@ -61,15 +61,15 @@ ROWS = {
         ["reg.method=fd", "reg.samples=1", "reg.n_iter=2"],
     ),
     "lz3": (
-        "the default + 2 Lanczos steps per visit (reg.n_iter=3)",
+        "fd + 2 Lanczos steps per visit (reg.n_iter=3)",
         ["reg.n_iter=3"],
     ),
     "lz3fd": (
-        "the default + 2 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=3 reg.lanczos_jvp=fd)",
+        "fd + 2 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
     ),
     "lz5": (
-        "the default + 4 Lanczos steps per visit (reg.n_iter=5)",
+        "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
     ),
     "fdalt": (
@@ -85,6 +85,15 @@ ROWS = {
         ["reg.method=fd", "reg.pool=2", "reg.pool_refresh=10", "reg.pool_iters=8", "reg.alternate=true"],
     ),
 }
+
+# Every row names its power settings: rows measured before the default became
+# reg.n_iter=3 reg.lanczos_jvp=fd (2026-11-28) keep the settings they were measured with
+# (n_iter=1; Lanczos JVPs by forward mode), so a rerun repeats what their reports show.
+for _label_, _over in ROWS.values():
+    if not any(o.startswith("reg.n_iter=") for o in _over):
+        _over.append("reg.n_iter=1")
+    if not any(o.startswith("reg.lanczos_jvp=") for o in _over):
+        _over.append("reg.lanczos_jvp=forward")
 
 # rows that were measured and then removed with their option; kept so that their reports can be
 # redrawn (--report-only / --merge)

@@ -68,7 +68,6 @@ def demo_config(data: Path, reg: str, quick: bool):
             "optim.lr=0.001",
             f"optim.epochs={s['epochs']}",
             f"reg.name={reg}",
-            "reg.n_iter=1",
             "reg.lambda_ja=auto",
             "reg.lambda_j=auto",
             "train.ref_slices=4",

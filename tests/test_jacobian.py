@@ -216,7 +216,9 @@ def test_fd_penalty_value_and_gradient_at_the_singular_vectors(recompute, proble
     low = int(sig_ref.argmin())
     v0["v_ja"][low] = torch.randn_like(v0["v_ja"][low])  # a non-argmax sample far from converged
     # tie=False: the J term is estimated separately even where ‖J‖ = ‖J A‖ (single coil)
-    pen = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", recompute=recompute, tie=False)
+    pen = JacobianPenalty(
+        "spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", n_iter=1, recompute=recompute, tie=False
+    )
     recon.zero_grad()
     out, p, stats = pen(recon, y, A, v0=v0)
     assert "v_ja" not in stats  # the vectors come with the backward pass
@@ -309,7 +311,7 @@ def test_fd_in_float32_matches_forward_mode_jvp():
     A = SingleCoilMRI(mask, (32, 32))
     y = A(A.random_input())
     v = torch.nn.functional.normalize(A.random_input().reshape(2, -1), dim=1).reshape(2, 32, 32)
-    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd")
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=1)
     _, p, st = pen(recon, y, A, v0={"v_ja": v.clone(), "cold": torch.zeros(2, dtype=torch.bool)})
     _, t = jvp(recon.as_function(A), y, A(v))
     ref = t.reshape(2, -1).norm(dim=1)
@@ -628,13 +630,40 @@ def test_fd_penalty_with_n_iter_runs_lanczos_steps_before_the_fused_one():
     M = explicit_JA(f_, y, A)
     v0 = random_like_input(A, y, 7)
     for k in (2, 4):
-        pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=k)
+        pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=k, lanczos_jvp="forward")
         _, p, st = pen(recon, y, A, v0={"v_ja": v0})
         (v,), _ = lanczos_start(f_, y, [A], [v0], k - 1)
         want = (M @ _vec(v)).norm(dim=1).squeeze(-1)
         assert torch.allclose(st["sigma_ja"], want, rtol=1e-6)
         power = (M @ _power(M, _vec(v0), k - 1)).norm(dim=1).squeeze(-1)
         assert bool((st["sigma_ja"] >= power * (1 - 1e-6)).all())
+
+
+def test_fd_penalty_default_is_two_finite_difference_lanczos_steps_then_the_fused_one(monkeypatch):
+    """``n_iter`` / ``lanczos_jvp`` ``"auto"`` (the defaults): with ``method='fd'`` two Lanczos
+    steps whose JVPs are forward differences (no forward-mode pass), then the fused step — σ̂ is
+    ‖J A v‖ of the two-step Lanczos vector (explicit Jacobian); other methods keep one power
+    iteration; a non-integer or non-positive ``n_iter`` is refused by name."""
+    import mrijac.jacobian.reference as reference
+
+    f_, y, A, recon = mri_problem(B=3)
+    M = explicit_JA(f_, y, A)
+    v0 = random_like_input(A, y, 7)
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd")
+    assert (pen.n_iter, pen.lanczos_jvp) == (3, "fd")
+    with monkeypatch.context() as m:
+        m.setattr(reference, "jvp", lambda *a, **kw: pytest.fail("forward-mode JVP in the default fd penalty"))
+        _, p, st = pen(recon, y, A, v0={"v_ja": v0})
+    (v,), _ = lanczos_start(f_, y, [A], [v0], 2)
+    want = (M @ _vec(v)).norm(dim=1).squeeze(-1)
+    assert torch.allclose(st["sigma_ja"], want, rtol=1e-6)
+    one_step = (M @ _power(M, _vec(v0), 1)).norm(dim=1).squeeze(-1)
+    assert bool((st["sigma_ja"] >= one_step * (1 - 1e-6)).all())
+    fwd = JacobianPenalty("spectral", lambda_ja=1.0)
+    assert (fwd.method, fwd.n_iter, fwd.lanczos_jvp) == ("forward", 1, "forward")
+    for bad in (0, 1.5, "x", True):
+        with pytest.raises(ValueError, match="n_iter must be an integer >= 1 or 'auto'"):
+            JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=bad)
 
 
 @pytest.mark.parametrize("problem", ["mlp", "mri", "multicoil"])

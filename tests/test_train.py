@@ -37,6 +37,29 @@ def cfg_for(data, *over):
     return load_config(None, [f"data.root={data}", *BASE, *over])
 
 
+def test_config_power_settings_auto_resolve_after_the_method(tmp_path):
+    """``reg.n_iter`` / ``reg.lanczos_jvp`` ``auto`` (the defaults) resolve after
+    ``reg.method``: ``fd`` → two Lanczos steps with finite-difference JVPs (``n_iter=3``,
+    ``lanczos_jvp=fd``), ``forward`` (bf16, Frobenius, BatchNorm, asked) → one power iteration;
+    explicit values are kept, a saved config holds the resolved ones, bad values name the key."""
+    r = load_config(None, ["reg.name=sja+sj"]).reg
+    assert (r.method, r.n_iter, r.lanczos_jvp) == ("fd", 3, "fd")
+    for extra in (["train.precision=bf16"], ["reg.method=forward"], ["model.name=dncnn", "model.batchnorm=true"]):
+        r = load_config(None, ["reg.name=sja+sj", *extra]).reg
+        assert (r.method, r.n_iter, r.lanczos_jvp) == ("forward", 1, "forward"), extra
+    assert load_config(None, ["reg.name=fja+fj"]).reg.n_iter == 1
+    r = load_config(None, ["reg.name=sja+sj", "reg.n_iter=1", "reg.lanczos_jvp=forward"]).reg
+    assert (r.n_iter, r.lanczos_jvp) == (1, "forward")
+    assert load_config(None, ["reg.name=sja+sj", "reg.n_iter=5"]).reg.lanczos_jvp == "fd"
+    cfg = load_config(None, ["reg.name=sja+sj"])
+    save_config(cfg, tmp_path / "saved.yaml")
+    saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())["reg"]
+    assert (saved["n_iter"], saved["lanczos_jvp"]) == (3, "fd")
+    for bad in ("0", "1.5", "x", "true"):
+        with pytest.raises(ValueError, match="config key reg.n_iter must be an integer >= 1 or 'auto'"):
+            load_config(None, ["reg.name=sja+sj", f"reg.n_iter={bad}"])
+
+
 def test_config_yaml_overrides_and_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"task": "mri", "reg": {"name": "sja", "lambda_ja": 0.01}, "optim": {"lr": 3e-4}}))

@@ -6,6 +6,7 @@ Paper names: ``sja`` (spectral ``||J A||₂``), ``sj`` (spectral ``||J||₂``), 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -151,7 +152,8 @@ class JacobianPenalty:
             :meth:`calibrate`).
         n_iter: power iterations (spectral; with ``method="fd"``: ``n_iter − 1`` exact
             Lanczos steps from the carried vector before the fused step, see
-            :func:`~mrijac.jacobian.reference.lanczos_start`); n_proj: random projections
+            :func:`~mrijac.jacobian.reference.lanczos_start`); ``"auto"``: 3 with
+            ``method="fd"`` (the measured default), else 1; n_proj: random projections
             (Frobenius).
         method: ``"forward"`` (forward-mode AD, works for InstanceNorm U-Nets),
             ``"double_vjp"``, or ``"fd"`` (spectral only: one power iteration per step fused
@@ -178,7 +180,8 @@ class JacobianPenalty:
         lanczos_jvp: ``method="fd"``: how the exact steps before the fused one (``n_iter − 1``
             Lanczos steps, a first visit's iteration) compute ``J A v`` — ``"forward"`` mode,
             or ``"fd"``, a forward difference of step ``fd_step`` (one forward without graph
-            each: cheaper, same vectors to the difference's ~1e-4 relative error).
+            each: cheaper, same vectors to the difference's ~1e-4 relative error); ``"auto"``:
+            ``"fd"`` with ``method="fd"``, else ``"forward"``.
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
             once and use it for both terms — the same penalty at half the cost.
@@ -200,7 +203,7 @@ class JacobianPenalty:
         *,
         lambda_ja: float | str = 0.0,
         lambda_j: float | str = 0.0,
-        n_iter: int = 1,
+        n_iter: int | str = "auto",
         n_proj: int = 1,
         method: str = "forward",
         schedule: PenaltySchedule | None = None,
@@ -213,7 +216,7 @@ class JacobianPenalty:
         fd_step: float | None = None,
         recompute: bool = False,
         tie: bool = True,
-        lanczos_jvp: str = "forward",
+        lanczos_jvp: str = "auto",
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -225,8 +228,14 @@ class JacobianPenalty:
             )
         if fd_step is not None and not 0 < float(fd_step) < 1:
             raise ValueError(f"fd_step must be in (0, 1), got {fd_step}")
+        if lanczos_jvp == "auto":
+            lanczos_jvp = "fd" if method == "fd" else "forward"
+        if n_iter == "auto":
+            n_iter = 3 if method == "fd" else 1
+        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
+            raise ValueError(f"n_iter must be an integer >= 1 or 'auto', got {n_iter!r}")
         if lanczos_jvp not in LANCZOS_JVPS:
-            raise ValueError(f"lanczos_jvp must be one of {LANCZOS_JVPS}, got {lanczos_jvp!r}")
+            raise ValueError(f"lanczos_jvp must be one of {('auto',) + LANCZOS_JVPS}, got {lanczos_jvp!r}")
         if lanczos_jvp == "fd" and method != "fd":
             raise ValueError(f"lanczos_jvp='fd' is for method='fd' (its warm Lanczos steps), not method={method!r}")
         self.lanczos_jvp = lanczos_jvp
