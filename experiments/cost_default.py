@@ -39,7 +39,8 @@ ROWS = {
     "defaultrc": ("the default until 2026-11-28 (reg.n_iter=1) with reg.fd_recompute=true", ["reg.fd_recompute=true"]),
     "lz3": ("fd + 2 Lanczos steps per visit (reg.n_iter=3)", ["reg.n_iter=3"]),
     "lz3fd": (
-        "fd + 2 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
+        "fd + 2 Lanczos steps per visit, finite-difference JVPs "
+        "(reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
     ),
     "lz5": ("fd + 4 Lanczos steps per visit (reg.n_iter=5)", ["reg.n_iter=5"]),
@@ -159,7 +160,7 @@ def make_data(tmp: Path, n_train: int, n_val: int) -> Path:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="plain,default,fd,fdalt,forward1")
+    ap.add_argument("--rows", default="plain,lz3fd,default,fd,fdalt,forward1")
     ap.add_argument("--batches", default="1,2,4")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-slices", type=int, default=16)

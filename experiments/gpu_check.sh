@@ -7,7 +7,8 @@
 # $OUT (and experiments/results/).
 #   run(command="bash experiments/gpu_check.sh", carry=["experiments/wheels"], timeout_s=540)
 # DEVICE=cpu bash experiments/gpu_check.sh rehearses it here (smaller sizes, no CUDA tests).
-# COST_ROWS=plain,default,lz3 (rows of cost_default.py), COST_BATCHES=1,2,4, COST_EPOCHS=6,
+# COST_ROWS=plain,lz3fd,default (rows of cost_default.py; lz3fd is the default since 2026-11-28,
+# default the one before), COST_BATCHES=1,2,4, COST_EPOCHS=6,
 # COST_REF=2 (reference-σ probe slices; 0: monitor off), COST_TIMEOUT=s, THROUGHPUT=0 (skip the
 # throughput table, unchanged since its last run), LANCZOS=0 (skip lanczos_cost.py: the warm
 # Lanczos steps, forward-mode vs fd JVPs) fit the check to what a session measures.
@@ -40,7 +41,7 @@ else
 fi
 echo "tests: $(( $(date +%s) - T0 )) s"
 timeout "${COST_TIMEOUT:-270}" python3 experiments/cost_default.py --data "$SIZE" --chans $CH --pools $PO --batches $BATCHES \
-  --rows "${COST_ROWS:-plain,default}" --epochs "${COST_EPOCHS:-6}" --train-slices 8 --ref-slices "${COST_REF:-2}" --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
+  --rows "${COST_ROWS:-plain,lz3fd,default}" --epochs "${COST_EPOCHS:-6}" --train-slices 8 --ref-slices "${COST_REF:-2}" --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
 echo "cost: $(( $(date +%s) - T0 )) s"
 # the warm Lanczos steps of reg.n_iter=3, forward-mode vs finite-difference JVPs (reg.lanczos_jvp)
 if [ "${LANCZOS:-1}" != 0 ]; then

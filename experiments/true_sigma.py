@@ -50,9 +50,14 @@ ROWS = {
         "forward n = 10, whole batch",
         ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=10"],
     ),
-    "default": ("the default until 2026-11-28 (reg.method=auto → fd, 1 sample, alternate terms, one fused power step per visit: reg.n_iter=1)", []),
+    "default": (
+        "the default until 2026-11-28 (reg.method=auto → fd, 1 sample, alternate terms, "
+        "one fused power step per visit: reg.n_iter=1)",
+        [],
+    ),
     "random_cold": (
-        "the default until 2026-11-28 (reg.n_iter=1), first visits from a random vector (reg.cold_start=random; the default before 2026-11-26)",
+        "the default until 2026-11-28 (reg.n_iter=1), first visits from a random vector "
+        "(reg.cold_start=random; the default before 2026-11-26)",
         ["reg.cold_start=random"],
     ),
     "fd": ("fd, arg-max sample (warm per sample)", ["reg.method=fd", "reg.samples=1"]),
@@ -65,7 +70,8 @@ ROWS = {
         ["reg.n_iter=3"],
     ),
     "lz3fd": (
-        "fd + 2 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
+        "fd + 2 Lanczos steps per visit, finite-difference JVPs "
+        "(reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
     ),
     "lz5": (
