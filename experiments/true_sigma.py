@@ -245,7 +245,13 @@ def main():
         help="--report-only: compute ‖x‖/‖y‖ of each seed's probe slices (needs --shared) for the "
         "'above 0.85× plain' section (runs record it themselves)",
     )
-    ap.add_argument("--lam", type=float, default=0.5)
+    ap.add_argument(
+        "--lam",
+        type=_lam_arg,
+        default=0.5,
+        help="λ1 = λ2 of every penalised row, a number or auto (the trainer's automatic λ; the report "
+        "shows the value each run resolved)",
+    )
     ap.add_argument("--ref-slices", type=int, default=4)
     ap.add_argument(
         "--ref-tol", type=float, default=1e-2, help="reference σ tolerance (relative residual; 1e-2 bounds σ to ~1 %%)"
@@ -613,13 +619,30 @@ def _row_lam(runs) -> str:
     return " / ".join(f"{v:g}" for v in _row_lams(runs)) or "–"
 
 
+def _lam_arg(v: str):
+    """``--lam``: a number ≥ 0 or ``auto``."""
+    if v == "auto":
+        return v
+    try:
+        lam = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number >= 0 or auto, not {v!r}") from None
+    if not lam >= 0:
+        raise argparse.ArgumentTypeError(f"a number >= 0 or auto, not {v!r}")
+    return lam
+
+
 def _lam_text(results, lam) -> str:
     """``λ`` of the header: the one value every penalised run used, or a pointer to the column
-    when merged files mix them (runs carry their λ in their history)."""
+    when merged files mix them (runs carry their λ in their history, the automatic one as it
+    resolved)."""
     used = {v for rs in results.values() for runs in rs.values() for v in _row_lams(runs)}
+    how = " (automatic λ, as it resolved)" if lam == "auto" else ""
     if len(used) > 1:
-        return "λ1 = λ2 as in the λ column (rows merged from runs with different λ)"
-    return f"λ1 = λ2 = {next(iter(used)) if used else lam:g} for every row"
+        return "λ1 = λ2 as in the λ column (rows merged from runs with different λ)" + how
+    if not used:
+        return f"λ1 = λ2 = {lam if lam == 'auto' else format(lam, 'g')} for every row"
+    return f"λ1 = λ2 = {next(iter(used)):g} for every row" + how
 
 
 def _command(a) -> str:

@@ -140,3 +140,20 @@ def test_summary_reports_the_psnr_cost_over_the_second_half_per_seed_pair():
     assert rec["psnr_vs_plain"] == pytest.approx(0.0)  # the last epoch alone hides the cost
     row = next(ln for ln in lines if ln.startswith("| row a |"))
     assert "| -0.15 / -0.30 (1 of 2) |" in row
+
+
+def test_lam_option_takes_a_number_or_auto_and_the_header_names_the_resolved_value():
+    """``--lam auto`` trains with the trainer's automatic λ; the header shows the value the runs
+    resolved to and says it was automatic; anything else but a number ≥ 0 is refused."""
+    import argparse
+
+    assert true_sigma._lam_arg("auto") == "auto" and true_sigma._lam_arg("0.1") == 0.1
+    for bad in ("-1", "x", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match="a number >= 0 or auto"):
+            true_sigma._lam_arg(bad)
+    runs = {"real": {"a": [{"history": [{"lambda_ja": 0.05}]}], "plain": [{"history": [{}]}]}}
+    assert true_sigma._lam_text(runs, "auto") == "λ1 = λ2 = 0.05 for every row (automatic λ, as it resolved)"
+    assert true_sigma._lam_text(runs, 0.05) == "λ1 = λ2 = 0.05 for every row"
+    assert true_sigma._lam_text({"real": {"plain": [{"history": [{}]}]}}, "auto") == "λ1 = λ2 = auto for every row"
+    over = true_sigma.overrides("r", [], "lz3fd", 0, 1, "auto", 0, 0.01)
+    assert "reg.lambda_ja=auto" in over and "reg.n_iter=3" in over and "reg.lanczos_jvp=fd" in over
