@@ -17,12 +17,13 @@ and backward per penalised sample and term, in the *same* batched pass as the da
   copy carries the penalty's weight; the others enter with weight ``OTHERS_WEIGHT`` (1e-6), just
   to receive their VJPs.
 
-So each penalised step is one power iteration (n = 1, warm), carried across steps, at the cost of
+So the fused step is one power iteration (n = 1, warm), carried across steps, at the cost of
 ``|S|·K`` more samples in the batch instead of a forward-mode pass plus a VJP over the whole
-batch.  A sample without a stored vector first gets one exact (forward-mode) iteration, so that
-first estimates — and the automatic λ — match forward mode's n = 1; ``n_pre > 1`` exact products
-run as Lanczos steps (:func:`~mrijac.jacobian.reference.lanczos_start`); ``pre_fd`` takes their
-JVPs by forward differences too (a plain forward each instead of a forward-mode pass).  The difference quotient has
+batch.  A sample without a stored vector first gets at least one exact iteration, so that
+first estimates — and the automatic λ — are at least forward mode's n = 1; ``n_pre`` exact
+products (``n_iter − 1`` of the penalty: 2 by default) run as Lanczos steps
+(:func:`~mrijac.jacobian.reference.lanczos_start`); ``pre_fd`` takes their JVPs by forward
+differences too (a plain forward each instead of a forward-mode pass).  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a

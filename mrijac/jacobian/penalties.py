@@ -43,7 +43,7 @@ class WarmStart:
     ``vectors`` maps ``"u_ja"``/``"u_j"`` (left singular vectors, the output space; methods
     ``forward``/``double_vjp``) or ``"v_ja"``/``"v_j"`` (right singular vectors, the input
     space of the term's operator; ``method="fd"``) to ``(B, …)`` tensors; ``cold`` ``(B,)``
-    bool marks samples without stored vectors (they start with one exact iteration).
+    bool marks samples without stored vectors (they start with at least one exact iteration).
     Produced by :class:`~mrijac.train.warm.WarmStore` and
     :class:`~mrijac.train.pool.TrackedPool`; a plain dict of the same names is accepted too.
     """
@@ -79,8 +79,9 @@ class PenaltyStats(dict):
     * :attr:`vectors` — next warm-start vectors (``u_*`` left, output space; ``v_*`` right,
       input space of the operator; with ``method="fd"`` filled in by the backward pass);
     * :attr:`index` — batch rows the per-sample entries belong to (``None``: all rows);
-    * ``"first_visit"`` (``method="fd"``) — a penalised sample had no stored vector, so the
-      step began with one exact forward-mode iteration (the step's costly case).
+    * ``"first_visit"`` (``method="fd"``) — a penalised sample had no stored vector (with
+      ``n_iter=1`` the step then began with one exact iteration more: that setting's costly
+      case; with ``n_iter >= 2`` every visit runs its ``n_iter − 1`` Lanczos steps anyway).
     """
 
     def _by_term(self, prefix: str) -> dict:
@@ -162,7 +163,8 @@ class JacobianPenalty:
             ``v_ja``/``v_j`` carried between steps; see :mod:`mrijac.jacobian.finite_diff`).
             With ``"fd"`` the next vectors appear in ``stats`` once the caller has run
             ``backward`` on the penalty; samples without a vector (``v0`` missing, or marked
-            by ``WarmStart.cold`` ``(B,)``) first get one exact power iteration.
+            by ``WarmStart.cold`` ``(B,)``) get at least one exact iteration before the fused
+            step.
         every: apply the penalty every ``every`` steps (pass ``step``); the penalty is then
             multiplied by ``every`` so that its average weight is unchanged.
         alternate: with both terms, penalise only one per penalised step, ``J A`` and ``J`` in
@@ -387,7 +389,7 @@ class JacobianPenalty:
             stats[f"term_{t}"] = surr[k].max() + OTHERS_WEIGHT * (surr[k] - surr[k].detach()).sum()
         if idx is not None:
             stats["index"] = idx
-        stats["first_visit"] = bool(cold)  # started with an exact iteration (the costly steps)
+        stats["first_visit"] = bool(cold)  # no stored vector (n_iter=1: one exact iteration more)
         return out, self.weighted(stats), stats
 
     def _subset(self, module, y, A, terms, v0, generator, priority):

@@ -71,7 +71,7 @@ class EpochStats:
     n: int = 0
     wait: float = 0.0  # seconds waiting for batches
     busy: float = 0.0  # seconds computing steps
-    first_visits: int = 0  # penalised steps (method=fd) that began with an exact iteration
+    first_visits: int = 0  # penalised steps (method=fd) whose sample had no stored vector
     fd_steps: int = 0  # penalised steps with method=fd
 
     def add(self, r: dict) -> None:
@@ -94,8 +94,8 @@ class EpochStats:
             "train_penalty": self.penalty / n,
             "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-12),
             "step_time": self.busy / n,
-            # share of penalised steps that were a sample's first visit (one exact iteration
-            # more): with one penalised sample per batch of B, the first ~B epochs are all such
+            # share of penalised steps that were a sample's first visit (with n_iter=1 one exact
+            # iteration more): with one penalised sample per batch of B, the first ~B epochs
             "first_visit_frac": self.first_visits / self.fd_steps if self.fd_steps else math.nan,
             "train_sigma_ja": mean(self.sigma_ja),
             "train_sigma_j": mean(self.sigma_j),
