@@ -417,6 +417,15 @@ def test_auto_lambda():
     chosen = pen.calibrate(loss.item(), stats)
     assert chosen["lambda_ja"] == auto_lambda(loss.item(), stats["term_ja"].item(), 20)
     assert torch.allclose(pen.weighted(stats), chosen["lambda_ja"] * stats["term_ja"] + 0.1 * stats["term_j"])
+    assert stats["coincide"] is False  # a plain callable: the norms are not known to coincide
+    # single-coil MRI with a reconstructor of Aᴴy: the two norms coincide, and a step that measured
+    # only the J term (alternating) sets both automatic λs
+    _, y, A, recon = mri_problem(B=2)
+    alt = JacobianPenalty("spectral", lambda_ja="auto", lambda_j="auto", alternate=True)
+    out, p, stats = alt(recon, y, A, step=1)
+    assert stats["coincide"] is True and "term_j" in stats and "term_ja" not in stats
+    chosen = alt.calibrate(13.0, stats)
+    assert chosen["lambda_ja"] == chosen["lambda_j"] == auto_lambda(13.0, stats["term_j"].item(), 20)
 
 
 def test_penalty_refuses_bad_options():

@@ -669,6 +669,33 @@ def test_auto_lambda_is_calibrated_on_several_batches():
     assert fresh.auto["done"] and fresh.jac.lambda_ja == jac.lambda_ja
 
 
+def test_auto_lambda_of_coinciding_terms_is_one_lambda_from_every_batch(data, tmp_path):
+    """Where ‖J‖ = ‖J A‖ exactly (single coil, tied terms), every penalised batch's estimate is a
+    sample for both automatic λs, so they are equal even when the batches of the two alternating
+    terms sit on either side of a power of ten of loss/penalty (separate medians would give 0.05
+    and 0.5); where the norms differ each term keeps its own batches."""
+    from mrijac.jacobian import JacobianPenalty
+    from mrijac.jacobian.lam import auto_lambda
+    from mrijac.train.step import PenaltyStep
+
+    # J A batches: loss/penalty 12 (λ 0.5 alone); J batches: 8 (λ 0.05 alone)
+    batches = [(12.0, "ja", 1.0), (8.0, "j", 1.0), (12.0, "ja", 1.0), (8.0, "j", 1.0), (12.0, "ja", 1.0)]
+    for coincide in (True, False):
+        jac = JacobianPenalty("spectral", lambda_ja="auto", lambda_j="auto", alternate=True)
+        ps = PenaltyStep(jac, auto_steps=2)
+        for loss, t, v in batches:
+            ps.calibrate(torch.tensor(loss), {f"term_{t}": torch.tensor(v), "coincide": coincide}, torch.tensor(0.0))
+        assert ps.auto["done"]
+        if coincide:  # the first two batches, both terms: median loss 10, penalty 1
+            assert jac.lambda_ja == jac.lambda_j == auto_lambda(10.0, 1.0) == 0.5
+        else:
+            assert (jac.lambda_ja, jac.lambda_j) == (auto_lambda(12.0, 1.0), auto_lambda(8.0, 1.0)) == (0.5, 0.05)
+    # through the trainer: single-coil data with the default (tied, alternating) penalty
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.auto_steps=3", "optim.epochs=1"), tmp_path)
+    t.fit()
+    assert t.penalty.auto["done"] and t.penalty.jac.lambda_ja == t.penalty.jac.lambda_j
+
+
 def test_monitor_compares_each_estimate_with_the_weights_it_was_made_with(data, tmp_path):
     """est_ratio_* uses the reference σ of the weights of the estimate's step (CPU copies of the
     last steps' weights), est_ratio_end_* that of the weights at the end of the epoch; a

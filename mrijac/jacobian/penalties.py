@@ -79,6 +79,8 @@ class PenaltyStats(dict):
     * :attr:`vectors` — next warm-start vectors (``u_*`` left, output space; ``v_*`` right,
       input space of the operator; with ``method="fd"`` filled in by the backward pass);
     * :attr:`index` — batch rows the per-sample entries belong to (``None``: all rows);
+    * ``"coincide"`` — ``‖J‖ = ‖J A‖`` holds exactly for this call (:func:`terms_coincide`,
+      with ``tie``), so the two terms are one quantity (one automatic λ serves both);
     * ``"first_visit"`` (``method="fd"``) — a penalised sample had no stored vector (with
       ``n_iter=1`` the step then began with one exact iteration more: that setting's costly
       case; with ``n_iter >= 2`` every visit runs its ``n_iter − 1`` Lanczos steps anyway).
@@ -325,7 +327,8 @@ class JacobianPenalty:
             )
         if index is not None and self.method != "fd":
             raise ValueError("JacobianPenalty(index=…) needs method='fd'")
-        tied = self.tie and "j" in terms and terms_coincide(module, A)
+        coincide = self.tie and terms_coincide(module, A)
+        tied = coincide and "j" in terms
         work = ["ja"] if tied else terms
         if self.method == "fd":
             if index is None and subset:
@@ -342,6 +345,7 @@ class JacobianPenalty:
                     if "ja" not in terms:
                         del stats[f"{k}_ja"]
             pen = self.weighted(stats)
+        stats["coincide"] = coincide
         return out, pen, stats
 
     @staticmethod
@@ -447,11 +451,14 @@ class JacobianPenalty:
         return total * self.factor
 
     def calibrate(self, loss: float, stats: dict) -> dict:
-        """Set every ``"auto"`` λ from the unregularized ``loss`` and this batch's terms."""
+        """Set every ``"auto"`` λ from the unregularized ``loss`` and this batch's terms; where
+        the two norms coincide (``stats["coincide"]``) the one measured term sets both."""
         chosen = {}
+        seen = [t for t in self.terms if f"term_{t}" in stats]
         for t in self.terms:
-            if getattr(self, f"lambda_{t}") == "auto" and f"term_{t}" in stats:
-                lam = auto_lambda(float(loss), float(stats[f"term_{t}"].detach()), self.gamma)
+            src = t if t in seen else (seen[0] if seen and stats.get("coincide") else None)
+            if getattr(self, f"lambda_{t}") == "auto" and src is not None:
+                lam = auto_lambda(float(loss), float(stats[f"term_{src}"].detach()), self.gamma)
                 setattr(self, f"lambda_{t}", lam)
                 chosen[f"lambda_{t}"] = lam
         return chosen

@@ -95,12 +95,20 @@ class PenaltyStep:
         if not stats or a["done"]:
             return pen
         loss_v = float(self.reduce(loss.detach()).item())
-        seen = [t for t in a["terms"] if f"term_{t}" in stats]
-        if not seen:
+        present = [t for t in ("ja", "j") if f"term_{t}" in stats]
+        if stats.get("coincide") and present:
+            # ‖J‖ = ‖J A‖ exactly: the terms are one quantity, so every batch's estimate is a
+            # sample for both λs (with alternating terms each would otherwise see other batches
+            # and, where loss/penalty is near a power of ten, the two λs could differ tenfold)
+            v = statistics.mean(float(self.reduce(stats[f"term_{t}"].detach())) for t in present)
+            vals = {t: v for t in a["terms"]}
+        else:
+            vals = {t: float(self.reduce(stats[f"term_{t}"].detach())) for t in a["terms"] if t in present}
+        if not vals:
             return pen
         chosen = {}
-        for t in seen:
-            a["samples"][t].append((loss_v, float(self.reduce(stats[f"term_{t}"].detach()))))
+        for t in vals:
+            a["samples"][t].append((loss_v, vals[t]))
             if getattr(self.jac, f"lambda_{t}") == "auto":
                 lam = auto_lambda(loss_v, a["samples"][t][0][1], self.jac.gamma)
                 setattr(self.jac, f"lambda_{t}", lam)
