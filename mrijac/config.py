@@ -226,11 +226,8 @@ def _coerce(key: str, value, default):
     """Convert ``value`` to the type of ``default`` (YAML scalars from strings)."""
     if key.endswith(("lambda_ja", "lambda_j")):  # a number or "auto"
         return _yaml_scalar(value) if value != "auto" else value
-    if key == "reg.n_iter":  # an integer or "auto"
-        value = _yaml_scalar(value) if value != "auto" else value
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value):
-            raise ValueError(f"config key {key} must be an integer >= 1 or 'auto', got {value!r}")
-        return value if value == "auto" else int(value)
+    if key == "reg.n_iter":  # an integer or "auto" (checked by validate)
+        return _yaml_scalar(value) if value != "auto" else value
     if isinstance(value, str) and not isinstance(default, str):
         value = _yaml_scalar(value)
     if isinstance(default, bool):
