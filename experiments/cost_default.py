@@ -32,6 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _rows import pin_power  # noqa: E402
 
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -50,14 +51,7 @@ ROWS = {
     "forward1": ("forward n = 1, whole batch (old default)", ["reg.method=forward", "reg.samples=0", "reg.n_iter=1"]),
 }
 
-# Every row names its power settings: rows measured before the default became
-# reg.n_iter=3 reg.lanczos_jvp=fd (2026-11-28) keep the settings they were measured with
-# (n_iter=1; Lanczos JVPs by forward mode), so a rerun repeats what their reports show.
-for _label_, _over in ROWS.values():
-    if not any(o.startswith("reg.n_iter=") for o in _over):
-        _over.append("reg.n_iter=1")
-    if not any(o.startswith("reg.lanczos_jvp=") for o in _over):
-        _over.append("reg.lanczos_jvp=forward")
+pin_power(ROWS)  # rows measured before 2026-11-28 keep n_iter=1 (experiments/_rows.py)
 SHARED = HERE.parent.parent / "shared" / "data"
 
 

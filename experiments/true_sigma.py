@@ -33,6 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _report import write_report  # noqa: E402
+from _rows import pin_power  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
 from mrijac.data import write_synthetic_dataset  # noqa: E402
@@ -92,14 +93,7 @@ ROWS = {
     ),
 }
 
-# Every row names its power settings: rows measured before the default became
-# reg.n_iter=3 reg.lanczos_jvp=fd (2026-11-28) keep the settings they were measured with
-# (n_iter=1; Lanczos JVPs by forward mode), so a rerun repeats what their reports show.
-for _label_, _over in ROWS.values():
-    if not any(o.startswith("reg.n_iter=") for o in _over):
-        _over.append("reg.n_iter=1")
-    if not any(o.startswith("reg.lanczos_jvp=") for o in _over):
-        _over.append("reg.lanczos_jvp=forward")
+pin_power(ROWS)  # rows measured before 2026-11-28 keep n_iter=1 (experiments/_rows.py)
 
 # rows that were measured and then removed with their option; kept so that their reports can be
 # redrawn (--report-only / --merge)
