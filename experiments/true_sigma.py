@@ -5,7 +5,7 @@ probe slices — not by the estimate the penalty itself uses.
 Tasks: ``real`` — 40 (``--train-slices``) real chest MR slices (256×256, ``../shared/data/mri/chest100``, converted
 by ``mrijac data convert images``: simulated single-coil k-space) for training, 20 for
 validation; ``synthetic`` — the demo's phantom task (64×64).  U-Net, 4× random Cartesian,
-batch 4, the same fixed λ for every row.  Per row: reference σ(J A) and σ(J) (mean and max)
+batch 4 (`--batch`), the same fixed λ for every row.  Per row: reference σ(J A) and σ(J) (mean and max)
 on the validation and training probes at the end and their ratio to plain at every epoch, the
 median ratio of the training-time estimate to the reference σ on the samples it penalised
 (last steps of each epoch), val PSNR/SSIM, compute time per step × plain.
@@ -74,6 +74,11 @@ ROWS = {
         "fd + 2 Lanczos steps per visit, finite-difference JVPs "
         "(reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
+    ),
+    "lz3fd_e4": (
+        "the default's penalty on every 4th step, ×4 (reg.n_iter=3 reg.lanczos_jvp=fd reg.every=4: "
+        "at batch 1 one penalised sample per 4 training samples, the rate of batch 4)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
     ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
@@ -171,12 +176,14 @@ def make_data(
     return root, ["model.chans=8", "model.num_pool_layers=3", "model.residual=true"]
 
 
-def overrides(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, ge_batches: int = 2) -> list[str]:
-    """The config overrides of one run: the task's data and model (``extra``), batch 4, the
+def overrides(
+    root, extra, row, seed, epochs, lam, ref_slices, ref_tol, ge_batches: int = 2, batch: int = 4
+) -> list[str]:
+    """The config overrides of one run: the task's data and model (``extra``), ``batch``, the
     row's penalty settings at λ1 = λ2 = ``lam``, the reference monitor on ``ref_slices`` probes."""
     return [
         f"data.root={root}",
-        "data.batch_size=4",
+        f"data.batch_size={batch}",
         "data.num_workers=0",
         f"optim.epochs={epochs}",
         "train.progress=false",
@@ -192,8 +199,8 @@ def overrides(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, ge_batch
     ]
 
 
-def run(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, out):
-    over = overrides(root, extra, row, seed, epochs, lam, ref_slices, ref_tol)
+def run(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, out, batch=4):
+    over = overrides(root, extra, row, seed, epochs, lam, ref_slices, ref_tol, batch=batch)
     t0 = time.time()
     tr = Trainer(load_config(None, over), out, overwrite=True)
     tr.fit()
@@ -256,6 +263,9 @@ def main():
         default=None,
         help="real: training slices (≤ 80; default 40 → 10 steps per epoch; --report-only: the JSON's)",
     )
+    ap.add_argument(
+        "--batch", type=int, default=None, help="training batch size (default 4; --report-only: the JSON's)"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 epochs (smoke run)")
     ap.add_argument("--shared", default=str(SHARED), help="the shared data folder (holds mri/chest100)")
     ap.add_argument("--out", default=str(HERE / "results" / "true_sigma"))
@@ -263,15 +273,17 @@ def main():
     torch.set_num_threads(a.threads or max(1, torch.get_num_threads()))
     epochs = 2 if a.quick else a.epochs
     merges = [Path(e.partition("@")[0]) for e in filter(None, a.merge.split(","))]
-    own = _train_slices_of(Path(a.out)) if a.append or a.report_only else None
+    own = _setting_of(Path(a.out)) if a.append or a.report_only else None
     if a.train_slices is None:
-        a.train_slices = own or 40
+        a.train_slices = own[0] if own else 40
+    if a.batch is None:
+        a.batch = own[1] if own else 4
     for path in [Path(a.out)] * (own is not None) + merges:  # pairs of another data size are no pairs
-        n = _train_slices_of(path)
-        if n is not None and n != a.train_slices:
+        n, b = _setting_of(path) or (a.train_slices, a.batch)
+        if n != a.train_slices or b != a.batch:
             raise SystemExit(
-                f"{path.with_suffix('.json')}: runs with --train-slices {n}, not {a.train_slices}; "
-                "rows trained on other data are not comparable"
+                f"{path.with_suffix('.json')}: runs with --train-slices {n} --batch {b}, not "
+                f"{a.train_slices} / {a.batch}; rows trained on other data or batches are not comparable"
             )
     rows = a.rows.split(",")
     results, a.commands = load_previous(Path(a.out)) if a.append or a.report_only else ({}, [])
@@ -323,6 +335,7 @@ def main():
                         a.ref_slices,
                         a.ref_tol,
                         (Path(a.keep) if a.keep else tmp) / f"{task}_{row}_{seed}",
+                        a.batch,
                     )
                     r["seed"] = seed
                     results.setdefault(task, {}).setdefault(row, []).append(r)
@@ -341,11 +354,14 @@ def _rows_of(command: str) -> list[str]:
     return words[words.index("--rows") + 1].split(",") if "--rows" in words[:-1] else list(ROWS)
 
 
-def _train_slices_of(out: Path) -> int | None:
-    """``--train-slices`` of the runs in ``<out>.json`` (40 in files from before the option),
-    ``None`` without such a file."""
+def _setting_of(out: Path) -> tuple[int, int] | None:
+    """``(--train-slices, --batch)`` of the runs in ``<out>.json`` (40 and 4 in files from
+    before the options), ``None`` without such a file."""
     path = out.with_suffix(".json")
-    return (json.loads(path.read_text())["args"].get("train_slices") or 40) if path.exists() else None
+    if not path.exists():
+        return None
+    args = json.loads(path.read_text())["args"]
+    return args.get("train_slices") or 40, args.get("batch") or 4
 
 
 def load_previous(out: Path) -> tuple[dict, list[str]]:
@@ -398,7 +414,7 @@ def summarize(results, a, epochs):
     lines = [
         "# True Jacobian norm: reference σ of each penalty variant vs plain",
         "",
-        f"U-Net, batch 4, sja+sj with {_lam_text(results, a.lam)}, {epochs} epochs"
+        f"U-Net, batch {getattr(a, 'batch', 4)}, sja+sj with {_lam_text(results, a.lam)}, {epochs} epochs"
         + (f" ({a.train_slices} real training slices)" if getattr(a, "train_slices", 40) != 40 else "")
         + ", "
         "'seeds': training seeds per row; every '× plain' is the mean over seeds of the ratio to the plain run "
@@ -645,6 +661,7 @@ def _command(a) -> str:
         f"--seeds {a.seeds}{f' --seed-start {a.seed_start}' if a.seed_start else ''} --lam {a.lam} "
         f"--ref-tol {a.ref_tol:g}"
         f"{f' --train-slices {a.train_slices}' if getattr(a, 'train_slices', 40) != 40 else ''}"
+        f"{f' --batch {a.batch}' if getattr(a, 'batch', 4) != 4 else ''}"
         f"{' --quick' if a.quick else ''}{' --append' if getattr(a, 'append', False) else ''}"
     )
 

@@ -107,9 +107,20 @@ def test_report_refuses_to_merge_runs_of_another_training_set_size(tmp_path, mon
     (tmp_path / "b.json").write_text(json.dumps({"args": {}, "tasks": {"real": {}}}))  # before the option: 40
     argv = ["true_sigma.py", "--report-only", "--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit, match=r"b\.json: runs with --train-slices 40, not 80"):
+    with pytest.raises(SystemExit, match=r"b\.json: runs with --train-slices 40 --batch 4, not 80 / 4"):
         true_sigma.main()
-    assert true_sigma._train_slices_of(tmp_path / "missing") is None
+    assert true_sigma._setting_of(tmp_path / "missing") is None
+
+
+def test_report_refuses_to_merge_runs_of_another_batch_size(tmp_path, monkeypatch):
+    """A penalised run at batch 1 paired with a plain run at batch 4 would compare two trainings."""
+    (tmp_path / "a.json").write_text(json.dumps({"args": {"batch": 1}, "tasks": {"real": {}}}))
+    (tmp_path / "b.json").write_text(json.dumps({"args": {}, "tasks": {"real": {}}}))  # before the option: 4
+    argv = ["true_sigma.py", "--report-only", "--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match=r"b\.json: runs with --train-slices 40 --batch 4, not 40 / 1"):
+        true_sigma.main()
+    assert true_sigma.overrides("r", [], "plain", 0, 1, 0.1, 2, 0.01, batch=1)[1] == "data.batch_size=1"
 
 
 def test_summary_reports_the_psnr_cost_over_the_second_half_per_seed_pair():
