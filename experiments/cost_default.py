@@ -44,6 +44,15 @@ ROWS = {
         "(reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
     ),
+    "lz3fd_e4": (
+        "the default's penalty on every 4th step, ×4 (reg.n_iter=3 reg.lanczos_jvp=fd reg.every=4)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
+    ),
+    "lz3fd_e4h": (
+        "the default's penalty on every 4th step, its gradient held in between (reg.n_iter=3 "
+        "reg.lanczos_jvp=fd reg.every=4 reg.every_mode=hold)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4", "reg.every_mode=hold"],
+    ),
     "lz5": ("fd + 4 Lanczos steps per visit (reg.n_iter=5)", ["reg.n_iter=5"]),
     "pool": ("tracked pool of 1 (reg.pool=1)", ["reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"]),
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),
