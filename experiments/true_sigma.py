@@ -80,6 +80,11 @@ ROWS = {
         "at batch 1 one penalised sample per 4 training samples, the rate of batch 4)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
     ),
+    "lz3fd_e4q": (
+        "the default's penalty on every 4th step, ×4, meant to run at a quarter of the others' λ "
+        "(--lam 0.025 beside 0.1: a penalised step then weighs what one of the every-step penalty does)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
+    ),
     "lz3fd_e4h": (
         "the default's penalty on every 4th step, its gradient held in between (reg.n_iter=3 "
         "reg.lanczos_jvp=fd reg.every=4 reg.every_mode=hold)",
