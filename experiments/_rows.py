@@ -15,3 +15,30 @@ def pin_power(rows: dict) -> None:
         for pin in FORMER_DEFAULT:
             if not any(o.startswith(pin.split("=")[0] + "=") for o in over):
                 over.append(pin)
+
+
+# the current default's steps, and one penalised step in four on top of them: rows of both
+# true_sigma.py (σ they reach) and cost_default.py (what they cost), one label for each
+DEFAULT_STEPS = ("reg.n_iter=3", "reg.lanczos_jvp=fd")
+DEFAULT_ROWS = {
+    "lz3fd": (
+        "fd + 2 Lanczos steps per visit, finite-difference JVPs "
+        "(reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
+        [],
+    ),
+    "lz3fd_e4": (
+        "the default's penalty on every 4th step, ×4 (reg.n_iter=3 reg.lanczos_jvp=fd reg.every=4: "
+        "at batch 1 one penalised sample per 4 training samples, the rate of batch 4)",
+        ["reg.every=4"],
+    ),
+    "lz3fd_e4h": (
+        "the default's penalty on every 4th step, its gradient held in between (reg.n_iter=3 "
+        "reg.lanczos_jvp=fd reg.every=4 reg.every_mode=hold)",
+        ["reg.every=4", "reg.every_mode=hold"],
+    ),
+}
+
+
+def default_rows() -> dict:
+    """:data:`DEFAULT_ROWS` as ``{name: (label, overrides)}`` with fresh override lists."""
+    return {name: (label, [*DEFAULT_STEPS, *more]) for name, (label, more) in DEFAULT_ROWS.items()}

@@ -32,27 +32,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _rows import pin_power  # noqa: E402
+from _rows import default_rows, pin_power  # noqa: E402
 
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
     "default": ("the default sja+sj until 2026-11-28 (one fused power step per visit: reg.n_iter=1)", []),
     "defaultrc": ("the default until 2026-11-28 (reg.n_iter=1) with reg.fd_recompute=true", ["reg.fd_recompute=true"]),
     "lz3": ("fd + 2 Lanczos steps per visit (reg.n_iter=3)", ["reg.n_iter=3"]),
-    "lz3fd": (
-        "fd + 2 Lanczos steps per visit, finite-difference JVPs "
-        "(reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
-    ),
-    "lz3fd_e4": (
-        "the default's penalty on every 4th step, ×4 (reg.n_iter=3 reg.lanczos_jvp=fd reg.every=4)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
-    ),
-    "lz3fd_e4h": (
-        "the default's penalty on every 4th step, its gradient held in between (reg.n_iter=3 "
-        "reg.lanczos_jvp=fd reg.every=4 reg.every_mode=hold)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4", "reg.every_mode=hold"],
-    ),
+    **default_rows(),
     "lz5": ("fd + 4 Lanczos steps per visit (reg.n_iter=5)", ["reg.n_iter=5"]),
     "pool": ("tracked pool of 1 (reg.pool=1)", ["reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"]),
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),

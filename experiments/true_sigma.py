@@ -5,7 +5,7 @@ probe slices — not by the estimate the penalty itself uses.
 Tasks: ``real`` — 40 (``--train-slices``) real chest MR slices (256×256, ``../shared/data/mri/chest100``, converted
 by ``mrijac data convert images``: simulated single-coil k-space) for training, 20 for
 validation; ``synthetic`` — the demo's phantom task (64×64).  U-Net, 4× random Cartesian,
-batch 4 (`--batch`), the same fixed λ for every row.  Per row: reference σ(J A) and σ(J) (mean and max)
+batch 4 (``--batch``), the same fixed λ for every row.  Per row: reference σ(J A) and σ(J) (mean and max)
 on the validation and training probes at the end and their ratio to plain at every epoch, the
 median ratio of the training-time estimate to the reference σ on the samples it penalised
 (last steps of each epoch), val PSNR/SSIM, compute time per step × plain.
@@ -33,7 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _report import write_report  # noqa: E402
-from _rows import pin_power  # noqa: E402
+from _rows import default_rows, pin_power  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
 from mrijac.data import write_synthetic_dataset  # noqa: E402
@@ -70,25 +70,11 @@ ROWS = {
         "fd + 2 Lanczos steps per visit (reg.n_iter=3)",
         ["reg.n_iter=3"],
     ),
-    "lz3fd": (
-        "fd + 2 Lanczos steps per visit, finite-difference JVPs "
-        "(reg.n_iter=3 reg.lanczos_jvp=fd: the default since 2026-11-28)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
-    ),
-    "lz3fd_e4": (
-        "the default's penalty on every 4th step, ×4 (reg.n_iter=3 reg.lanczos_jvp=fd reg.every=4: "
-        "at batch 1 one penalised sample per 4 training samples, the rate of batch 4)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
-    ),
+    **default_rows(),
     "lz3fd_e4q": (
         "the default's penalty on every 4th step, ×4, meant to run at a quarter of the others' λ "
         "(--lam 0.025 beside 0.1: a penalised step then weighs what one of the every-step penalty does)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
-    ),
-    "lz3fd_e4h": (
-        "the default's penalty on every 4th step, its gradient held in between (reg.n_iter=3 "
-        "reg.lanczos_jvp=fd reg.every=4 reg.every_mode=hold)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4", "reg.every_mode=hold"],
     ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
