@@ -76,6 +76,11 @@ ROWS = {
         "(--lam 0.025 beside 0.1: a penalised step then weighs what one of the every-step penalty does)",
         ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
     ),
+    "lz3fd_e4b": (
+        "the default's penalty on every 4th step, ×4, at yet another λ (a row of its own so that "
+        "merged runs at several λ keep their seeds; the λ column says which)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
+    ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
