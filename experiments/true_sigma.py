@@ -41,6 +41,7 @@ from mrijac.evaluate.figures import plt, save_figure  # noqa: E402
 from mrijac.train import Trainer  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
+_E4 = default_rows()["lz3fd_e4"][1]  # lz3fd_e4q / lz3fd_e4b: the same penalty, rows for runs at other λ
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
     "forward1": (
@@ -74,12 +75,12 @@ ROWS = {
     "lz3fd_e4q": (
         "the default's penalty on every 4th step, ×4, meant to run at a quarter of the others' λ "
         "(--lam 0.025 beside 0.1: a penalised step then weighs what one of the every-step penalty does)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
+        list(_E4),
     ),
     "lz3fd_e4b": (
         "the default's penalty on every 4th step, ×4, at yet another λ (a row of its own so that "
         "merged runs at several λ keep their seeds; the λ column says which)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.every=4"],
+        list(_E4),
     ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",

@@ -100,26 +100,21 @@ def test_real_task_takes_the_asked_number_of_training_slices(tmp_path):
     assert len(list((root / "train").glob("*.h5"))) == 60 and len(list((root / "val").glob("*.h5"))) == 20
 
 
-def test_report_refuses_to_merge_runs_of_another_training_set_size(tmp_path, monkeypatch):
-    """Rows are paired with plain by seed: a merged file trained on more slices would pair runs of
-    different data without a word."""
-    (tmp_path / "a.json").write_text(json.dumps({"args": {"train_slices": 80}, "tasks": {"real": {}}}))
-    (tmp_path / "b.json").write_text(json.dumps({"args": {}, "tasks": {"real": {}}}))  # before the option: 40
+@pytest.mark.parametrize(
+    "args, want",
+    [({"train_slices": 80}, "40 --batch 4, not 80 / 4"), ({"batch": 1}, "40 --batch 4, not 40 / 1")],
+    ids=["training-set size", "batch size"],
+)
+def test_report_refuses_to_merge_runs_of_another_training_set_or_batch_size(tmp_path, monkeypatch, args, want):
+    """Rows are paired with plain by seed: a merged file trained on more slices, or a penalised
+    run at batch 1 beside a plain one at batch 4, would pair two different trainings without a word."""
+    (tmp_path / "a.json").write_text(json.dumps({"args": args, "tasks": {"real": {}}}))
+    (tmp_path / "b.json").write_text(json.dumps({"args": {}, "tasks": {"real": {}}}))  # before the options: 40, 4
     argv = ["true_sigma.py", "--report-only", "--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit, match=r"b\.json: runs with --train-slices 40 --batch 4, not 80 / 4"):
+    with pytest.raises(SystemExit, match=r"b\.json: runs with --train-slices " + want):
         true_sigma.main()
     assert true_sigma._setting_of(tmp_path / "missing") is None
-
-
-def test_report_refuses_to_merge_runs_of_another_batch_size(tmp_path, monkeypatch):
-    """A penalised run at batch 1 paired with a plain run at batch 4 would compare two trainings."""
-    (tmp_path / "a.json").write_text(json.dumps({"args": {"batch": 1}, "tasks": {"real": {}}}))
-    (tmp_path / "b.json").write_text(json.dumps({"args": {}, "tasks": {"real": {}}}))  # before the option: 4
-    argv = ["true_sigma.py", "--report-only", "--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit, match=r"b\.json: runs with --train-slices 40 --batch 4, not 40 / 1"):
-        true_sigma.main()
     assert true_sigma.overrides("r", [], "plain", 0, 1, 0.1, 2, 0.01, batch=1)[1] == "data.batch_size=1"
 
 
