@@ -23,7 +23,10 @@ batch.  A sample without a stored vector first gets at least one exact iteration
 first estimates — and the automatic λ — are at least forward mode's n = 1; ``n_pre`` exact
 products (``n_iter − 1`` of the penalty: 2 by default) run as Lanczos steps
 (:func:`~mrijac.jacobian.reference.lanczos_start`); ``pre_fd`` takes their JVPs by forward
-differences too (a plain forward each instead of a forward-mode pass).  The difference quotient has
+differences too (a plain forward each instead of a forward-mode pass).  Their VJPs need a forward
+graph at ``y_S``; built with the parameters, it also gives ``f(y_S)`` for the fused difference and
+the loss, so the stacked pass then holds only ``cat([y_rest, copies])`` — the same maths with one
+forward of the selected samples fewer.  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
@@ -77,15 +80,21 @@ def _real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(1)
 
 
-def _stacked_op(A, idx: torch.Tensor | None, copies: int, with_batch: bool):
-    """Operator for ``cat([y] + [y[idx]] × copies)`` (``with_batch``) or ``cat([y[idx]] ×
-    copies)``; an operator of batch B reads a k·B batch as stacked copies, so ``idx=None``
-    (all samples) and shared operators need nothing."""
-    if A is None or A.batch_size == 1 or idx is None:
+def _rows_op(A, rows: list):
+    """Operator for ``cat([y[r] for r in rows])`` (``r = None``: all of ``y``); an operator of
+    batch B reads a k·B batch as stacked copies, so all-``None`` rows and shared operators
+    need nothing."""
+    if A is None or A.batch_size == 1 or all(r is None for r in rows):
         return A
-    sel = A.select(idx)
-    parts = ([A] if with_batch else []) + [sel] * copies
+    parts = [A if r is None else A.select(r) for r in rows]
     return parts[0] if len(parts) == 1 else type(A).cat(parts)
+
+
+def _complement(idx: torch.Tensor, B: int) -> torch.Tensor:
+    """The rows of ``range(B)`` not in ``idx``, in order."""
+    keep = torch.ones(B, dtype=torch.bool, device=idx.device)
+    keep[idx] = False
+    return keep.nonzero().reshape(-1)
 
 
 def fd_power_step(
@@ -118,7 +127,9 @@ def fd_power_step(
             (:func:`~mrijac.jacobian.reference.lanczos_start`; one step is one power iteration,
             more converge faster than as many power steps).
         pre_fd: the ``n_pre`` steps take their JVPs by forward differences of step ``h`` (one
-            forward without graph each) instead of forward mode.
+            forward without graph each) instead of forward mode.  With ``n_pre > 0`` (and not
+            ``recompute``) the forward graph of their VJPs, at the selected samples, is also
+            their ``f(y)``: the stacked pass runs the other samples and the copies only.
         recompute: instead of one stacked pass, the copies run first under activation checkpointing, so that the
             backward pass reaches them only after the batch's activations are freed and then
             recomputes theirs: peak memory of the larger of the two passes, for one more
@@ -145,23 +156,43 @@ def fd_power_step(
             v = random_input(op, ys, generator)
         vs.append(normalize(v.detach().to(ys.device)))
     fn_sel = make_fn(A_sel)
+    # with Lanczos steps, their forward graph at the selected samples (parameters included)
+    # also gives those samples' f(y) for the fused step and the loss: one forward fewer
+    share = n_pre > 0 and not recompute and (idx is None or idx.unique().numel() == S)
+    graph = None
+    if share:
+        with torch.enable_grad():
+            ys_leaf = ys.clone().requires_grad_()
+            graph = (ys_leaf, fn_sel(ys_leaf))
     if n_pre > 0:
-        vs, _ = lanczos_start(fn_sel, ys, ops, vs, n_pre, fd_step=h if pre_fd else None)
+        vs, _ = lanczos_start(fn_sel, ys, ops, vs, n_pre, fd_step=h if pre_fd else None, graph=graph)
     dirs = [apply_op(op, v) for op, v in zip(ops, vs)]
     steps = [fd_steps(ys, d, h) for d in dirs]
     bshape = lambda s: s.view(-1, *[1] * (ys.dim() - 1))  # noqa: E731
     Xc = torch.cat([ys + bshape(s).to(ys.dtype) * d for s, d in zip(steps, dirs)])
     Xc = Xc.detach().requires_grad_()
     with torch.enable_grad():
-        if not recompute:
-            out_all = make_fn(_stacked_op(A, idx, K, True))(torch.cat([y, Xc]))
+        if share:  # the other samples and the copies in one pass; the selected ones' f(y) is the graph's
+            out0 = graph[1]
+            rest = None if idx is None else _complement(idx, B)
+            if rest is None or rest.numel() == 0:
+                out1 = make_fn(_rows_op(A, [idx] * K))(Xc)
+                out = out0 if idx is None else out0[torch.argsort(idx)]
+            else:
+                out_all = make_fn(_rows_op(A, [rest] + [idx] * K))(torch.cat([y[rest], Xc]))
+                n = rest.numel()
+                out1 = out_all[n:]
+                out = torch.cat([out0, out_all[:n]])[torch.argsort(torch.cat([idx, rest]))]
+        elif not recompute:
+            out_all = make_fn(_rows_op(A, [None] + [idx] * K))(torch.cat([y, Xc]))
             out, out1 = out_all[:B], out_all[B:]
         else:
             from torch.utils.checkpoint import checkpoint
 
-            out1 = checkpoint(make_fn(_stacked_op(A, idx, K, False)), Xc, use_reentrant=False)
+            out1 = checkpoint(make_fn(_rows_op(A, [idx] * K)), Xc, use_reentrant=False)
             out = make_fn(A)(y)
-    out0 = out if idx is None else out[idx]
+    if not share:
+        out0 = out if idx is None else out[idx]
     surrogates, sigmas = [], []
     for k in range(K):
         o1 = out1[k * S : (k + 1) * S]

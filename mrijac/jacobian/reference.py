@@ -87,6 +87,7 @@ def reference_sigma(
     generator: torch.Generator | None = None,
     stall_tol: float | None = None,
     fd_step: float | None = None,
+    graph: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ReferenceSigma:
     """Converged ``σ_b = ‖J_f(y_b) A_b‖₂`` per sample by Lanczos bidiagonalization.
 
@@ -109,6 +110,10 @@ def reference_sigma(
             of a forward-mode pass; relative error ~1e-4–1e-3 in float32 with
             :func:`~mrijac.jacobian.finite_diff.default_step`, see there) — for the few warm
             steps of a penalty, not for a reference.
+        graph: ``(y_leaf, f(y_leaf))``, a forward graph of ``f`` at ``y`` that the caller built
+            (``y_leaf`` a copy of ``y`` requiring grad): the VJPs (and ``fd_step``'s base
+            ``f(y)``) use it instead of a graph of their own, and leave it usable afterwards,
+            so that the caller can reuse the same forward pass (e.g. for its loss).
     Returns:
         :class:`ReferenceSigma` (all detached).  Cost per step: one forward-mode pass (or, with
         ``fd_step``, one forward without graph) and one backward pass of ``f`` over the batch
@@ -120,7 +125,13 @@ def reference_sigma(
         raise ValueError(f"tol must be > 0, got {tol}")
     y = y.detach()
     B = y.shape[0]
-    y_leaf, graph = y.clone().requires_grad_(), []
+    if graph is not None:
+        y_leaf, out = graph
+        if not (y_leaf.requires_grad and y_leaf.shape == y.shape and out.shape[0] == B):
+            raise ValueError("graph must be (y_leaf, f(y_leaf)) with y_leaf of y's shape requiring grad")
+        graph = [out]
+    else:
+        y_leaf, graph = y.clone().requires_grad_(), []
     if fd_step is not None and not 0 < float(fd_step) < 1:
         raise ValueError(f"fd_step must be in (0, 1), got {fd_step}")
 
@@ -228,7 +239,13 @@ def _norm64(a: torch.Tensor) -> torch.Tensor:
 
 
 def lanczos_start(
-    fn: Network, ys: torch.Tensor, ops: list, vs: list[torch.Tensor], k: int, fd_step: float | None = None
+    fn: Network,
+    ys: torch.Tensor,
+    ops: list,
+    vs: list[torch.Tensor],
+    k: int,
+    fd_step: float | None = None,
+    graph: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``k`` Lanczos steps from each carried vector: the warm start of the fused power step.
 
@@ -243,7 +260,8 @@ def lanczos_start(
             ops: ``K`` operators restricted to them, ``None`` for the identity (``‖J‖``);
             vs: ``K`` starting vectors ``(S, …)``; k: steps (``k`` JVPs + VJPs); fd_step: JVPs
             by forward differences of this relative step (see :func:`reference_sigma`) instead
-            of forward mode.
+            of forward mode; graph: a forward graph ``(ys_leaf, fn(ys_leaf))`` to take the VJPs
+            from, left usable (see :func:`reference_sigma`).
     Returns:
         ``(v, bound)``: ``K`` unit vectors ``(S, …)`` and ``(K, S)`` float64 lower bounds
         ``σ_max(C) ≤ ‖J A v‖ ≤ σ₁``.
@@ -251,7 +269,7 @@ def lanczos_start(
     if k < 1:
         raise ValueError(f"lanczos_start needs k >= 1 steps, got {k}")
     rs = [
-        reference_sigma(fn, ys, op, tol=1e-12, max_iter=k, v0=v, stall_tol=0.0, fd_step=fd_step)
+        reference_sigma(fn, ys, op, tol=1e-12, max_iter=k, v0=v, stall_tol=0.0, fd_step=fd_step, graph=graph)
         for op, v in zip(ops, vs)
     ]
     return [r.v_next for r in rs], torch.stack([r.bound for r in rs])
