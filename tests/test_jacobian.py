@@ -721,10 +721,11 @@ def test_lanczos_start_with_finite_difference_jvps_matches_forward_mode(problem,
 @pytest.mark.parametrize(
     "problem,samples,tie", [("single", 1, True), ("single", None, False), ("multi", 1, False), ("multi", 2, False)]
 )
-def test_fd_penalty_reuses_the_forward_pass_of_its_lanczos_steps(problem, samples, tie):
+def test_fd_penalty_reuses_the_forward_pass_of_its_lanczos_steps(problem, samples, tie, monkeypatch):
     """The default fd penalty (two Lanczos steps, then the fused one) takes the selected samples'
-    f(y) from the forward graph of its Lanczos VJPs instead of another pass: the network sees
-    S + 2·K·S (graph, finite-difference JVPs) + (B − S) + K·S rows per call.  The output is
+    f(y) from the forward graph of its Lanczos VJPs instead of another pass, and its K terms share
+    that graph: the network sees S + 2·K·S (graph, finite-difference JVPs) + (B − S) + K·S rows
+    per call instead of K·S + 2·K·S + B + K·S.  The output is
     f(y) in batch order and carries the data loss's gradient; the penalty's value and ∇θ are
     those of λ1 max_b ‖J_b(θ) A_b v_b‖ + λ2 max_b ‖J_b(θ) w_b‖ at the Lanczos vectors (explicit
     Jacobians, torch.func)."""
@@ -786,6 +787,24 @@ def test_fd_penalty_reuses_the_forward_pass_of_its_lanczos_steps(problem, sample
     recon.zero_grad()
     (f_(y) ** 2).sum().backward()
     assert torch.allclose(shared, _param_grads(recon), rtol=1e-10, atol=1e-12)
+    # share_forward=False (experiments/bench_fd_share.py's baseline): the whole batch in the
+    # stacked pass again, the same penalty and gradient
+    import functools
+
+    import mrijac.jacobian.penalties as penalties
+    from mrijac.jacobian.finite_diff import fd_power_step
+
+    monkeypatch.setattr(penalties, "fd_power_step", functools.partial(fd_power_step, share_forward=False))
+    seen.clear()
+    hook = recon.net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    recon.zero_grad()
+    out2, p2, _ = pen(recon, y, A, v0=v0, priority=priority)
+    hook.remove()
+    assert sum(seen) == K * S + 2 * K * S + B + K * S  # a Lanczos graph per term, then the batch
+    p2.backward()
+    # (the two difference quotients round differently: ε/h ≈ 5e-8 in float64)
+    assert torch.allclose(out2, out, atol=1e-12) and torch.allclose(p2, p, rtol=1e-7)
+    assert (_param_grads(recon) - got).norm() / got.norm() < 1e-6
 
 
 def test_fd_penalty_lanczos_jvp_fd_gives_the_forward_mode_estimates():

@@ -25,8 +25,9 @@ products (``n_iter − 1`` of the penalty: 2 by default) run as Lanczos steps
 (:func:`~mrijac.jacobian.reference.lanczos_start`); ``pre_fd`` takes their JVPs by forward
 differences too (a plain forward each instead of a forward-mode pass).  Their VJPs need a forward
 graph at ``y_S``; built with the parameters, it also gives ``f(y_S)`` for the fused difference and
-the loss, so the stacked pass then holds only ``cat([y_rest, copies])`` — the same maths with one
-forward of the selected samples fewer.  The difference quotient has
+the loss, so the stacked pass then holds only ``cat([y_rest, copies])``, and both terms' Lanczos
+steps use it — the same maths with one forward of the selected samples fewer (two with both
+terms).  The difference quotient has
 error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``; the default
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
@@ -111,6 +112,7 @@ def fd_power_step(
     names: list | None = None,
     recompute: bool = False,
     pre_fd: bool = False,
+    share_forward: bool = True,
 ):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
@@ -129,7 +131,9 @@ def fd_power_step(
         pre_fd: the ``n_pre`` steps take their JVPs by forward differences of step ``h`` (one
             forward without graph each) instead of forward mode.  With ``n_pre > 0`` (and not
             ``recompute``) the forward graph of their VJPs, at the selected samples, is also
-            their ``f(y)``: the stacked pass runs the other samples and the copies only.
+            their ``f(y)``: the stacked pass runs the other samples and the copies only
+            (``share_forward=False``: the whole batch again, as before 2026-11-28 — the same
+            maths, kept for the benchmark that measures the difference).
         recompute: instead of one stacked pass, the copies run first under activation checkpointing, so that the
             backward pass reaches them only after the batch's activations are freed and then
             recomputes theirs: peak memory of the larger of the two passes, for one more
@@ -158,7 +162,7 @@ def fd_power_step(
     fn_sel = make_fn(A_sel)
     # with Lanczos steps, their forward graph at the selected samples (parameters included)
     # also gives those samples' f(y) for the fused step and the loss: one forward fewer
-    share = n_pre > 0 and not recompute and (idx is None or idx.unique().numel() == S)
+    share = share_forward and n_pre > 0 and not recompute and (idx is None or idx.unique().numel() == S)
     graph = None
     if share:
         with torch.enable_grad():
