@@ -536,6 +536,15 @@ def test_reference_sigma_warm_start_and_errors():
         reference_sigma(f, y, A, max_iter=0)
     with pytest.raises(ValueError, match="tol"):
         reference_sigma(f, y, A, tol=0)
+    # a caller's forward graph: the same σ, and the graph stays usable; a leaf without grad is refused
+    leaf = y.clone().requires_grad_()
+    out = f(leaf)
+    shared = reference_sigma(f, y, A, tol=1e-6, max_iter=100, stall_tol=0.0, graph=(leaf, out))
+    assert torch.allclose(shared.sigma, cold.sigma, rtol=1e-10)
+    out.abs().sum().backward()
+    assert leaf.grad is not None
+    with pytest.raises(ValueError, match="graph must be"):
+        reference_sigma(f, y, A, graph=(y, out.detach()))
 
 
 def test_penalty_api_is_keyword_only_with_schedule_and_typed_stats():
