@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import platform
 import statistics
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from mrijac.atomic import atomic_path
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,7 +127,6 @@ def main():
         "net": f"fastmri Unet {a.chans} ch / {a.pools} pools, {a.size}×{a.size}",
     }
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "# The default fd penalty with and without the Lanczos steps' shared forward pass",
         "",
@@ -147,9 +147,8 @@ def main():
         )
     lines += ["", f"Command: `{meta['command']}`; {meta['machine']}.", ""]
     for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=1)), (".md", "\n".join(lines))):
-        tmp = out.with_name(out.name + suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out.with_name(out.name + suffix))
+        with atomic_path(out.with_name(out.name + suffix)) as tmp:
+            tmp.write_text(text)
     print(f"wrote {out}.md")
 
 

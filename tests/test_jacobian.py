@@ -153,8 +153,10 @@ def _param_grads(model):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
 
 
-def _explicit_penalty(recon, y, A, l1, l2):
-    """``params -> λ1 max‖JA‖₂ + λ2 max‖J‖₂`` from explicit Jacobians (torch.func)."""
+def _explicit_penalty(recon, y, A, l1, l2, vs=None):
+    """``params -> λ1 max‖JA‖₂ + λ2 max‖J‖₂`` from explicit Jacobians (torch.func); with
+    ``vs = (v_ja, v_j)`` the gains ``‖J A v_ja‖`` and ``‖J v_j‖`` along those vectors instead
+    (``v_j=None``: the J term is the J A term's, as the tied penalty)."""
     M = operator_matrix(A)
     yr = torch.view_as_real(y)
 
@@ -167,8 +169,12 @@ def _explicit_penalty(recon, y, A, l1, l2):
                 return torch.func.functional_call(recon, params, (yb, A.select(slice(b, b + 1)))).reshape(-1)
 
             J = torch.func.jacrev(g)(yr[b].reshape(-1))
-            sig_ja.append(torch.linalg.matrix_norm(J @ M[b], ord=2))
-            sig_j.append(torch.linalg.matrix_norm(J, ord=2))
+            if vs is None:
+                sig_ja.append(torch.linalg.matrix_norm(J @ M[b], ord=2))
+                sig_j.append(torch.linalg.matrix_norm(J, ord=2))
+            else:
+                sig_ja.append((J @ M[b] @ _vec(vs[0])[b]).norm())
+                sig_j.append(sig_ja[-1] if vs[1] is None else (J @ _vec(vs[1])[b]).norm())
         return l1 * torch.stack(sig_ja).max() + l2 * torch.stack(sig_j).max()
 
     return penalty_of
@@ -769,22 +775,7 @@ def test_fd_penalty_reuses_the_forward_pass_of_its_lanczos_steps(problem, sample
         2,
         fd_step=default_step(torch.float64),
     )
-    M = operator_matrix(A_sel)
-    yr = torch.view_as_real(y[idx])
-
-    def penalty_of(params):
-        ja, j = [], []
-        for b in range(S):
-
-            def g(vec, b=b):
-                yb = torch.view_as_complex(vec.view(yr[b : b + 1].shape))
-                return torch.func.functional_call(recon, params, (yb, A_sel.select(slice(b, b + 1)))).reshape(-1)
-
-            J = torch.func.jacrev(g)(yr[b].reshape(-1))
-            ja.append((J @ M[b] @ _vec(vs[0])[b]).norm())
-            j.append((J @ _vec(vs[1])[b]).norm())
-        return (l1 + l2) * torch.stack(ja).max() if tie else l1 * torch.stack(ja).max() + l2 * torch.stack(j).max()
-
+    penalty_of = _explicit_penalty(recon, y[idx], A_sel, l1, l2, vs=(vs[0], None if tie else vs[1]))
     ref, params = _explicit_grad(recon, penalty_of)
     assert torch.allclose(p.detach(), penalty_of(params), rtol=1e-6)
     assert (got - ref).norm() / ref.norm() < 1e-5
