@@ -15,7 +15,7 @@ are interleaved step by step in one process so that they see the same machine lo
 over ``--reps`` steps after ``--warmup``.  Time does not depend on the image content (random
 complex images).
 
-    python experiments/bench_fd_share.py [--batches 1,2,4] [--reps 12] [--chans 8] [--pools 3]
+    python experiments/bench_fd_share.py [--batches 1,2,4] [--reps 12] [--chans 8] [--pools 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def make_step(recon, opt, A, y, v0, pen):
         if pen is None:
             out, p = recon(y, A), 0.0
         else:
-            out, p, _ = pen(recon, y, A, v0=v0, priority=torch.arange(y.shape[0], dtype=torch.float))
+            out, p, _ = pen(recon, y, A, v0=v0, priority=torch.arange(y.shape[0], dtype=torch.float, device=y.device))
         loss = (out**2).mean() + p
         loss.backward()
         opt.step()
@@ -50,7 +50,7 @@ def make_step(recon, opt, A, y, v0, pen):
     return step
 
 
-def measure(batch: int, reps: int, warmup: int, chans: int, pools: int, size: int) -> dict:
+def measure(batch: int, reps: int, warmup: int, chans: int, pools: int, size: int, device: str = "cpu") -> dict:
     from fastmri.models import Unet
 
     import mrijac.jacobian.penalties as penalties
@@ -61,13 +61,16 @@ def measure(batch: int, reps: int, warmup: int, chans: int, pools: int, size: in
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(batch)
-    recon = Reconstructor(Unet(2, 2, chans=chans, num_pool_layers=pools))
+    dev = torch.device(device)
+    recon = Reconstructor(Unet(2, 2, chans=chans, num_pool_layers=pools)).to(dev)
     opt = torch.optim.Adam(recon.parameters(), lr=1e-6)  # tiny steps: the network stays put
     mask = (torch.rand(batch, 1, size, generator=g) < 0.25).float()
     mask[..., size // 2 - 8 : size // 2 + 8] = 1
     A = SingleCoilMRI(mask, (size, size))
-    y = A(A.random_input(generator=g))
-    v0 = {"v_ja": A.random_input(generator=g), "cold": torch.zeros(batch, dtype=torch.bool)}
+    y, v = A(A.random_input(generator=g)), A.random_input(generator=g)
+    A, y = A.to(device=dev), y.to(dev)
+    v0 = {"v_ja": v.to(dev), "cold": torch.zeros(batch, dtype=torch.bool, device=dev)}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     pen = JacobianPenalty("spectral", lambda_ja=0.1, lambda_j=0.1, method="fd", samples=1)
     assert (pen.n_iter, pen.lanczos_jvp) == (3, "fd")
     shared = make_step(recon, opt, A, y, v0, pen)
@@ -85,8 +88,10 @@ def measure(batch: int, reps: int, warmup: int, chans: int, pools: int, size: in
     times = {k: [] for k in variants}
     for r in range(warmup + reps):
         for name, fn in variants.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -108,13 +113,14 @@ def main():
     ap.add_argument("--pools", type=int, default=3)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--out", default=str(HERE / "results" / "bench_fd_share_cpu"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--out", default=None, help="default: results/bench_fd_share_<device>")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = []
     for b in (int(x) for x in a.batches.split(",")):
-        r = measure(b, a.reps, a.warmup, a.chans, a.pools, a.size)
+        r = measure(b, a.reps, a.warmup, a.chans, a.pools, a.size, a.device)
         print(
             f"batch {b}: plain {r['median_s']['plain']:.3f} s, default shared {r['x_plain']['shared']:.2f}× plain, "
             f"unshared {r['x_plain']['unshared']:.2f}×, shared / unshared {r['shared_over_unshared']:.2f}",
@@ -123,10 +129,12 @@ def main():
         rows.append(r)
     meta = {
         "command": "python experiments/bench_fd_share.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, "
+        + (torch.cuda.get_device_name() if a.device == "cuda" else f"{torch.get_num_threads()} torch threads")
+        + f", torch {torch.__version__}",
         "net": f"fastmri Unet {a.chans} ch / {a.pools} pools, {a.size}×{a.size}",
     }
-    out = Path(a.out)
+    out = Path(a.out or HERE / "results" / f"bench_fd_share_{a.device}")
     lines = [
         "# The default fd penalty with and without the Lanczos steps' shared forward pass",
         "",

@@ -11,7 +11,8 @@
 # default the one before), COST_BATCHES=1,2,4, COST_EPOCHS=6,
 # COST_REF=2 (reference-σ probe slices; 0: monitor off), COST_TIMEOUT=s, THROUGHPUT=0 (skip the
 # throughput table, unchanged since its last run), LANCZOS=0 (skip lanczos_cost.py: the warm
-# Lanczos steps, forward-mode vs fd JVPs) fit the check to what a session measures.
+# Lanczos steps, forward-mode vs fd JVPs), SHARE=0 (skip bench_fd_share.py: the default's step
+# with and without the Lanczos steps' shared forward pass) fit the check to what a session measures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
@@ -44,11 +45,16 @@ timeout "${COST_TIMEOUT:-270}" python3 experiments/cost_default.py --data "$SIZE
   --rows "${COST_ROWS:-plain,lz3fd,default}" --epochs "${COST_EPOCHS:-6}" --train-slices 8 --ref-slices "${COST_REF:-2}" --out "$OUT/cost_$DEVICE" 2>&1 | grep -v "it/s" | tail -12
 echo "cost: $(( $(date +%s) - T0 )) s"
 # the warm Lanczos steps of reg.n_iter=3, forward-mode vs finite-difference JVPs (reg.lanczos_jvp)
+LSIZE=$([ "$DEVICE" = cuda ] && echo 320 || echo 64)
 if [ "${LANCZOS:-1}" != 0 ]; then
-  LSIZE=$([ "$DEVICE" = cuda ] && echo 320 || echo 64)
   timeout 120 python3 experiments/lanczos_cost.py --device "$DEVICE" --size $LSIZE --chans $CH --pools $PO \
     --batches "$BATCHES" --out "$OUT/lanczos_cost_$DEVICE" 2>&1 | grep "^batch"
   echo "lanczos: $(( $(date +%s) - T0 )) s"
+fi
+if [ "${SHARE:-1}" != 0 ]; then
+  timeout 120 python3 experiments/bench_fd_share.py --device "$DEVICE" --size $LSIZE --chans $CH --pools $PO \
+    --batches "$BATCHES" --reps 12 --out "$OUT/bench_fd_share_$DEVICE" 2>&1 | grep "^batch"
+  echo "share: $(( $(date +%s) - T0 )) s"
 fi
 SMALL=$([ "$DEVICE" = cuda ] || echo --small)
 # slices/s, data wait and peak memory, single-coil knee and 16-coil brain, plain and default
