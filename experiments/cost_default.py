@@ -6,7 +6,10 @@ Data: real chest MR slices (256×256, ``../shared/data/mri/chest100`` converted 
 ``mrijac data convert images``), U-Net 8 ch / 3 pools as in ``true_sigma.py``.  Every
 (batch size, row) runs in its own process: peak memory = growth of the resident set's high-water
 mark (VmHWM) over the resident set after set-up, with glibc's mmap threshold lowered so freed
-tensors leave the resident set (as ``bench_jacobian.py``); on CUDA ``max_memory_allocated``.
+tensors leave the resident set (as ``bench_jacobian.py``) — in a second run of the row, since that
+allocator setting slows every step about 2× (until 2026-11-28 the times came from that run too:
+``cost_default*.md`` / ``cost_every_cpu.md`` before ``cost_default_v4_cpu.md``); on CUDA
+``max_memory_allocated``, one run.
 "first epoch" includes the cold start of every warm-start vector; later epochs are split by
 history's ``first_visit_frac``: those in which some penalised sample had no vector yet (with one
 penalised sample per batch of B, about the first B epochs: each such step starts with an exact
@@ -163,6 +166,12 @@ def main():
     ap.add_argument("--pools", type=int, default=3, help="U-Net pools (fastMRI's U-Net: 4)")
     ap.add_argument("--ref-slices", type=int, default=0, help="reference σ probe slices (its time is reported)")
     ap.add_argument("--workers", type=int, default=0, help="loader workers (-1: the default)")
+    ap.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="CPU: skip the second run per row that measures peak memory (with glibc's mmap threshold lowered)",
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "cost_default"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -174,7 +183,13 @@ def main():
     epochs = 2 if a.quick else a.epochs
     batches = [2] if a.quick else [int(b) for b in a.batches.split(",")]
     rows = a.rows.split(",")
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MALLOC_TOP_PAD_="0")
+    # glibc's lowered mmap threshold makes the resident set's high-water mark a measure of the
+    # peak, but it slows every step ~2× (page faults on each large allocation): on the CPU the
+    # times come from a run with the default allocator and the peak from a second run with it
+    import torch
+
+    mem_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MALLOC_TOP_PAD_="0")
+    envs = [os.environ] + ([mem_env] if a.memory and not torch.cuda.is_available() else [])
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -188,13 +203,20 @@ def main():
             spec = {"root": str(root), "batch": b, "row": r, "epochs": epochs, "threads": a.threads}
             spec.update(chans=a.chans, pools=a.pools, ref_slices=a.ref_slices, workers=a.workers)
             spec["out"] = str(tmp / f"run_{b}_{r}")
-            p = subprocess.run(
-                [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
-            )
-            line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                raise RuntimeError(f"batch {b}, row {r} failed:\n{p.stderr[-3000:]}")
-            res[(b, r)] = json.loads(line[7:])
+            runs = []
+            for env in envs:
+                p = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
+                )
+                line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if line is None:
+                    raise RuntimeError(f"batch {b}, row {r} failed:\n{p.stderr[-3000:]}")
+                runs.append(json.loads(line[7:]))
+            res[(b, r)] = runs[0]
+            if len(runs) > 1:
+                res[(b, r)]["peak_bytes"] = runs[1]["peak_bytes"]
+            elif envs == [os.environ] and not torch.cuda.is_available():
+                res[(b, r)]["peak_bytes"] = float("nan")  # --no-memory
             # after every run: a call stopped at its time limit keeps the rows it finished
             write_cost_report(a, res, batches, rows, epochs)
             tqdm.write(f"cost: batch {b}, {r} done", file=sys.stdout)
@@ -215,8 +237,10 @@ def write_cost_report(a, res: dict, batches: list, rows: list, epochs: int) -> N
         "epochs in which some penalised samples were visited for the first time (one exact forward-mode "
         "iteration more each; with one penalised sample per batch of B, about the first B epochs); 'warm' "
         "= median of the later epochs without any (the steady state of a long run; plain: epochs 2…); "
-        "'–': no such epoch in this run. Peak memory = growth of the peak resident set (CPU) or of "
-        "`max_memory_allocated` (CUDA) over the set-up. Ratios against `plain` at the same batch size, "
+        "'–': no such epoch in this run. Peak memory = growth of the peak resident set (CPU: in a second "
+        "run of the row with glibc's mmap threshold at 64 KiB, which slows steps ~2×, so the times come "
+        "from a run with the default allocator) or of `max_memory_allocated` (CUDA) over the set-up. "
+        "Ratios against `plain` at the same batch size, "
         "same call; the plain reference of every column is its epochs 2… (its first epoch for 'first').",
         "",
         "| batch | row | first epoch s/step | × plain | first-visit epochs s/step | × plain | warm s/step | × plain "
