@@ -188,8 +188,9 @@ def main():
     # times come from a run with the default allocator and the peak from a second run with it
     import torch
 
+    cpu = not torch.cuda.is_available()  # the children's device (the trainer's automatic choice)
     mem_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MALLOC_TOP_PAD_="0")
-    envs = [os.environ] + ([mem_env] if a.memory and not torch.cuda.is_available() else [])
+    envs = [os.environ] + ([mem_env] if cpu and a.memory else [])
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -213,10 +214,8 @@ def main():
                     raise RuntimeError(f"batch {b}, row {r} failed:\n{p.stderr[-3000:]}")
                 runs.append(json.loads(line[7:]))
             res[(b, r)] = runs[0]
-            if len(runs) > 1:
-                res[(b, r)]["peak_bytes"] = runs[1]["peak_bytes"]
-            elif envs == [os.environ] and not torch.cuda.is_available():
-                res[(b, r)]["peak_bytes"] = float("nan")  # --no-memory
+            if cpu:  # the peak of the run with the lowered threshold (none with --no-memory)
+                res[(b, r)]["peak_bytes"] = runs[1]["peak_bytes"] if a.memory else float("nan")
             # after every run: a call stopped at its time limit keeps the rows it finished
             write_cost_report(a, res, batches, rows, epochs)
             tqdm.write(f"cost: batch {b}, {r} done", file=sys.stdout)
