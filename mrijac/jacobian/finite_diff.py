@@ -36,6 +36,7 @@ network whose samples do not interact (InstanceNorm yes; BatchNorm in training m
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -140,7 +141,9 @@ def fd_power_step(
             forward of the copies.
         sink, names: if given, the backward pass of anything that depends on the surrogates
             stores the next unit right singular vectors ``(S, …)`` as ``sink[names[k]]``
-            (copies that received no gradient — not the arg-max — keep their vector).
+            (copies that received no gradient — not the arg-max — keep their vector).  The
+            hook holds ``sink`` weakly, so it must be weak-referenceable: a dict subclass such
+            as ``PenaltyStats``, not a plain ``dict``.
     Returns:
         ``(out, surrogates, sigmas)``: ``out = f(y)`` ``(B, …)`` with graph; K
         differentiable ``(S,)`` surrogates (value ``σ̂``); K detached ``(S,)`` ``σ̂``.
@@ -207,8 +210,20 @@ def fd_power_step(
         surrogates.append(_real_dot(u, diff))
         sigmas.append(sig)
     if sink is not None:
+        # a weak reference: the sink (the penalty's stats) holds the surrogates, whose graph
+        # holds Xc, which holds this hook; a strong one would close a cycle through autograd's
+        # C++ nodes that Python's collector cannot see, leaking every step's graph and copies
+        try:
+            sink_ref = weakref.ref(sink)
+        except TypeError:
+            raise TypeError(
+                f"fd_power_step: sink must support weak references (e.g. PenaltyStats), got {type(sink).__name__}"
+            ) from None
 
         def hook(g, ops=ops, vs=vs):
+            sink = sink_ref()
+            if sink is None:  # nobody will read the vectors
+                return
             for k, (op, gk) in enumerate(zip(ops, g.detach().split(S))):
                 w = adjoint_op(op, gk)
                 nrm = batch_norm2(w)
