@@ -748,3 +748,25 @@ def test_monitor_references_at_most_a_training_batch_at_a_time(data, tmp_path, m
     row = t.fit()
     assert "est_ratio_ja" in row and "est_ratio_end_ja" in row
     assert sizes and max(sizes) == 1
+
+
+def test_training_with_the_default_penalty_holds_no_tensors_from_step_to_step(data, tmp_path):
+    """A long run must not accumulate memory: with the default penalty at batch 1 (every step
+    penalised, vectors carried, the reference monitor on), once every sample has its vectors
+    the number of live tensors is the same at the end of each epoch (the fd vector hook once
+    kept every step's graph and copies alive)."""
+    import gc
+
+    t = Trainer(cfg_for(data, "reg.name=sja+sj", "data.batch_size=1", "optim.epochs=4"), tmp_path / "r")
+    counts, validate = [], t.validate
+
+    def counted():
+        row = validate()
+        gc.collect()
+        counts.append(sum(1 for o in gc.get_objects() if torch.is_tensor(o)))
+        return row
+
+    t.validate = counted
+    t.fit()
+    assert t.history[-1]["train_penalty"] > 0 and len(t.warm) == 8
+    assert counts[1] == counts[2] == counts[3], counts
