@@ -18,7 +18,12 @@ epochs to see the warm steady state at batch B.  The reference σ monitor is off
 (its cost per epoch: last column).
 
     python experiments/cost_default.py [--rows plain,fd,fdalt,forward1] [--batches 1,2,4]
-        [--epochs 3] [--train-slices 16] [--threads 0] [--quick]
+        [--epochs 3] [--train-slices 16] [--threads 0] [--repeats 1] [--quick]
+
+``--repeats k`` runs every (batch, row) k times, interleaved, and reports the median of the ratios
+taken within each repeat with their range: one run after another on a shared 2-core machine, the
+same row's step time varies by up to ±25 % (plain at batch 4: 0.44 and 0.32 s/step in two calls
+of 2026-11-28), more than the differences these tables are read for.
 """
 
 from __future__ import annotations
@@ -172,6 +177,13 @@ def main():
         action="store_false",
         help="CPU: skip the second run per row that measures peak memory (with glibc's mmap threshold lowered)",
     )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every (batch, row) this many times, interleaved; ratios are the median of the ratios "
+        "within each repeat (with their range): separate processes on a shared CPU vary by ±25 %%",
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "cost_default"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -199,13 +211,13 @@ def main():
             root = make_synthetic(tmp, n_tr, a.data.split(":", 1)[1] if ":" in a.data else "640x368:320x320")
         else:
             root = make_data(tmp, n_tr, 2 if a.quick else 4)
-        todo = [(b, r) for b in batches for r in rows]
-        for b, r in tqdm(todo, desc="cost"):
+        todo = [(k, b, r) for k in range(a.repeats) for b in batches for r in rows]
+        for k, b, r in tqdm(todo, desc="cost"):
             spec = {"root": str(root), "batch": b, "row": r, "epochs": epochs, "threads": a.threads}
             spec.update(chans=a.chans, pools=a.pools, ref_slices=a.ref_slices, workers=a.workers)
             spec["out"] = str(tmp / f"run_{b}_{r}")
             runs = []
-            for env in envs:
+            for env in envs if k == 0 else envs[:1]:  # peak memory: the first repeat only
                 p = subprocess.run(
                     [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
                 )
@@ -213,12 +225,12 @@ def main():
                 if line is None:
                     raise RuntimeError(f"batch {b}, row {r} failed:\n{p.stderr[-3000:]}")
                 runs.append(json.loads(line[7:]))
-            res[(b, r)] = runs[0]
             if cpu:  # the peak of the run with the lowered threshold (none with --no-memory)
-                res[(b, r)]["peak_bytes"] = runs[1]["peak_bytes"] if a.memory else float("nan")
+                runs[0]["peak_bytes"] = runs[1]["peak_bytes"] if a.memory and k == 0 else float("nan")
+            res.setdefault((b, r), []).append(runs[0])
             # after every run: a call stopped at its time limit keeps the rows it finished
             write_cost_report(a, res, batches, rows, epochs)
-            tqdm.write(f"cost: batch {b}, {r} done", file=sys.stdout)
+            tqdm.write(f"cost: repeat {k + 1}, batch {b}, {r} done", file=sys.stdout)
 
 
 def write_cost_report(a, res: dict, batches: list, rows: list, epochs: int) -> None:
@@ -240,57 +252,76 @@ def write_cost_report(a, res: dict, batches: list, rows: list, epochs: int) -> N
         "run of the row with glibc's mmap threshold at 64 KiB, which slows steps ~2×, so the times come "
         "from a run with the default allocator) or of `max_memory_allocated` (CUDA) over the set-up. "
         "Ratios against `plain` at the same batch size, "
-        "same call; the plain reference of every column is its epochs 2… (its first epoch for 'first').",
+        "same call; the plain reference of every column is its epochs 2… (its first epoch for 'first'). "
+        f"Every (batch, row) ran {a.repeats} time(s), interleaved: times are medians over the repeats, ratios the "
+        "median of the ratios within each repeat, 'range' their spread (one process after another on a shared "
+        "CPU, the same row's step time varies by up to ±25 % between runs); peak memory from the first repeat.",
         "",
         "| batch | row | first epoch s/step | × plain | first-visit epochs s/step | × plain | warm s/step | × plain "
-        "| peak MiB | × plain | data wait | reference σ s/epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| warm × plain, range | peak MiB | × plain | data wait | reference σ s/epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     data = {"args": vars(a), "machine": f"{platform.machine()}, torch threads per run as recorded", "rows": []}
+    med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
     for b in batches:
-        p = res.get((b, "plain"))
+        ps = res.get((b, "plain"), [])
         for r in rows:
             if (b, r) not in res:
                 continue
-            m = res[(b, r)]
-            first, cold, steady = phases(m)
-            pf, _, ps = phases(p) if p else (float("nan"),) * 3
-            mib, pmib = m["peak_bytes"] / 2**20, (p["peak_bytes"] / 2**20 if p else float("nan"))
+            ms = res[(b, r)]
+            ph = [phases(m) for m in ms]
+            pp = [phases(p) for p in ps]
+            # ratios paired within a repeat (the same stretch of machine time), then the median
+            pairs = list(zip(ph, pp))
+            ratio = lambda i, j: [m[i] / p[j] for m, p in pairs]  # noqa: E731
+            first_r, cold_r, steady_r = ratio(0, 0), ratio(1, 2), ratio(2, 2)
+            mib = ms[0]["peak_bytes"] / 2**20
+            pmib = ps[0]["peak_bytes"] / 2**20 if ps else float("nan")
             rec = {
                 "batch": b,
                 "row": r,
-                "first": first,
-                "first_ratio": first / pf,
-                "first_visit_epochs": cold,
-                "first_visit_ratio": cold / ps,
-                "steady": steady,
-                "steady_ratio": steady / ps,
-                "first_visit_frac": m.get("first_visit"),
+                "repeats": len(ms),
+                "first": med([x[0] for x in ph]),
+                "first_ratio": med(first_r),
+                "first_visit_epochs": med([x[1] for x in ph]),
+                "first_visit_ratio": med(cold_r),
+                "steady": med([x[2] for x in ph]),
+                "steady_ratio": med(steady_r),
+                "steady_ratio_runs": steady_r,
+                "first_ratio_runs": first_r,
+                "first_visit_frac": ms[0].get("first_visit"),
                 "peak_mib": mib,
                 "peak_ratio": mib / pmib,
-                "device": m["device"],
-                "threads": m["threads"],
-                "data_wait": m["data_wait"][-1],
-                "ref_time": m["ref_time"][-1],
+                "device": ms[0]["device"],
+                "threads": ms[0]["threads"],
+                "data_wait": ms[0]["data_wait"][-1],
+                "ref_time": ms[0]["ref_time"][-1],
             }
             data["rows"].append(rec)
+            rng = (
+                f"{min(steady_r):.2f}–{max(steady_r):.2f}"
+                if len(steady_r) > 1 and all(v == v for v in steady_r)
+                else "–"
+            )
             lines.append(
-                f"| {b} | {ROWS[r][0]} | {first:.3f} | {rec['first_ratio']:.2f} | {_f(cold, 3)} | "
-                f"{_f(rec['first_visit_ratio'])} | {_f(steady, 3)} | {_f(rec['steady_ratio'])} | "
+                f"| {b} | {ROWS[r][0]} | {rec['first']:.3f} | {rec['first_ratio']:.2f} | "
+                f"{_f(rec['first_visit_epochs'], 3)} | "
+                f"{_f(rec['first_visit_ratio'])} | {_f(rec['steady'], 3)} | {_f(rec['steady_ratio'])} | {rng} | "
                 f"{mib:.0f} | {rec['peak_ratio']:.2f} | "
                 f"{rec['data_wait'] if rec['data_wait'] is not None else float('nan'):.2f} | "
                 f"{rec['ref_time'] if rec['ref_time'] is not None else float('nan'):.1f} |"
             )
-    dev = next(iter(res.values()))
+    dev = next(iter(res.values()))[0]
     lines += [
         "",
-        "What this cost buys — the converged σ(J A) the same default reaches on real chest slices, against plain "
-        "and against forward mode with 10 power iterations: `results/true_sigma_gpu*.md` (3 seeds), "
+        "What this cost buys — the converged σ(J A) the same default reaches on real chest slices, against plain: "
+        "`results/true_sigma_real_lam01_30ep.md` (batch 4, 3 seeds, 30 epochs), `results/true_sigma_real_b1_30ep.md` "
+        "(batch 1, 2 seeds); rows measured before 2026-11-28 (`n_iter=1`): `results/true_sigma_gpu*.md`, "
         "`results/sweep_chest/report.md` (λ sweep).",
         "",
         f"Command: `python experiments/cost_default.py --rows {a.rows} --batches {a.batches} --epochs {a.epochs} "
         f"--train-slices {a.train_slices} --threads {a.threads} --data {a.data} --chans {a.chans} --pools {a.pools} "
-        f"--ref-slices {a.ref_slices} --workers {a.workers}{' --quick' if a.quick else ''}`; "
+        f"--ref-slices {a.ref_slices} --workers {a.workers} --repeats {a.repeats}{' --quick' if a.quick else ''}`; "
         f"{platform.machine()}, device {dev['device']}, {dev['threads']} torch thread(s) per run.",
     ]
     write_report(Path(a.out), data, lines)
