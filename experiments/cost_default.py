@@ -48,6 +48,11 @@ ROWS = {
     "defaultrc": ("the default until 2026-11-28 (reg.n_iter=1) with reg.fd_recompute=true", ["reg.fd_recompute=true"]),
     "lz3": ("fd + 2 Lanczos steps per visit (reg.n_iter=3)", ["reg.n_iter=3"]),
     **default_rows(),
+    "lz3fdrc": (
+        "the default with its perturbed copy checkpointed (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_recompute=true: "
+        "one more forward of the copy and of the penalised sample, no shared pass)",
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.fd_recompute=true"],
+    ),
     "lz5": ("fd + 4 Lanczos steps per visit (reg.n_iter=5)", ["reg.n_iter=5"]),
     "pool": ("tracked pool of 1 (reg.pool=1)", ["reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"]),
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),
