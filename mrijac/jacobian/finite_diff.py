@@ -148,6 +148,15 @@ def fd_power_step(
         ``(out, surrogates, sigmas)``: ``out = f(y)`` ``(B, …)`` with graph; K
         differentiable ``(S,)`` surrogates (value ``σ̂``); K detached ``(S,)`` ``σ̂``.
     """
+    # the hook below holds the sink weakly: the sink (the penalty's stats) holds the surrogates,
+    # whose graph holds Xc, which holds the hook; a strong reference would close a cycle through
+    # autograd's C++ nodes that Python's collector cannot see, leaking every step's graph and copies
+    try:
+        sink_ref = None if sink is None else weakref.ref(sink)
+    except TypeError:
+        raise TypeError(
+            f"fd_power_step: sink must support weak references (e.g. PenaltyStats), got {type(sink).__name__}"
+        ) from None
     K, B = len(with_A), y.shape[0]
     y = y.detach()
     ys = y if idx is None else y[idx]
@@ -210,15 +219,6 @@ def fd_power_step(
         surrogates.append(_real_dot(u, diff))
         sigmas.append(sig)
     if sink is not None:
-        # a weak reference: the sink (the penalty's stats) holds the surrogates, whose graph
-        # holds Xc, which holds this hook; a strong one would close a cycle through autograd's
-        # C++ nodes that Python's collector cannot see, leaking every step's graph and copies
-        try:
-            sink_ref = weakref.ref(sink)
-        except TypeError:
-            raise TypeError(
-                f"fd_power_step: sink must support weak references (e.g. PenaltyStats), got {type(sink).__name__}"
-            ) from None
 
         def hook(g, ops=ops, vs=vs):
             sink = sink_ref()
