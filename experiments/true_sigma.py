@@ -86,6 +86,10 @@ ROWS = {
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
     ),
+    "lz5fd": (
+        "fd + 4 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=5 reg.lanczos_jvp=fd)",
+        ["reg.n_iter=5", "reg.lanczos_jvp=fd"],
+    ),
     "fdalt": (
         "fd, arg-max sample, one term per step",
         ["reg.method=fd", "reg.samples=1", "reg.alternate=true"],
