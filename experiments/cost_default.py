@@ -195,6 +195,8 @@ def main():
     if a.child:
         print("RESULT " + json.dumps(child(json.loads(a.child))))
         return
+    if a.repeats < 1:
+        ap.error(f"--repeats must be an integer >= 1, got {a.repeats}")
     from tqdm.auto import tqdm
 
     epochs = 2 if a.quick else a.epochs
@@ -239,7 +241,8 @@ def main():
 
 
 def write_cost_report(a, res: dict, batches: list, rows: list, epochs: int) -> None:
-    """The table of the runs in ``res`` (``(batch, row) -> child result``; missing ones are left out)."""
+    """The table of the runs in ``res`` (``(batch, row) -> [child result per repeat]``; missing
+    ones are left out)."""
     from _report import write_report
 
     lines = [
