@@ -1,0 +1,57 @@
+"""The penalty rows of experiments/true_sigma.py and cost_default.py: every row is a valid
+configuration, and it runs the power settings its label names (rows measured before the default
+changed keep ``n_iter=1``; the current default's rows and the lighter ones set their own)."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from mrijac.config import load_config, resolve_method, resolve_power, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import _rows  # noqa: E402
+import cost_default  # noqa: E402
+import true_sigma  # noqa: E402
+
+ALL = [(name, mod) for mod in (true_sigma, cost_default) for name in mod.ROWS]
+
+
+def _config(overrides):
+    cfg = load_config(None, ["reg.name=sja+sj", "reg.lambda_ja=0.1", "reg.lambda_j=0.1", *overrides])
+    validate(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("name,mod", ALL, ids=[f"{m.__name__}:{n}" for n, m in ALL])
+def test_every_row_is_a_valid_config_with_the_power_steps_its_label_names(name, mod):
+    label, over = mod.ROWS[name]
+    cfg = _config(over)
+    n_iter, jvp = resolve_power(cfg)
+    m = re.search(r"reg\.n_iter=(\d+)|\bn = (\d+)", label)
+    if m:  # the label names its steps: the config runs those
+        assert n_iter == int(m.group(1) or m.group(2)), (name, label, n_iter)
+    if "reg.lanczos_jvp=fd" in label:
+        assert jvp == "fd" and resolve_method(cfg) == "fd", (name, jvp)
+    if "until 2026-11-28" in label:  # the former default, as it was measured
+        assert (n_iter, jvp) == (1, "forward"), name
+
+
+def test_pin_power_gives_the_former_default_only_to_rows_that_set_no_power_steps():
+    rows = {"old": ("x", ["reg.samples=1"]), "own": ("y", ["reg.n_iter=4"])}
+    _rows.pin_power(rows)
+    assert rows["old"][1] == ["reg.samples=1", *_rows.FORMER_DEFAULT]
+    assert rows["own"][1] == ["reg.n_iter=4", "reg.lanczos_jvp=forward"]
+
+
+def test_lighter_and_default_rows_differ_only_in_the_lanczos_steps():
+    light = _config(true_sigma.ROWS["lz2fd"][1])
+    default = _config(true_sigma.ROWS["lz3fd"][1])
+    assert resolve_power(light) == (2, "fd") and resolve_power(default) == (3, "fd")
+    light.reg.n_iter = default.reg.n_iter
+    assert light == default
+    # fresh lists: a script that edits one row's overrides leaves the shared table alone
+    _rows.lighter_rows()["lz2fd"][1].append("reg.every=4")
+    assert _rows.LIGHTER_ROWS["lz2fd"][1] == ["reg.n_iter=2", "reg.lanczos_jvp=fd"]
