@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _rows import default_rows, lighter_rows, pin_power  # noqa: E402
+from _rows import default_rows, pin_power, step_rows  # noqa: E402
 
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -48,7 +48,7 @@ ROWS = {
     "defaultrc": ("the default until 2026-11-28 (reg.n_iter=1) with reg.fd_recompute=true", ["reg.fd_recompute=true"]),
     "lz3": ("fd + 2 Lanczos steps per visit (reg.n_iter=3)", ["reg.n_iter=3"]),
     **default_rows(),
-    **lighter_rows(),
+    **step_rows(),
     "lz3fdrc": (
         "the default with its perturbed copy checkpointed (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_recompute=true: "
         "one more forward of the copy and of the penalised sample, no shared pass)",

@@ -33,7 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _report import write_report  # noqa: E402
-from _rows import default_rows, lighter_rows, pin_power  # noqa: E402
+from _rows import default_rows, pin_power, step_rows  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
 from mrijac.data import write_synthetic_dataset  # noqa: E402
@@ -72,7 +72,7 @@ ROWS = {
         ["reg.n_iter=3"],
     ),
     **default_rows(),
-    **lighter_rows(),
+    **step_rows(),
     "lz3fd_e4q": (
         "the default's penalty on every 4th step, ×4, meant to run at a quarter of the others' λ "
         "(--lam 0.025 beside 0.1: a penalised step then weighs what one of the every-step penalty does)",
@@ -86,10 +86,6 @@ ROWS = {
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
-    ),
-    "lz5fd": (
-        "fd + 4 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=5 reg.lanczos_jvp=fd)",
-        ["reg.n_iter=5", "reg.lanczos_jvp=fd"],
     ),
     "fdalt": (
         "fd, arg-max sample, one term per step",

@@ -46,12 +46,16 @@ def test_pin_power_gives_the_former_default_only_to_rows_that_set_no_power_steps
     assert rows["own"][1] == ["reg.n_iter=4", "reg.lanczos_jvp=forward"]
 
 
-def test_lighter_and_default_rows_differ_only_in_the_lanczos_steps():
-    light = _config(true_sigma.ROWS["lz2fd"][1])
+@pytest.mark.parametrize("name,n", [("lz2fd", 2), ("lz4fd", 4), ("lz5fd", 5)])
+def test_step_rows_are_the_default_with_another_number_of_lanczos_steps(name, n):
+    row = _config(true_sigma.ROWS[name][1])
     default = _config(true_sigma.ROWS["lz3fd"][1])
-    assert resolve_power(light) == (2, "fd") and resolve_power(default) == (3, "fd")
-    light.reg.n_iter = default.reg.n_iter
-    assert light == default
-    # fresh lists: a script that edits one row's overrides leaves the shared table alone
-    _rows.lighter_rows()["lz2fd"][1].append("reg.every=4")
-    assert _rows.LIGHTER_ROWS["lz2fd"][1] == ["reg.n_iter=2", "reg.lanczos_jvp=fd"]
+    assert resolve_power(row) == (n, "fd") and resolve_power(default) == (3, "fd")
+    row.reg.n_iter = default.reg.n_iter
+    assert row == default
+
+
+def test_step_rows_hands_out_fresh_override_lists():
+    """A script that edits one row's overrides (e.g. pin_power) leaves the shared table alone."""
+    _rows.step_rows()["lz2fd"][1].append("reg.every=4")
+    assert _rows.STEP_ROWS["lz2fd"][1] == ["reg.n_iter=2", "reg.lanczos_jvp=fd"]
