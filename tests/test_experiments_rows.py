@@ -1,6 +1,6 @@
 """The penalty rows of experiments/true_sigma.py and cost_default.py: every row is a valid
 configuration, and it runs the power settings its label names (rows measured before the default
-changed keep ``n_iter=1``; the current default's rows and the lighter ones set their own)."""
+changed keep ``n_iter=1``; the current default's rows and the step rows set their own)."""
 
 import re
 import sys
