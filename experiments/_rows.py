@@ -45,23 +45,22 @@ STEP_ROWS = {
     "lz2fd": (
         "fd + 1 exact power step per visit, finite-difference JVP (reg.n_iter=2 reg.lanczos_jvp=fd: "
         "the default less one Lanczos step)",
-        ["reg.n_iter=2", "reg.lanczos_jvp=fd"],
+        2,
     ),
     "lz4fd": (
         "fd + 3 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=4 reg.lanczos_jvp=fd: "
         "the default and one Lanczos step more)",
-        ["reg.n_iter=4", "reg.lanczos_jvp=fd"],
+        4,
     ),
-    "lz5fd": (
-        "fd + 4 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=5 reg.lanczos_jvp=fd)",
-        ["reg.n_iter=5", "reg.lanczos_jvp=fd"],
-    ),
+    "lz5fd": ("fd + 4 Lanczos steps per visit, finite-difference JVPs (reg.n_iter=5 reg.lanczos_jvp=fd)", 5),
 }
 
 
 def step_rows() -> dict:
-    """:data:`STEP_ROWS` with fresh override lists."""
-    return {name: (label, list(over)) for name, (label, over) in STEP_ROWS.items()}
+    """:data:`STEP_ROWS` as ``{name: (label, overrides)}``: the default's steps
+    (:data:`DEFAULT_STEPS`) with ``reg.n_iter`` set to the row's count, fresh lists."""
+    rest = [o for o in DEFAULT_STEPS if not o.startswith("reg.n_iter=")]
+    return {name: (label, [f"reg.n_iter={n}", *rest]) for name, (label, n) in STEP_ROWS.items()}
 
 
 def default_rows() -> dict:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _rows import default_rows, pin_power, step_rows  # noqa: E402
+from _rows import DEFAULT_STEPS, default_rows, pin_power, step_rows  # noqa: E402
 
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -52,7 +52,7 @@ ROWS = {
     "lz3fdrc": (
         "the default with its perturbed copy checkpointed (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_recompute=true: "
         "one more forward of the copy and of the penalised sample, no shared pass)",
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.fd_recompute=true"],
+        [*DEFAULT_STEPS, "reg.fd_recompute=true"],
     ),
     "lz5": ("fd + 4 Lanczos steps per visit (reg.n_iter=5)", ["reg.n_iter=5"]),
     "pool": ("tracked pool of 1 (reg.pool=1)", ["reg.pool=1", "reg.pool_refresh=10", "reg.pool_iters=8"]),
