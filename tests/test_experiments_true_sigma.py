@@ -163,3 +163,42 @@ def test_lam_option_takes_a_number_or_auto_and_the_header_names_the_resolved_val
     assert true_sigma._lam_text({"real": {"plain": [{"history": [{}]}]}}, "auto") == "λ1 = λ2 = auto for every row"
     over = true_sigma.overrides("r", [], "lz3fd", 0, 1, "auto", 0, 0.01)
     assert "reg.lambda_ja=auto" in over and "reg.n_iter=3" in over and "reg.lanczos_jvp=fd" in over
+
+
+def test_per_seed_account_pairs_each_run_with_its_seeds_plain_over_the_second_half():
+    """Per penalised run: median est/ref and mean ratios / PSNR differences to the plain run of the
+    same seed over epochs ≥ E/2; an unpaired seed is left out, a missing estimate is NaN."""
+
+    def hist(val, train, psnr, est=None):
+        h = _hist(val, train)
+        for e, r in enumerate(h):
+            r["psnr"] = psnr[e]
+            if est is not None:
+                r["est_ratio_ja"], r["est_ratio_j"] = est[e], est[e] - 0.1
+        return h
+
+    plain = hist([2.0] * 4, [4.0] * 4, [20.0] * 4)
+    rs = {
+        "plain": [{"history": plain, "seed": 0}, {"history": plain, "seed": 1}],
+        # epochs 3, 4: val ratios 0.5, 1.0 → 0.75; train 0.25, 0.5 → 0.375; PSNR −0.3, −0.1; est median 0.85
+        "a": [
+            {"history": hist([9, 9, 1.0, 2.0], [9, 9, 1.0, 2.0], [0, 0, 19.7, 19.9], est=[0, 0, 0.8, 0.9]), "seed": 0}
+        ],
+        # seed 1 without estimates (an old history); seed 5 has no plain run
+        "b": [
+            {"history": hist([2.0] * 4, [4.0] * 4, [20.0] * 4), "seed": 1},
+            {"history": hist([1.0] * 4, [1.0] * 4, [1.0] * 4), "seed": 5},
+        ],
+    }
+    recs = {(x["row"], x["seed"]): x for x in true_sigma.per_seed(rs)}
+    assert set(recs) == {("a", 0), ("b", 1)}
+    a = recs[("a", 0)]
+    assert a["epochs"] == (3, 4)
+    assert a["est_ja"] == pytest.approx(0.85) and a["est_j"] == pytest.approx(0.75)
+    assert a["val_ratio"] == pytest.approx(0.75) and a["train_ratio"] == pytest.approx(0.375)
+    assert a["psnr"] == pytest.approx(-0.2) and (a["psnr_over_budget"], a["psnr_epochs"]) == (1, 2)
+    b = recs[("b", 1)]
+    assert math.isnan(b["est_ja"]) and b["val_ratio"] == pytest.approx(1.0) and b["psnr_over_budget"] == 0
+    lines = true_sigma._per_seed_section(rs)
+    assert any(ln.startswith("| row a | 0 | 3–4 | 0.85 (0.75) | 0.75 | 0.38 | -0.20 dB (1 of 2) |") for ln in lines)
+    assert true_sigma._per_seed_section({"plain": rs["plain"]}) == []
