@@ -83,6 +83,11 @@ ROWS = {
         "merged runs at several λ keep their seeds; the λ column says which)",
         list(_E4),
     ),
+    "lz3fd_b": (
+        "the default (reg.n_iter=3 reg.lanczos_jvp=fd) at another λ than the others (a row of its own so "
+        "that merged runs at several λ keep their seeds; the λ column says which)",
+        list(default_rows()["lz3fd"][1]),
+    ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
@@ -614,7 +619,9 @@ def per_seed(rs: dict) -> list[dict]:
     """Each penalised run beside the plain run of its seed, over the second half of training
     (epochs ≥ E/2 of the E both have, as the table's late columns): median est/ref of the
     training-time estimate (J A and J), mean σ(J A) ratio to plain on the validation and training
-    probes, mean val PSNR − plain and how many of those epochs are more than ``PSNR_BUDGET`` below.
+    probes, mean val PSNR − plain and how many of those epochs are more than ``PSNR_BUDGET`` below;
+    ``est_at``: ``"step"`` (the reference of the step's weights) or ``"end"`` (a history from
+    before 2026-11-27, whose ``est_ratio_*`` is to the reference at the epoch's end).
     The table's means over seeds hide which seed pays what: this is the per-seed account."""
     out = []
     plain = {r.get("seed", i): r["history"] for i, r in enumerate(rs.get("plain", []))}
@@ -640,6 +647,8 @@ def per_seed(rs: dict) -> list[dict]:
                 return float(f(v[np.isfinite(v)])) if np.isfinite(v).any() else math.nan
 
             dpsnr = col("psnr", operator.sub)
+            # histories from before 2026-11-27 hold the end-of-epoch ratio under est_ratio_* (as _est)
+            step_kind = any(f"est_ratio_end_{t}" in r_ for r_ in h for t in ("ja", "j"))
             out.append(
                 dict(
                     row=row,
@@ -647,6 +656,7 @@ def per_seed(rs: dict) -> list[dict]:
                     epochs=(n // 2 + 1, n),
                     est_ja=stat(col("est_ratio_ja"), np.median),
                     est_j=stat(col("est_ratio_j"), np.median),
+                    est_at="step" if step_kind else "end",
                     val_ratio=stat(col("val_sigma_ja_mean", operator.truediv), np.mean),
                     train_ratio=stat(col("train_ref_sigma_ja_mean", operator.truediv), np.mean),
                     psnr=stat(dpsnr, np.mean),
@@ -667,17 +677,19 @@ def _per_seed_section(rs: dict) -> list[str]:
         "",
         "Each penalised run against the plain run of the same seed over epochs ≥ E/2: 'est/ref' = median over "
         "those epochs of the training-time estimate over the reference σ of the samples penalised (J A, in "
-        "brackets J); σ(J A) × plain and PSNR − plain = means over those epochs. Rows by the label of the "
-        "table above, without its settings.",
+        "brackets J; 'end': a history from before 2026-11-27, whose ratio is to the reference at the epoch's end); "
+        "σ(J A) × plain and PSNR − plain = means over those epochs. Rows by the label of the table above, "
+        "without its settings.",
         "",
         "| row | seed | epochs | est/ref J A (J), median | val σ(J A) × plain | train σ(J A) × plain | "
         f"val PSNR − plain (epochs below −{PSNR_BUDGET} dB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for x in recs:
+        at = "" if x["est_at"] == "step" else " end"
         lines.append(
             f"| {_label(x['row']).split(' (')[0]} | {x['seed']} | {x['epochs'][0]}–{x['epochs'][1]} | "
-            f"{x['est_ja']:.2f} ({x['est_j']:.2f}) | {x['val_ratio']:.2f} | {x['train_ratio']:.2f} | "
+            f"{x['est_ja']:.2f} ({x['est_j']:.2f}){at} | {x['val_ratio']:.2f} | {x['train_ratio']:.2f} | "
             f"{x['psnr']:+.2f} dB ({x['psnr_over_budget']} of {x['psnr_epochs']}) |"
         )
     return lines + [""]

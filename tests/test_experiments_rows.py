@@ -55,6 +55,10 @@ def test_step_rows_are_the_default_with_another_number_of_lanczos_steps(name, n)
     assert row == default
 
 
+def test_the_default_at_another_lambda_is_the_default():
+    assert _config(true_sigma.ROWS["lz3fd_b"][1]) == _config(true_sigma.ROWS["lz3fd"][1])
+
+
 def test_step_rows_hands_out_fresh_override_lists():
     """A script that edits one row's overrides (e.g. pin_power) leaves the shared table alone."""
     _rows.step_rows()["lz2fd"][1].append("reg.every=4")

@@ -175,6 +175,7 @@ def test_per_seed_account_pairs_each_run_with_its_seeds_plain_over_the_second_ha
             r["psnr"] = psnr[e]
             if est is not None:
                 r["est_ratio_ja"], r["est_ratio_j"] = est[e], est[e] - 0.1
+                r["est_ratio_end_ja"] = r["est_ratio_end_j"] = 1.0  # a history that has both
         return h
 
     plain = hist([2.0] * 4, [4.0] * 4, [20.0] * 4)
@@ -199,6 +200,14 @@ def test_per_seed_account_pairs_each_run_with_its_seeds_plain_over_the_second_ha
     assert a["psnr"] == pytest.approx(-0.2) and (a["psnr_over_budget"], a["psnr_epochs"]) == (1, 2)
     b = recs[("b", 1)]
     assert math.isnan(b["est_ja"]) and b["val_ratio"] == pytest.approx(1.0) and b["psnr_over_budget"] == 0
+    assert (a["est_at"], b["est_at"]) == ("step", "end")
+    # an old history: est_ratio_* without est_ratio_end_* is the end-of-epoch ratio, and says so
+    old = [{"history": hist([2.0] * 4, [4.0] * 4, [20.0] * 4), "seed": 1}]
+    for r in old[0]["history"]:
+        r["est_ratio_ja"] = r["est_ratio_j"] = 0.7
+    (o,) = true_sigma.per_seed({"plain": rs["plain"], "b": old})
+    assert o["est_at"] == "end" and o["est_ja"] == pytest.approx(0.7)
+    assert any("| 0.70 (0.70) end |" in ln for ln in true_sigma._per_seed_section({"plain": rs["plain"], "b": old}))
     lines = true_sigma._per_seed_section(rs)
     assert any(ln.startswith("| row a | 0 | 3–4 | 0.85 (0.75) | 0.75 | 0.38 | -0.20 dB (1 of 2) |") for ln in lines)
     assert true_sigma._per_seed_section({"plain": rs["plain"]}) == []
