@@ -919,3 +919,84 @@ def test_jacobian_stats_report_the_floor_below_the_reference():
         assert torch.allclose(
             torch.tensor(js[f"floor_{t}"]["values"], dtype=DT), sigma_floor(recon.as_function(A), y, op[t])
         )
+
+
+def _smooth_unet_problem(N=16):
+    """fastmri's Unet with Softplus for its LeakyReLUs (a smooth network: numerical derivatives
+    in θ are meaningful), float64, single-coil 16×16, and a near-top vector v of J A."""
+    from fastmri.models import Unet
+
+    torch.manual_seed(0)
+    net = Unet(2, 2, chans=4, num_pool_layers=2)
+    for mod in list(net.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, nn.LeakyReLU):
+                setattr(mod, name, nn.Softplus(beta=5))
+    recon = Reconstructor(net).to(DT)
+    mask = torch.zeros(2, 1, N, dtype=DT)
+    mask[..., N // 2 - 3 : N // 2 + 3] = 1
+    mask[0, ..., ::4] = 1
+    mask[1, ..., 1::3] = 1
+    A = SingleCoilMRI(mask, (N, N))
+    g = torch.Generator().manual_seed(0)
+    y = A(A.random_input(generator=g, dtype=DT))
+    v = torch.nn.functional.normalize(A.random_input(generator=g, dtype=DT).reshape(2, -1), dim=1).reshape(2, N, N)
+    (v,), _ = lanczos_start(recon.as_function(A), y, [A], [v], 10)
+    return recon, y, A, v.detach()
+
+
+def _gain_grad_and_numeric(recon, y, A, v):
+    """∇θ ‖J(y₀) A v₀‖ by reverse mode over forward mode (what method='forward' trains with),
+    and its central difference in θ along a random direction, as (⟨∇, δ⟩, numeric)."""
+    from torch.func import functional_call
+    from torch.func import jvp as fjvp
+
+    d = A(v)
+    names = [k for k, _ in recon.named_parameters()]
+    params = {k: p.detach().clone() for k, p in recon.named_parameters()}
+
+    def gain(ps):
+        _, t = fjvp(lambda z: functional_call(recon, ps, (z, A)), (y,), (d,))
+        return t[0].reshape(-1).norm()
+
+    recon.zero_grad()
+    _, t = fjvp(recon.as_function(A), (y,), (d,))
+    t[0].reshape(-1).norm().backward()
+    grad = torch.cat([p.grad.reshape(-1) for p in recon.parameters()])
+    g = torch.Generator().manual_seed(1)
+    delta = {k: torch.randn(p.shape, generator=g, dtype=DT) for k, p in params.items()}
+    eps = 1e-6
+    num = (
+        gain({k: params[k] + eps * delta[k] for k in names}) - gain({k: params[k] - eps * delta[k] for k in names})
+    ) / (2 * eps)
+    return float(grad @ torch.cat([delta[k].reshape(-1) for k in names])), float(num)
+
+
+def test_forward_mode_penalty_gradient_is_exact_once_instance_norms_are_plain_ops():
+    """Reverse over forward mode through a fused InstanceNorm is silently wrong in torch
+    (pytorch/pytorch#196699): the penalty refuses such a network for method='forward' /
+    'double_vjp'.  With the norms written out (plain_instance_norms) ∇θ‖J A v‖ equals the
+    numerical derivative in θ, and the forward, double-vjp and fd penalties agree."""
+    from mrijac.models import plain_instance_norms
+
+    recon, y, A, v = _smooth_unet_problem()
+    for method in ("forward", "double_vjp"):
+        with pytest.raises(ValueError, match="plain_instance_norms"):
+            JacobianPenalty("spectral", lambda_ja=1.0, method=method)(recon, y, A)
+    assert plain_instance_norms(recon) > 0
+    got, num = _gain_grad_and_numeric(recon, y, A, v)
+    assert got == pytest.approx(num, rel=1e-6)
+    grads = {}
+    for method in ("forward", "double_vjp", "fd"):
+        pen = JacobianPenalty("spectral", lambda_ja=1.0, lambda_j=0.0, method=method, n_iter=1, fd_step=1e-7)
+        v0 = {"v_ja": v.clone(), "cold": torch.zeros(2, dtype=torch.bool)}
+        if method != "fd":  # forward / double_vjp warm-start from the output-space vector
+            _, jv = jvp(recon.as_function(A), y, A(v))
+            v0 = {"u_ja": torch.nn.functional.normalize(jv.reshape(2, -1), dim=1).reshape(jv.shape)}
+        recon.zero_grad()
+        _, p, _ = pen(recon, y, A, v0=v0)
+        p.backward()
+        grads[method] = _param_grads(recon)
+    ref = grads["forward"]
+    for method in ("double_vjp", "fd"):
+        assert (grads[method] - ref).norm() / ref.norm() < 1e-4, method

@@ -118,7 +118,7 @@ def test_varnet_reconstructor_jacobian_and_penalty():
     """fastmri's VarNet as y -> x̂: the forward-mode JVP equals the explicit Jacobian of the
     whole unrolled map, and the penalty trains it."""
     from mrijac.jacobian import JacobianPenalty, jvp
-    from mrijac.models import VarNetReconstructor
+    from mrijac.models import VarNetReconstructor, plain_instance_norms
     from mrijac.operators import make_mask
 
     torch.manual_seed(0)
@@ -134,8 +134,39 @@ def test_varnet_reconstructor_jacobian_and_penalty():
     v = torch.randn(y.shape, dtype=torch.complex128, generator=g)
     _, t = jvp(f, y, v)
     assert torch.allclose(t.reshape(-1), J @ torch.view_as_real(v).reshape(-1), atol=1e-8)
-    out, p, st = JacobianPenalty("spectral", lambda_ja=0.1, lambda_j=0.1, n_iter=2)(r, y, A)
+    pen = JacobianPenalty("spectral", lambda_ja=0.1, lambda_j=0.1, n_iter=2)  # forward mode
+    with pytest.raises(ValueError, match="InstanceNorm"):  # its U-Nets' fused norms: wrong 2nd derivatives
+        pen(r, y, A)
+    plain_instance_norms(r)
+    out, p, st = pen(r, y, A)
     (out.pow(2).mean() + p).backward()
     assert all(q.grad is not None for q in r.parameters())
     with pytest.raises(ValueError, match="column"):
         r(y, MultiCoilMRI(torch.ones(16, 16, dtype=torch.float64), sens))
+
+
+def test_plain_instance_norms_computes_what_the_fused_norm_does():
+    """fastmri's Unet with its InstanceNorms written out: same output (float64), same state-dict
+    keys; affine parameters are carried over as the same objects; running statistics refused."""
+    from mrijac.models import InstanceNormAD, plain_instance_norms
+
+    torch.manual_seed(0)
+    net = Unet(2, 2, chans=4, num_pool_layers=2).double()
+    x = torch.randn(3, 2, 16, 16, dtype=torch.float64)
+    before, keys = net(x), set(net.state_dict())
+    n_fused = sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules())
+    assert n_fused > 0 and plain_instance_norms(net) == n_fused
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in net.modules())
+    assert sum(isinstance(m, InstanceNormAD) for m in net.modules()) == n_fused
+    assert not any(getattr(m, "inplace", False) for m in net.modules())  # fastmri's LeakyReLU(inplace=True)
+    assert torch.allclose(net(x), before, atol=1e-10) and set(net.state_dict()) == keys
+    affine = nn.Sequential(nn.InstanceNorm2d(3, affine=True, eps=1e-3))
+    with torch.no_grad():
+        affine[0].weight.uniform_(0.5, 2)
+        affine[0].bias.uniform_(-1, 1)
+    w, z = affine[0].weight, torch.randn(2, 3, 5, 7)
+    ref = affine(z)
+    assert plain_instance_norms(affine) == 1 and affine[0].weight is w
+    assert torch.allclose(affine(z), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="running statistics"):
+        plain_instance_norms(nn.Sequential(nn.InstanceNorm2d(3, track_running_stats=True)))

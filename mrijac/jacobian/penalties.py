@@ -123,6 +123,20 @@ def terms_coincide(f, A) -> bool:
     return A is not None and getattr(f, "input", None) == "adjoint" and bool(getattr(A, "partial_isometry", False))
 
 
+def _refuse_fused_instance_norm(net, method: str) -> None:
+    """The forward / double-vjp penalties differentiate a JVP; through a fused InstanceNorm that
+    derivative is silently wrong (forward mode: pytorch/pytorch#196699) or raises (double vjp)."""
+    if not isinstance(net, torch.nn.Module):
+        return
+    for name, mod in net.named_modules():
+        if isinstance(mod, torch.nn.modules.instancenorm._InstanceNorm):
+            raise ValueError(
+                f"method={method!r} differentiates a Jacobian-vector product, but {name} is a fused "
+                "InstanceNorm whose second derivative torch gets wrong (pytorch/pytorch#196699): call "
+                "mrijac.models.plain_instance_norms(model) first (the trainer does), or use method='fd'"
+            )
+
+
 def _check_lambda(name, val):
     if val == "auto":
         return val
@@ -327,6 +341,8 @@ class JacobianPenalty:
             )
         if index is not None and self.method != "fd":
             raise ValueError("JacobianPenalty(index=…) needs method='fd'")
+        if self.method != "fd" and torch.is_grad_enabled():
+            _refuse_fused_instance_norm(module if module is not None else f, self.method)
         coincide = self.tie and terms_coincide(module, A)
         tied = coincide and "j" in terms
         work = ["ja"] if tied else terms

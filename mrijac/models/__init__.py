@@ -8,6 +8,7 @@ from ..names import MODELS  # noqa: F401  (re-exported)
 from .dncnn import DnCNN
 from .edsr import EDSR
 from .fcnet import FCNet
+from .norms import InstanceNormAD, plain_instance_norms
 from .reconstructor import Reconstructor, center_crop, safe_abs
 from .varnet import VarNetReconstructor
 from .wdsr import WDSR
@@ -25,6 +26,8 @@ def build_network(name: str, **kwargs):
 
 
 __all__ = [
+    "InstanceNormAD",
+    "plain_instance_norms",
     "Unet",
     "DnCNN",
     "FCNet",

@@ -16,6 +16,7 @@ from ..config import Config, config_from_dict, flatten, save_config
 from ..inference import reconstruct, score
 from ..jacobian import JacobianPenalty, PenaltySchedule
 from ..metrics import generalization_gap
+from ..models import plain_instance_norms
 from ..regularizers import WeightSpectralPenalty
 from ..runtime import progress, resolve_device, seed_everything
 from ..tasks import build_reconstructor, fixed_raw, make_task, resolve_workers, seeded_indices
@@ -109,6 +110,12 @@ def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
             tie=r.tie_terms,
             lanczos_jvp=r.lanczos_jvp,
         )
+        if jac.method in ("forward", "double_vjp"):
+            # they differentiate a JVP: the fused InstanceNorm's second derivative is wrong
+            # (forward) or missing (double_vjp), its plain-op form's is not (mrijac.models.norms)
+            n = plain_instance_norms(model)
+            if n and log is not None:
+                log(f"reg.method={jac.method}: {n} InstanceNorm layers computed from plain ops (exact 2nd derivatives)")
     pool = TrackedPool(r.pool, r.pool_refresh, r.pool_iters, cfg.train.seed) if jac is not None and r.pool else None
     warm = (
         WarmStore(r.warm_start, cold=r.cold_start)
