@@ -770,3 +770,24 @@ def test_training_with_the_default_penalty_holds_no_tensors_from_step_to_step(da
     t.fit()
     assert t.history[-1]["train_penalty"] > 0 and len(t.warm) == 8
     assert counts[1] == counts[2] == counts[3], counts
+
+
+@pytest.mark.parametrize("method,fused_left", [("forward", False), ("double_vjp", False), ("fd", True)])
+def test_penalties_that_differentiate_a_jvp_get_plain_op_instance_norms(method, fused_left):
+    """reg.method=forward / double_vjp differentiate a JVP, which torch's fused InstanceNorm gets
+    wrong: the trainer's penalty step writes the U-Net's norms out (same outputs); fd keeps them."""
+    from fastmri.models import Unet
+
+    from mrijac.models import Reconstructor
+    from mrijac.train.trainer import build_penalty_step
+
+    torch.manual_seed(0)
+    model = Reconstructor(Unet(2, 2, chans=4, num_pool_layers=2))
+    x = torch.randn(2, 2, 16, 16)
+    before = model.net(x)
+    cfg = load_config(None, ["reg.name=sja+sj", "reg.lambda_ja=0.1", "reg.lambda_j=0.1", f"reg.method={method}"])
+    logged = []
+    build_penalty_step(cfg, model, log=logged.append)
+    fused = any(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules())
+    assert fused == fused_left and bool(logged) != fused_left
+    assert torch.allclose(model.net(x), before, atol=1e-5)
