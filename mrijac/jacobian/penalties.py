@@ -125,7 +125,9 @@ def terms_coincide(f, A) -> bool:
 
 def _refuse_fused_instance_norm(net, method: str) -> None:
     """The forward / double-vjp penalties differentiate a JVP; through a fused InstanceNorm that
-    derivative is silently wrong (forward mode: pytorch/pytorch#196699) or raises (double vjp)."""
+    derivative is silently wrong (forward mode: pytorch/pytorch#196699) or raises (double vjp).
+    ``net``: a module, or a closure with a ``module`` attribute (``Reconstructor.as_function``)."""
+    net = net if isinstance(net, torch.nn.Module) else getattr(net, "module", None)
     if not isinstance(net, torch.nn.Module):
         return
     for name, mod in net.named_modules():

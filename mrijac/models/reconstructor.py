@@ -104,5 +104,11 @@ class Reconstructor(nn.Module):
         return z
 
     def as_function(self, A=None):
-        """``y -> f(y)`` for the Jacobian tools (a closure over this module and ``A``)."""
-        return lambda y: self(y, A)
+        """``y -> f(y)`` for the Jacobian tools (a closure over this module and ``A``; its
+        ``module`` attribute is this module, for checks on what the closure runs)."""
+
+        def fn(y):
+            return self(y, A)
+
+        fn.module = self
+        return fn
