@@ -101,6 +101,15 @@ ROWS = {
         "the default with a 10× larger finite-difference step (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_step=1e-3)",
         [*default_rows()["lz3fd"][1], "reg.fd_step=1e-3"],
     ),
+    "lz3fd_h2": (
+        "the default with a 100× larger finite-difference step (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_step=1e-2)",
+        [*default_rows()["lz3fd"][1], "reg.fd_step=1e-2"],
+    ),
+    "lz3fd_h2b": (
+        "the default with a 100× larger finite-difference step at another λ (reg.n_iter=3 reg.lanczos_jvp=fd "
+        "reg.fd_step=1e-2; the λ column says which)",
+        [*default_rows()["lz3fd"][1], "reg.fd_step=1e-2"],
+    ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
