@@ -41,6 +41,13 @@ from mrijac.evaluate.figures import plt, save_figure  # noqa: E402
 from mrijac.train import Trainer  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
+
+
+def _lz3fd(*more: str) -> list[str]:
+    """The default's overrides (row ``lz3fd``) and ``more``: rows that change one setting of it."""
+    return [*default_rows()["lz3fd"][1], *more]
+
+
 _E4 = default_rows()["lz3fd_e4"][1]  # lz3fd_e4q / lz3fd_e4b: the same penalty, rows for runs at other λ
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -86,29 +93,29 @@ ROWS = {
     "lz3fd_b": (
         "the default at another λ (reg.n_iter=3 reg.lanczos_jvp=fd; a row of its own so that merged runs "
         "at several λ keep their seeds; the λ column says which)",
-        list(default_rows()["lz3fd"][1]),
+        _lz3fd(),
     ),
     # where the default's PSNR cost on the synthetic task comes from: which sample it penalises
     # (one term per step is the same penalty there: the terms coincide, JacobianPenalty.tie)
     "lz3fd_all": (
         "the default on the whole batch (reg.n_iter=3 reg.lanczos_jvp=fd reg.samples=0: every sample's σ, "
         "the largest penalised)",
-        [*default_rows()["lz3fd"][1], "reg.samples=0"],
+        _lz3fd("reg.samples=0"),
     ),
     # the fused difference's step: at the default h = 1e-4 its θ-gradient is 0.41 aligned with ∇σ on
     # real slices (LeakyReLU kinks, experiments/results/fd_gradient_real.md), at 1e-3 0.78
     "lz3fd_h3": (
         "the default with a 10× larger finite-difference step (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_step=1e-3)",
-        [*default_rows()["lz3fd"][1], "reg.fd_step=1e-3"],
+        _lz3fd("reg.fd_step=1e-3"),
     ),
     "lz3fd_h2": (
         "the default with a 100× larger finite-difference step (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_step=1e-2)",
-        [*default_rows()["lz3fd"][1], "reg.fd_step=1e-2"],
+        _lz3fd("reg.fd_step=1e-2"),
     ),
     "lz3fd_h2b": (
         "the default with a 100× larger finite-difference step at another λ (reg.n_iter=3 reg.lanczos_jvp=fd "
         "reg.fd_step=1e-2; the λ column says which)",
-        [*default_rows()["lz3fd"][1], "reg.fd_step=1e-2"],
+        _lz3fd("reg.fd_step=1e-2"),
     ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
