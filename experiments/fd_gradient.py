@@ -38,6 +38,7 @@ import true_sigma  # noqa: E402
 
 from mrijac.atomic import atomic_path  # noqa: E402
 from mrijac.config import load_config  # noqa: E402
+from mrijac.jacobian import JacobianPenalty  # noqa: E402
 from mrijac.jacobian.reference import lanczos_start  # noqa: E402
 from mrijac.models import plain_instance_norms  # noqa: E402
 from mrijac.tasks import fixed_batches  # noqa: E402
@@ -57,15 +58,13 @@ def exact_grad(model, y, A, v) -> torch.Tensor:
 
 
 def fd_grad(model, y, A, v, h: float) -> torch.Tensor:
-    """∇θ of the fd surrogate ``⟨û, (f(y + t d) − f(y)) / t⟩`` at relative step ``h`` (one sample,
-    the two passes stacked as the trainer runs them)."""
+    """∇θ of the library's fused fd penalty (``JacobianPenalty(method="fd")``, one sample, no
+    Lanczos steps) at unit vector ``v`` and relative step ``h``: the surrogate
+    ``⟨û, (f(y + t d) − f(y)) / t⟩``, ``d = A v``, as the trainer differentiates it."""
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, lambda_j=0.0, method="fd", n_iter=1, fd_step=h)
     model.zero_grad()
-    d = A(v)
-    t = h * y.reshape(-1).norm() / d.reshape(-1).norm()
-    out = model.as_function(type(A).cat([A, A]))(torch.cat([y, y + t.to(y.dtype) * d]))
-    diff = (out[1:] - out[:1]) / t
-    u = diff.detach() / diff.detach().norm()
-    (u * diff).sum().backward()
+    _, p, _ = pen(model, y, A, v0={"v_ja": v, "cold": torch.zeros(1, dtype=torch.bool)})
+    p.backward()
     return _flat_grad(model).double()
 
 
