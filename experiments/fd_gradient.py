@@ -15,7 +15,7 @@ spread grows like ``1/√h``.  This script measures, on a U-Net trained plainly 
   error ``‖g − exact‖ / ‖exact‖`` and cosine to ``exact``.
 
     python experiments/fd_gradient.py [--task real] [--epochs 4] [--steps 1e-4,1e-3,1e-2,3e-2]
-        [--slices 4] [--out experiments/results/fd_gradient]
+        [--kinks cross,freeze] [--slices 4] [--out experiments/results/fd_gradient]
 """
 
 from __future__ import annotations
@@ -57,20 +57,21 @@ def exact_grad(model, y, A, v) -> torch.Tensor:
     return _flat_grad(model).double()
 
 
-def fd_grad(model, y, A, v, h: float) -> torch.Tensor:
+def fd_grad(model, y, A, v, h: float, kinks: str = "cross") -> torch.Tensor:
     """∇θ of the library's fused fd penalty (``JacobianPenalty(method="fd")``, one sample, no
     Lanczos steps) at unit vector ``v`` and relative step ``h``: the surrogate
-    ``⟨û, (f(y + t d) − f(y)) / t⟩``, ``d = A v``, as the trainer differentiates it."""
-    pen = JacobianPenalty("spectral", lambda_ja=1.0, lambda_j=0.0, method="fd", n_iter=1, fd_step=h)
+    ``⟨û, (f(y + t d) − f(y)) / t⟩``, ``d = A v``, as the trainer differentiates it; ``kinks``:
+    the penalty's ``fd_kinks`` (``"freeze"``: the copy takes the original's activation pattern)."""
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, lambda_j=0.0, method="fd", n_iter=1, fd_step=h, fd_kinks=kinks)
     model.zero_grad()
     _, p, _ = pen(model, y, A, v0={"v_ja": v, "cold": torch.zeros(1, dtype=torch.bool)})
     p.backward()
     return _flat_grad(model).double()
 
 
-def measure(model32, probes, steps, lanczos: int) -> list[dict]:
-    """Per probe ``(y, A)`` (one sample each) and ``h``: relative error and cosine of the fd
-    gradient (float32 / float64) to the exact one."""
+def measure(model32, probes, steps, lanczos: int, kinks=("cross",)) -> list[dict]:
+    """Per probe ``(y, A)`` (one sample each), ``h`` and ``fd_kinks`` mode: relative error and
+    cosine of the fd gradient (float32 / float64) to the exact one."""
     if any(y.shape[0] != 1 for y, _ in probes):
         raise ValueError("fd_gradient.measure: one sample per probe (split the batches)")
     model64 = copy.deepcopy(model32).double()
@@ -84,15 +85,20 @@ def measure(model32, probes, steps, lanczos: int) -> list[dict]:
         v = v.detach()
         ref = exact_grad(model64, y64, A64, v)
         for h in steps:
-            for name, m, yy, AA, vv in (
-                ("float32", model32, y, A, v.to(torch.complex64)),
-                ("float64", model64, y64, A64, v),
+            for kink, name, m, yy, AA, vv in (
+                (kink, *case)
+                for kink in kinks
+                for case in (
+                    ("float32", model32, y, A, v.to(torch.complex64)),
+                    ("float64", model64, y64, A64, v),
+                )
             ):
-                got = fd_grad(m, yy, AA, vv, h)
+                got = fd_grad(m, yy, AA, vv, h, kink)
                 rows.append(
                     dict(
                         probe=i,
                         h=h,
+                        kinks=kink,
                         dtype=name,
                         rel_err=float((got - ref).norm() / ref.norm()),
                         cos=float(got @ ref / (got.norm() * ref.norm())),
@@ -114,19 +120,25 @@ def report(rows, a, machine) -> list[str]:
         "the fd surrogate's gradient against it — relative error ‖g − exact‖/‖exact‖, cosine, ‖g‖/‖exact‖; "
         "median (min–max) over the probes. h = 1e-4 is the float32 default (reg.fd_step=0).",
         "",
-        "| h | float32: rel. error | cos | ‖g‖/‖exact‖ | float64: rel. error | cos |",
-        "|---|---|---|---|---|---|",
+        "Kinks: 'cross' = the copy y + t·A v runs the network as it is (reg.fd_kinks=cross); 'freeze' = it "
+        "takes the original's LeakyReLU pattern (reg.fd_kinks=freeze, mrijac.jacobian.kinks.FrozenKinks).",
+        "",
+        "| kinks | h | float32: rel. error | cos | ‖g‖/‖exact‖ | float64: rel. error | cos |",
+        "|---|---|---|---|---|---|---|",
     ]
 
-    def cell(h, dt, key):
-        v = np.array([r[key] for r in rows if r["h"] == h and r["dtype"] == dt])
+    def cell(kink, h, dt, key):
+        v = np.array([r[key] for r in rows if r["h"] == h and r["dtype"] == dt and r.get("kinks", "cross") == kink])
         return f"{np.median(v):.3g} ({v.min():.3g}–{v.max():.3g})"
 
-    for h in steps:
-        lines.append(
-            f"| {h:g} | {cell(h, 'float32', 'rel_err')} | {cell(h, 'float32', 'cos')} | "
-            f"{cell(h, 'float32', 'norm_ratio')} | {cell(h, 'float64', 'rel_err')} | {cell(h, 'float64', 'cos')} |"
-        )
+    kinks = [k for k in ("cross", "freeze") if any(r.get("kinks", "cross") == k for r in rows)]
+    for kink in kinks:
+        for h in steps:
+            c = lambda dt, key: cell(kink, h, dt, key)  # noqa: E731
+            lines.append(
+                f"| {kink} | {h:g} | {c('float32', 'rel_err')} | {c('float32', 'cos')} | "
+                f"{c('float32', 'norm_ratio')} | {c('float64', 'rel_err')} | {c('float64', 'cos')} |"
+            )
     lines += [
         "",
         f"Command: `{' '.join(['python', 'experiments/fd_gradient.py', *sys.argv[1:]])}`; machine: {machine}.",
@@ -140,6 +152,7 @@ def main():
     ap.add_argument("--task", default="real", choices=("real", "synthetic"))
     ap.add_argument("--epochs", type=int, default=4, help="plain training before measuring (0: untrained)")
     ap.add_argument("--steps", default="1e-4,1e-3,1e-2,3e-2", help="relative fd steps h")
+    ap.add_argument("--kinks", default="cross,freeze", help="fd_kinks modes to measure")
     ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--lanczos", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
@@ -162,7 +175,7 @@ def main():
             for y, A, _, _ in fixed_batches(tr.task, "val", a.slices, a.seed + 1, torch.device("cpu"))
             for b in range(y.shape[0])
         ]
-    rows = measure(model, probes, steps, a.lanczos)
+    rows = measure(model, probes, steps, a.lanczos, tuple(a.kinks.split(",")))
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

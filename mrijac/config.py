@@ -146,6 +146,12 @@ class RegConfig:
         "forward difference (fd: cheaper); auto: fd with method=fd",
         ("auto", "forward", "fd"),
     )
+    fd_kinks: str = _opt(
+        "cross",
+        "method=fd: the perturbed copies take their original's ReLU/LeakyReLU pattern (freeze: the "
+        "difference's θ-gradient is ∇θσ, no term from units switching sign) or cross the kinks as they are",
+        ("freeze", "cross"),
+    )
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
     pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")

@@ -1,5 +1,5 @@
 """experiments/fd_gradient.py: its exact gradient and its fd gradient agree where they must — on a
-smooth network as h → 0 — so what it reports for the piecewise-linear U-Net is the kinks' term."""
+smooth network as h → 0 — so what it reports for the piecewise-linear U-Net is the kinks' term, which freezing them removes."""
 
 import sys
 from pathlib import Path
@@ -42,13 +42,15 @@ def test_fd_gradient_tends_to_the_exact_one_on_a_smooth_network_and_not_through_
     err = {(r["h"], r["dtype"]): r["rel_err"] for r in smooth}
     assert err[(1e-7, "float64")] < 1e-5  # the limit is the gradient of σ along v
     assert err[(1e-2, "float64")] > 10 * err[(1e-7, "float64")]  # truncation at a large step
-    kinked = fd_gradient.measure(_unet(False), probes, [1e-4], lanczos=8)
-    k64 = next(r for r in kinked if r["dtype"] == "float64")
-    assert k64["rel_err"] > 0.5  # LeakyReLU: units switching between y and y + t d
+    kinked = fd_gradient.measure(_unet(False), probes, [1e-4], lanczos=8, kinks=("cross", "freeze"))
+    k64 = {r["kinks"]: r for r in kinked if r["dtype"] == "float64"}
+    assert k64["cross"]["rel_err"] > 0.5  # LeakyReLU: units switching between y and y + t d
+    assert k64["freeze"]["rel_err"] < 1e-2  # the copy on the original's pattern: the InstanceNorms' O(h) only
     lines = fd_gradient.report(
         smooth + kinked, type("A", (), dict(task="t", epochs=0, seed=0, slices=1, lanczos=8)), "m"
     )
-    assert any(ln.startswith("| 0.0001 |") for ln in lines) and any(ln.startswith("| 1e-07 |") for ln in lines)
+    for row in ("| cross | 0.0001 |", "| freeze | 0.0001 |", "| cross | 1e-07 |"):
+        assert any(ln.startswith(row) for ln in lines), row
 
 
 def test_measure_takes_one_sample_per_probe():

@@ -36,6 +36,7 @@ network whose samples do not interact (InstanceNorm yes; BatchNorm in training m
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from ..operators.base import batch_norm2
+from .kinks import FrozenKinks
 from .reference import lanczos_start
 from .vectors import Network, Operator, adjoint_op, apply_op, fd_steps, normalize, random_input, to_real
 
@@ -114,6 +116,7 @@ def fd_power_step(
     recompute: bool = False,
     pre_fd: bool = False,
     share_forward: bool = True,
+    kinks: nn.Module | None = None,
 ):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
@@ -139,6 +142,9 @@ def fd_power_step(
             backward pass reaches them only after the batch's activations are freed and then
             recomputes theirs: peak memory of the larger of the two passes, for one more
             forward of the copies.
+        kinks: a module whose piecewise-linear activations the copies evaluate with their
+            originals' pattern (:class:`~mrijac.jacobian.kinks.FrozenKinks`): no kink term in
+            the difference or its θ-gradient; ``None``: the copies cross the kinks.
         sink, names: if given, the backward pass of anything that depends on the surrogates
             stores the next unit right singular vectors ``(S, …)`` as ``sink[names[k]]``
             (copies that received no gradient — not the arg-max — keep their vector).  The
@@ -175,9 +181,12 @@ def fd_power_step(
     # with Lanczos steps, their forward graph at the selected samples (parameters included)
     # also gives those samples' f(y) for the fused step and the loss: one forward fewer
     share = share_forward and n_pre > 0 and not recompute and (idx is None or idx.unique().numel() == S)
+    fk = FrozenKinks(kinks) if kinks is not None else None
+    fk = fk if fk else None  # no piecewise-linear activation modules: nothing to freeze
+    record = fk.record() if fk is not None else contextlib.nullcontext()
     graph = None
     if share:
-        with torch.enable_grad():
+        with torch.enable_grad(), record:
             ys_leaf = ys.clone().requires_grad_()
             graph = (ys_leaf, fn_sel(ys_leaf))
     if n_pre > 0:
@@ -187,25 +196,43 @@ def fd_power_step(
     bshape = lambda s: s.view(-1, *[1] * (ys.dim() - 1))  # noqa: E731
     Xc = torch.cat([ys + bshape(s).to(ys.dtype) * d for s, d in zip(steps, dirs)])
     Xc = Xc.detach().requires_grad_()
+    source = torch.arange(K * S, device=ys.device) % S  # copy row -> its original among the selected
+
+    def frozen(start, rows=None):  # rows start: of the next pass take the originals' activation pattern
+        return contextlib.nullcontext() if fk is None else fk.apply(start, source, rows)
+
     with torch.enable_grad():
         if share:  # the other samples and the copies in one pass; the selected ones' f(y) is the graph's
             out0 = graph[1]
             rest = None if idx is None else _complement(idx, B)
             if rest is None or rest.numel() == 0:
-                out1 = make_fn(_rows_op(A, [idx] * K))(Xc)
+                with frozen(0):
+                    out1 = make_fn(_rows_op(A, [idx] * K))(Xc)
                 out = out0 if idx is None else out0[torch.argsort(idx)]
             else:
-                out_all = make_fn(_rows_op(A, [rest] + [idx] * K))(torch.cat([y[rest], Xc]))
                 n = rest.numel()
+                with frozen(n):
+                    out_all = make_fn(_rows_op(A, [rest] + [idx] * K))(torch.cat([y[rest], Xc]))
                 out1 = out_all[n:]
                 out = torch.cat([out0, out_all[:n]])[torch.argsort(torch.cat([idx, rest]))]
         elif not recompute:
-            out_all = make_fn(_rows_op(A, [None] + [idx] * K))(torch.cat([y, Xc]))
+            rows = torch.arange(B, device=y.device) if idx is None else idx
+            with frozen(B, rows):
+                out_all = make_fn(_rows_op(A, [None] + [idx] * K))(torch.cat([y, Xc]))
             out, out1 = out_all[:B], out_all[B:]
         else:
             from torch.utils.checkpoint import checkpoint
 
-            out1 = checkpoint(make_fn(_rows_op(A, [idx] * K)), Xc, use_reentrant=False)
+            fn_copies = make_fn(_rows_op(A, [idx] * K))
+            if fk is not None:  # the originals' pattern first (one forward without graph), kept for the recomputation
+                with torch.no_grad(), record:
+                    fn_sel(ys)
+
+                def fn_copies(X, fn=fn_copies):
+                    with frozen(0):
+                        return fn(X)
+
+            out1 = checkpoint(fn_copies, Xc, use_reentrant=False)
             out = make_fn(A)(y)
     if not share:
         out0 = out if idx is None else out[idx]

@@ -19,6 +19,7 @@ from .vectors import Network, Operator
 
 KINDS = ("spectral", "frobenius")
 LANCZOS_JVPS = ("forward", "fd")
+FD_KINKS = ("freeze", "cross")
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,13 @@ class JacobianPenalty:
             or ``"fd"``, a forward difference of step ``fd_step`` (one forward without graph
             each: cheaper, same vectors to the difference's ~1e-4 relative error); ``"auto"``:
             ``"fd"`` with ``method="fd"``, else ``"forward"``.
+        fd_kinks: ``method="fd"``: ``"freeze"`` — the perturbed copies evaluate the network's
+            ReLU / LeakyReLU / Hardtanh modules with their original sample's activation pattern
+            (:class:`~mrijac.jacobian.kinks.FrozenKinks`), so the difference and its θ-gradient
+            have no term from units switching between ``y`` and ``y + t d``; ``"cross"``: the
+            copies run the network as it is (the behaviour before 2026-11-28).  ``"freeze"``
+            needs the network as a module (``f`` itself, or a closure with a ``module``
+            attribute).
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
             once and use it for both terms — the same penalty at half the cost.
@@ -237,6 +245,7 @@ class JacobianPenalty:
         recompute: bool = False,
         tie: bool = True,
         lanczos_jvp: str = "auto",
+        fd_kinks: str = "cross",
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -258,7 +267,10 @@ class JacobianPenalty:
             raise ValueError(f"lanczos_jvp must be one of {('auto',) + LANCZOS_JVPS}, got {lanczos_jvp!r}")
         if lanczos_jvp == "fd" and method != "fd":
             raise ValueError(f"lanczos_jvp='fd' is for method='fd' (its warm Lanczos steps), not method={method!r}")
+        if fd_kinks not in FD_KINKS:
+            raise ValueError(f"fd_kinks must be one of {FD_KINKS}, got {fd_kinks!r}")
         self.lanczos_jvp = lanczos_jvp
+        self.fd_kinks = fd_kinks
         if schedule is None:
             schedule = PenaltySchedule(int(every), bool(alternate), bool(hold))
         elif (every, alternate, hold) != (1, False, False):
@@ -375,6 +387,14 @@ class JacobianPenalty:
 
     def _fd(self, module, fn, y, A, terms, v0, generator, idx):
         check_fd_network(module if module is not None else fn)
+        kinks = None
+        if self.fd_kinks == "freeze":
+            kinks = module if module is not None else getattr(fn, "module", fn)
+            if not isinstance(kinks, torch.nn.Module):
+                raise ValueError(
+                    "JacobianPenalty(fd_kinks='freeze') needs the network as a torch.nn.Module (or a closure "
+                    "with a module attribute) to find its activations; use fd_kinks='cross' for a plain callable"
+                )
         make_fn = module.as_function if module is not None else (lambda op: fn)
         vs = None
         if v0 is not None:
@@ -402,6 +422,7 @@ class JacobianPenalty:
             names=[f"v_{t}" for t in terms],
             recompute=self.recompute,
             pre_fd=self.lanczos_jvp == "fd",
+            kinks=kinks,
         )
         for k, t in enumerate(terms):
             stats[f"sigma_{t}"] = sig[k]

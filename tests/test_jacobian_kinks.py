@@ -1,0 +1,165 @@
+"""mrijac.jacobian.kinks: the copies of the fd penalty evaluated on their originals' activation
+pattern compute the network's linearisation at the original, and the fd penalty's θ-gradient is
+then the exact gradient of ‖J A v‖."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jvp
+
+from mrijac.jacobian import JacobianPenalty
+from mrijac.jacobian.finite_diff import fd_power_step
+from mrijac.jacobian.kinks import FrozenKinks, piecewise_activations
+from mrijac.models import Reconstructor, plain_instance_norms
+from mrijac.operators import SingleCoilMRI
+
+DT = torch.float64
+
+
+def _pl_net(shared: bool = False):
+    """Linear layers with ReLU, LeakyReLU, in-place ReLU and ReLU6 (a Hardtanh) between them;
+    ``shared``: one LeakyReLU module called twice."""
+    torch.manual_seed(0)
+    leaky = nn.LeakyReLU(0.2)
+    layers = [nn.Linear(6, 16), leaky, nn.Linear(16, 16), nn.ReLU(inplace=True), nn.Linear(16, 16)]
+    layers += [leaky if shared else nn.ReLU6(), nn.Linear(16, 16), nn.LeakyReLU(0.1), nn.Linear(16, 5)]
+    return nn.Sequential(*layers).to(DT)
+
+
+def _points(S=3, t=0.5):
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(S, 6, generator=g, dtype=DT)
+    d = torch.randn(S, 6, generator=g, dtype=DT)
+    return y, d, t
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_copies_compute_the_linearisation_at_their_original(shared):
+    net = _pl_net(shared)
+    y, d, t = _points()
+    lin = net(y) + t * jvp(net, (y,), (d,))[1]  # f(y) + t J(y) d: exact for the frozen pattern
+    plain = net(y + t * d)
+    assert (plain - lin).abs().max() > 1e-2  # the step crosses kinks: the test means something
+    fk = FrozenKinks(net)
+    assert len(fk.mods) == (3 if shared else 4)
+    src = torch.arange(2 * 3) % 3  # two copies per original, as the fd step's two terms
+    copies = torch.cat([y + t * d, y + t * d])
+    with fk.record():
+        out0 = net(y)
+    with fk.apply(0, src):
+        out1 = net(copies)
+    assert fk.seen == 4  # every activation call, the shared module's twice
+    torch.testing.assert_close(out0, net(y), rtol=0, atol=0)
+    torch.testing.assert_close(out1, torch.cat([lin, lin]), rtol=1e-12, atol=1e-12)
+    # the same pattern read from rows of the same pass; rows before `start` untouched
+    with fk.apply(3, src, rows=torch.arange(3)):
+        both = net(torch.cat([y, copies]))
+    torch.testing.assert_close(both[:3], net(y), rtol=1e-12, atol=1e-12)  # batch size changes matmul rounding
+    torch.testing.assert_close(both[3:], out1, rtol=1e-12, atol=1e-12)
+    # nothing is left behind: hooks removed, in-place flags restored
+    assert net[3].inplace is True
+    torch.testing.assert_close(net(copies), torch.cat([plain, plain]), rtol=1e-12, atol=1e-12)
+
+
+def test_frozen_kinks_refuses_what_it_cannot_match():
+    net = _pl_net()
+    y, d, t = _points()
+    fk = FrozenKinks(net)
+    with pytest.raises(RuntimeError, match="nothing recorded"):
+        fk.apply(0, torch.arange(3))
+    with fk.record():
+        net(y)
+    with pytest.raises(RuntimeError, match="source rows"), fk.apply(0, torch.arange(3)):
+        net(torch.cat([y, y]))  # 6 rows from 0, 3 sources
+    assert not FrozenKinks(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))  # nothing to freeze
+    assert piecewise_activations(nn.Sequential(nn.ReLU6(), nn.Softplus())) != []
+
+
+def _unet_problem(B=2, N=16):
+    from fastmri.models import Unet
+
+    torch.manual_seed(0)
+    recon = Reconstructor(Unet(2, 2, chans=4, num_pool_layers=2)).to(DT)
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(B, 1, N, dtype=DT)
+    mask[..., N // 2 - 3 : N // 2 + 3] = 1
+    mask[..., ::3] = 1
+    A = SingleCoilMRI(mask, (N, N))
+    y = A(A.random_input(generator=g, dtype=DT))
+    v = A.random_input(generator=g, dtype=DT)
+    v = v / v.reshape(B, -1).norm(dim=1).view(B, *[1] * (v.dim() - 1))
+    return recon, y, A, v
+
+
+def _grad(model, value):
+    model.zero_grad()
+    value.backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def _exact(recon, y, A, v):
+    """∇θ Σ_b ‖J(y_b) A v_b‖ by reverse over forward mode, InstanceNorms as plain ops."""
+    ref = copy.deepcopy(recon)
+    plain_instance_norms(ref)
+    _, t = jvp(ref.as_function(A), (y,), (A(v),))
+    return _grad(ref, t.reshape(t.shape[0], -1).norm(dim=1).sum())
+
+
+@pytest.mark.parametrize("kinks", ["freeze", "cross"])
+def test_fd_penalty_gradient_is_exact_with_frozen_kinks(kinks):
+    recon, y, A, v = _unet_problem()
+    exact = _exact(recon, y, A, v)
+    got = _grad(recon, sum(_surrogates(recon, y, A, v, kinks)))
+    err = float((got - exact).norm() / exact.norm())
+    if kinks == "freeze":  # curvature of the InstanceNorms only: O(h)
+        assert err < 1e-2
+        fine = _grad(recon, sum(_surrogates(recon, y, A, v, kinks, h=1e-6)))
+        assert float((fine - exact).norm() / exact.norm()) < min(1e-4, err / 100)
+    else:
+        assert err > 0.05  # at h = 1e-3 units switch sign between y and y + t A v
+    # JacobianPenalty passes the option on: one sample, whose term is its surrogate
+    A0 = A.select(torch.tensor([0]))
+    pen = JacobianPenalty(lambda_ja=1.0, method="fd", n_iter=1, fd_step=1e-3, fd_kinks=kinks)
+    _, p, _ = pen(recon, y[:1], A0, v0={"v_ja": v[:1], "cold": torch.zeros(1, dtype=torch.bool)})
+    one = _exact(recon, y[:1], A0, v[:1])
+    err1 = float((_grad(recon, p) - one).norm() / one.norm())
+    assert (err1 < 1e-2) if kinks == "freeze" else (err1 > 0.05)
+
+
+def _surrogates(recon, y, A, v, kinks, h=1e-3, **kw):
+    """The fd step's per-sample surrogates ``(B,)`` (value σ̂_b, gradient ∇θ σ̂_b), in a list."""
+    _, surr, _ = fd_power_step(
+        recon.as_function, y, A, [True], None, [v], h=h, kinks=recon if kinks == "freeze" else None, **kw
+    )
+    return [surr[0].sum()]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(share_forward=False), dict(recompute=True)],
+    ids=["one_pass", "recompute"],
+)
+def test_frozen_kinks_give_the_same_step_on_every_path(kw):
+    """The shared pass (the originals' f(y) from the Lanczos graph), the one-pass batch and the
+    checkpointed copies freeze the same pattern: the same surrogates and θ-gradients; and with
+    frozen kinks the estimates are the exact ‖J A v‖ of the vector the step used."""
+    recon, y, A, v = _unet_problem()
+    (s0,) = _surrogates(recon, y, A, v, "freeze", n_pre=2, pre_fd=True)
+    base = _grad(recon, s0)
+    (s1,) = _surrogates(recon, y, A, v, "freeze", n_pre=2, pre_fd=True, **kw)
+    torch.testing.assert_close(s1, s0, rtol=1e-9, atol=0)
+    other = _grad(recon, s1)
+    assert float((other - base).norm() / base.norm()) < 1e-8
+
+
+def test_fd_kinks_option_checks():
+    with pytest.raises(ValueError, match="fd_kinks"):
+        JacobianPenalty(lambda_ja=1.0, method="fd", fd_kinks="melt")
+    recon, y, A, v = _unet_problem()
+    pen = JacobianPenalty(lambda_ja=1.0, method="fd", fd_kinks="freeze")
+    with pytest.raises(ValueError, match=r"fd_kinks='freeze'\) needs the network as a torch.nn.Module"):
+        pen(lambda x: x.abs(), y, A)
+    out, p, stats = pen(recon.as_function(A), y, A)  # a closure with .module is enough
+    assert torch.isfinite(p)
