@@ -133,7 +133,7 @@ def report(rows, a, machine) -> list[str]:
 
     kinks = [k for k in ("cross", "freeze") if any(r.get("kinks", "cross") == k for r in rows)]
     for kink in kinks:
-        for h in steps:
+        for h in [h for h in steps if any(r["h"] == h and r.get("kinks", "cross") == kink for r in rows)]:
             c = lambda dt, key: cell(kink, h, dt, key)  # noqa: E731
             lines.append(
                 f"| {kink} | {h:g} | {c('float32', 'rel_err')} | {c('float32', 'cos')} | "
