@@ -1,5 +1,6 @@
 """experiments/fd_gradient.py: its exact gradient and its fd gradient agree where they must — on a
-smooth network as h → 0 — so what it reports for the piecewise-linear U-Net is the kinks' term, which freezing them removes."""
+smooth network as h → 0 — so what it reports for the piecewise-linear U-Net is the kinks' term,
+which freezing them removes."""
 
 import sys
 from pathlib import Path
