@@ -117,12 +117,6 @@ ROWS = {
         "reg.fd_step=1e-2; the λ column says which)",
         _lz3fd("reg.fd_step=1e-2"),
     ),
-    # the same difference with the copies on their original's LeakyReLU pattern: its θ-gradient is
-    # ∇θσ (cosine 1.00 against 0.41 / 0.10 crossing the kinks: experiments/results/fd_gradient_*.md)
-    "lz3fd_fk": (
-        "the default with frozen kinks (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_kinks=freeze)",
-        _lz3fd("reg.fd_kinks=freeze"),
-    ),
     "lz3fd_fkb": (
         "the default with frozen kinks at another λ (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_kinks=freeze; "
         "the λ column says which)",

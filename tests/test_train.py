@@ -791,3 +791,17 @@ def test_penalties_that_differentiate_a_jvp_get_plain_op_instance_norms(method, 
     fused = any(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules())
     assert fused == fused_left and bool(logged) != fused_left
     assert torch.allclose(model.net(x), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("kinks", ["freeze", "cross"])
+def test_reg_fd_kinks_reaches_the_penalty(kinks):
+    """reg.fd_kinks configures the fd penalty's copies; bad values are refused by name."""
+    from mrijac.models import DnCNN, Reconstructor
+    from mrijac.train.trainer import build_penalty_step
+
+    model = Reconstructor(DnCNN(2, 2, depth=3, features=4, batchnorm=False))
+    cfg = load_config(None, ["reg.name=sja", "reg.lambda_ja=0.1", "reg.method=fd", f"reg.fd_kinks={kinks}"])
+    step = build_penalty_step(cfg, model)
+    assert step.jac.fd_kinks == kinks
+    with pytest.raises(ValueError, match="reg.fd_kinks"):
+        load_config(None, ["reg.fd_kinks=melt"])
