@@ -48,16 +48,29 @@ def _lz3fd(*more: str) -> list[str]:
     return [*default_rows()["lz3fd"][1], *more]
 
 
+_FORWARD = ["reg.method=forward", "reg.samples=0", "reg.alternate=false"]
 _E4 = default_rows()["lz3fd_e4"][1]  # lz3fd_e4q / lz3fd_e4b: the same penalty, rows for runs at other λ
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
+    # forward1 / forward10: measured before 2026-11-28, when torch's second derivative of the fused
+    # InstanceNorm made their gradient wrong (pytorch/pytorch#196699); the trainer now writes the
+    # norms out for method=forward, so the same overrides train the *x rows
     "forward1": (
-        "forward n = 1, whole batch (old default)",
-        ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=1"],
+        "forward n = 1, whole batch (old default; trained with the fused InstanceNorm's wrong 2nd derivative)",
+        [*_FORWARD, "reg.n_iter=1"],
     ),
     "forward10": (
-        "forward n = 10, whole batch",
-        ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=10"],
+        "forward n = 10, whole batch (trained with the fused InstanceNorm's wrong 2nd derivative)",
+        [*_FORWARD, "reg.n_iter=10"],
+    ),
+    "forward1x": (
+        "forward n = 1, whole batch, exact gradient (InstanceNorms as plain ops, the trainer's since 2026-11-28)",
+        [*_FORWARD, "reg.n_iter=1"],
+    ),
+    "forward10x": (
+        "forward n = 10, whole batch, exact gradient (InstanceNorms as plain ops, the trainer's since "
+        "2026-11-28): the expensive reference",
+        [*_FORWARD, "reg.n_iter=10"],
     ),
     "default": (
         "the default until 2026-11-28 (reg.method=auto → fd, 1 sample, alternate terms, "
