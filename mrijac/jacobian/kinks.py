@@ -14,8 +14,9 @@ its activation pattern were the one at ``y``.  The copies then run the network t
 the input around ``y`` up to the smooth layers (InstanceNorm), so
 ``(f_lin(y + t d) − f(y)) / t = J(y) d + O(t)`` with no kink term, its θ-gradient tends to
 ``∇θ⟨û, J d⟩`` and the VJP the backward pass hands the copies is ``J(y)ᵀ û``.  Cost: one
-elementwise product per activation and copy row; memory: one ``bool`` (``int8`` for Hardtanh)
-per activation value of the originals, held until the copies' pass.
+elementwise select per activation; memory: one ``bool`` (``int8`` for Hardtanh) per activation
+value of the originals, held until the copies' pass, and one per value of the stacked pass, held
+for its backward.
 
 Only activation *modules* are seen (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Hardtanh`` and
 subclasses such as ``nn.ReLU6``); a functional ``F.relu`` inside ``forward`` is not, which
@@ -24,6 +25,8 @@ need nothing.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -67,9 +70,11 @@ class FrozenKinks:
             out1 = model(torch.cat([y_rest, copies]))
 
     or both in one pass: ``with fk.apply(start, source, rows=rows_o)`` reads the pattern from rows
-    ``rows_o`` of the same pass.  Rows before ``start`` are untouched.  In-place activations are
-    made out-of-place while a context is active (the same values; the pre-activation is needed).
-    Activation calls are matched by module and order of call within the pass, so a module used
+    ``rows_o`` of the same pass.  Rows before ``start`` get the activation itself (the same values
+    and derivative).  While a context is active each activation module's ``forward`` is replaced
+    (an instance attribute; removed on exit), so that in apply mode the whole batch goes through
+    one select that keeps only a ``bool`` pattern for the backward pass.  Activation calls are
+    matched by module and order of call within the pass, so a module used
     twice in one forward is handled.  ``seen``: activation calls in the last context.
     """
 
@@ -97,32 +102,32 @@ class FrozenKinks:
         class _Ctx:
             def __enter__(self):
                 fk._mode, fk._calls, fk.seen = mode, {}, 0
-                self.inplace = [(m, m.inplace) for m in fk.mods if getattr(m, "inplace", False)]
-                for m, _ in self.inplace:
-                    m.inplace = False
-                self.handles = [m.register_forward_hook(fk._hook) for m in fk.mods]
+                # an instance attribute `forward` shadows the class's for nn.Module.__call__ (hooks kept)
+                self.saved = [(m, m.__dict__.get("forward")) for m in fk.mods]
+                for m in fk.mods:
+                    m.forward = functools.partial(fk._forward, m)
                 return fk
 
             def __exit__(self, *exc):
-                for h in self.handles:
-                    h.remove()
-                for m, flag in self.inplace:
-                    m.inplace = flag
+                for m, old in self.saved:
+                    if old is None:
+                        del m.forward
+                    else:
+                        m.forward = old
                 fk._mode = None
                 return False
 
         return _Ctx()
 
-    def _hook(self, mod, inputs, out):
-        x = inputs[0]
+    def _forward(self, mod, x):
         i = self._calls.get(mod, 0)
         self._calls[mod] = i + 1
         self.seen += 1
         key = (id(mod), i)
-        if self._mode[0] == "record":
+        if self._mode[0] == "record":  # the pattern first: an in-place module overwrites x
             rows = self._mode[1]
             self.store[key] = _region(mod, (x if rows is None else x[rows]).detach())
-            return None
+            return type(mod).forward(mod, x)
         _, start, source, rows = self._mode
         if rows is not None:
             region = _region(mod, x[rows].detach())
@@ -138,4 +143,7 @@ class FrozenKinks:
                 f"FrozenKinks: {region.shape[0]} source rows of shape {tuple(region.shape[1:])} for the "
                 f"{x.shape[0] - start} rows from {start} of shape {tuple(x.shape[1:])}"
             )
-        return torch.cat([out[:start], _linearised(mod, region, x[start:])])
+        # one select over the whole batch: φ itself on rows < start (their own pattern), the
+        # originals' piece on the copies; saves only the bool pattern for the backward pass, so the
+        # memory is the module's own (an in-place module's: one tensor, plus the pattern)
+        return _linearised(mod, torch.cat([_region(mod, x[:start].detach()), region]), x)
