@@ -78,6 +78,39 @@ def test_frozen_kinks_refuses_what_it_cannot_match():
     assert piecewise_activations(nn.Sequential(nn.ReLU6(), nn.Softplus())) != []
 
 
+class _FunctionalReLU(nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.relu(x)
+
+
+@pytest.mark.parametrize("kink", [_FunctionalReLU(), nn.MaxPool1d(2, stride=1, padding=0)], ids=["F.relu", "maxpool"])
+def test_kinks_outside_activation_modules_are_refused_not_crossed(kink):
+    """A functional ReLU or a max-pooling has kinks FrozenKinks cannot freeze: the copies' pass
+    raises, naming the call, instead of leaving the kink term in the gradient; the record pass
+    and plain use are unaffected."""
+    torch.manual_seed(0)
+    last = nn.Linear(7 if isinstance(kink, nn.MaxPool1d) else 8, 3)
+    net = nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.2), nn.Linear(8, 8), kink, last).to(DT)
+    y, d, t = _points()
+    fk = FrozenKinks(net)
+    with fk.record():
+        net(y)
+    with pytest.raises(RuntimeError, match=r"(relu|max_pool).* outside an nn.ReLU"), fk.apply(0, torch.arange(3)):
+        net(y + t * d)
+    net(y + t * d)  # the guard is gone
+    # the same through the penalty, for a network without any activation module
+    recon, yy, A, v = _unet_problem()
+    fn = recon.as_function(A)
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.relu(fn(x))
+
+    pen = JacobianPenalty(lambda_ja=1.0, method="fd", fd_kinks="freeze")
+    with pytest.raises(RuntimeError, match="relu outside"):
+        pen(Net(), yy, A)
+
+
 def _unet_problem(B=2, N=16):
     from fastmri.models import Unet
 

@@ -181,8 +181,8 @@ def fd_power_step(
     # with Lanczos steps, their forward graph at the selected samples (parameters included)
     # also gives those samples' f(y) for the fused step and the loss: one forward fewer
     share = share_forward and n_pre > 0 and not recompute and (idx is None or idx.unique().numel() == S)
+    # (kept without activation modules too: its apply pass still refuses functional ReLUs / max-pooling)
     fk = FrozenKinks(kinks) if kinks is not None else None
-    fk = fk if fk else None  # no piecewise-linear activation modules: nothing to freeze
     record = fk.record() if fk is not None else contextlib.nullcontext()
     graph = None
     if share:

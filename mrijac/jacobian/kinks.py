@@ -18,20 +18,43 @@ elementwise select per activation; memory: one ``bool`` (``int8`` for Hardtanh) 
 value of the originals, held until the copies' pass, and one per value of the stacked pass, held
 for its backward.
 
-Only activation *modules* are seen (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Hardtanh`` and
-subclasses such as ``nn.ReLU6``); a functional ``F.relu`` inside ``forward`` is not, which
-:attr:`FrozenKinks.seen` lets a caller detect (no activation modules ran).  Smooth activations
-need nothing.
+Only activation *modules* are frozen (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Hardtanh`` and
+subclasses such as ``nn.ReLU6``).  A functional ``F.relu`` / ``F.leaky_relu`` / ``F.hardtanh`` or a
+max-pooling met while the copies run raises a ``RuntimeError`` naming it (a
+``TorchFunctionMode`` watches that pass) rather than leaving its kinks in the gradient.  Smooth
+activations need nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 PIECEWISE = (nn.ReLU, nn.LeakyReLU, nn.Hardtanh)
+# kinks outside activation modules that this module cannot freeze: a pass in apply mode that calls
+# one of these (a functional ReLU, a max-pooling) is refused instead of silently crossing them
+_UNFROZEN = {
+    *(f"{n}{s}" for n in ("relu", "leaky_relu", "hardtanh", "relu6", "rrelu") for s in ("", "_")),
+    *(f"{p}max_pool{d}d{s}" for p in ("", "_", "adaptive_") for d in (1, 2, 3) for s in ("", "_with_indices")),
+}
+
+
+class _RefuseUnfrozen(TorchFunctionMode):
+    """Raise on a call in :data:`_UNFROZEN` (the frozen activations themselves use ``torch.where``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in _UNFROZEN:
+            raise RuntimeError(
+                f"fd_kinks='freeze': the network calls {name} outside an nn.ReLU / nn.LeakyReLU / nn.Hardtanh "
+                "module (a functional call or a max-pooling), whose kinks cannot be frozen; use activation "
+                "modules, or fd_kinks='cross'"
+            )
+        return func(*args, **(kwargs or {}))
 
 
 def piecewise_activations(module: nn.Module) -> list[nn.Module]:
@@ -80,7 +103,7 @@ class FrozenKinks:
 
     def __init__(self, module: nn.Module):
         self.mods = piecewise_activations(module)
-        self.store: dict = {}
+        self.store: dict | None = None  # None until a record pass
         self.seen = 0
         self._mode = None
 
@@ -92,7 +115,7 @@ class FrozenKinks:
         return self._context(("record", rows))
 
     def apply(self, start: int, source: torch.Tensor, rows: torch.Tensor | None = None):
-        if rows is None and not self.store:
+        if rows is None and self.store is None:
             raise RuntimeError("FrozenKinks.apply: nothing recorded (record first, or give rows=)")
         return self._context(("apply", start, source, rows))
 
@@ -106,9 +129,12 @@ class FrozenKinks:
                 self.saved = [(m, m.__dict__.get("forward")) for m in fk.mods]
                 for m in fk.mods:
                     m.forward = functools.partial(fk._forward, m)
+                self.guard = _RefuseUnfrozen() if mode[0] == "apply" else contextlib.nullcontext()
+                self.guard.__enter__()
                 return fk
 
             def __exit__(self, *exc):
+                self.guard.__exit__(*exc)
                 for m, old in self.saved:
                     if old is None:
                         del m.forward
