@@ -343,14 +343,16 @@ def _lam(name, v):
 
 
 def resolve_method(cfg: Config) -> str:
-    """``reg.method=auto``: ``fd`` for the spectral penalties in float32 without BatchNorm (the
-    measured default: cheapest per step, see the README), else ``forward``."""
+    """``reg.method=auto``: ``fd`` for the spectral penalties in float32 without BatchNorm or
+    dropout (the measured default: cheapest per step, see the README), else ``forward``."""
     r = cfg.reg
     if r.method != "auto":
         return r.method
     spectral = r.name in ("sj", "sja", "sja+sj")
     batchnorm = cfg.model.name == "dncnn" and cfg.model.batchnorm
-    return "fd" if spectral and str(cfg.train.precision) == "32" and not batchnorm else "forward"
+    dropout = cfg.model.name == "unet" and cfg.model.drop_prob > 0  # a sample and its fd copy get other masks
+    fd_ok = spectral and str(cfg.train.precision) == "32" and not batchnorm and not dropout
+    return "fd" if fd_ok else "forward"
 
 
 def resolve_power(cfg: Config) -> tuple:

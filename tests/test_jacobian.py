@@ -357,6 +357,12 @@ def test_fd_refuses_batchnorm_autocast_and_frobenius():
             pen(recon, y, A)
     with pytest.raises(ValueError, match="spectral"):
         JacobianPenalty("frobenius", lambda_ja=1.0, method="fd")
+    # dropout draws other masks for a sample and its perturbed copy: refused in training, fine in eval
+    drop = Reconstructor(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Dropout2d(0.2)))
+    with pytest.raises(ValueError, match=r"1 is a Dropout \(p=0.2\) in training mode"):
+        pen(drop, y, A)
+    drop.eval()
+    pen(drop, y, A)
     with pytest.raises(ValueError, match="fd_step"):
         JacobianPenalty("spectral", lambda_ja=1.0, method="fd", fd_step=2.0)
 

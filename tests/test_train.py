@@ -40,11 +40,16 @@ def cfg_for(data, *over):
 def test_config_power_settings_auto_resolve_after_the_method(tmp_path):
     """``reg.n_iter`` / ``reg.lanczos_jvp`` ``auto`` (the defaults) resolve after
     ``reg.method``: ``fd`` → two Lanczos steps with finite-difference JVPs (``n_iter=3``,
-    ``lanczos_jvp=fd``), ``forward`` (bf16, Frobenius, BatchNorm, asked) → one power iteration;
+    ``lanczos_jvp=fd``), ``forward`` (bf16, Frobenius, BatchNorm, dropout, asked) → one power iteration;
     explicit values are kept, a saved config holds the resolved ones, bad values name the key."""
     r = load_config(None, ["reg.name=sja+sj"]).reg
     assert (r.method, r.n_iter, r.lanczos_jvp) == ("fd", 3, "fd")
-    for extra in (["train.precision=bf16"], ["reg.method=forward"], ["model.name=dncnn", "model.batchnorm=true"]):
+    for extra in (
+        ["train.precision=bf16"],
+        ["reg.method=forward"],
+        ["model.name=dncnn", "model.batchnorm=true"],
+        ["model.drop_prob=0.1"],  # a sample and its fd copy would get different dropout masks
+    ):
         r = load_config(None, ["reg.name=sja+sj", *extra]).reg
         assert (r.method, r.n_iter, r.lanczos_jvp) == ("forward", 1, "forward"), extra
     assert load_config(None, ["reg.name=fja+fj"]).reg.n_iter == 1

@@ -71,6 +71,12 @@ def check_fd_network(model) -> None:
                     "batch statistics would mix them: use a network without "
                     "BatchNorm (model.batchnorm=false) or method='forward'"
                 )
+            if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.training and mod.p > 0:
+                raise ValueError(
+                    f"method='fd' takes differences between a sample and its perturbed copy, but "
+                    f"{name or 'the model'} is a Dropout (p={mod.p}) in training mode that draws different "
+                    "masks for the two: use model.drop_prob=0 or method='forward'"
+                )
     if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
         raise ValueError(
             "method='fd' (finite differences) needs float32/float64 passes, not "
