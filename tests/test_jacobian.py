@@ -350,6 +350,8 @@ def test_fd_refuses_batchnorm_autocast_and_frobenius():
     pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd")
     with pytest.raises(ValueError, match="BatchNorm"):
         pen(recon, y, A)
+    with pytest.raises(ValueError, match="BatchNorm"):  # the module behind a Reconstructor's closure too
+        pen(recon.as_function(A), y, A)
     recon.eval()
     pen(recon, y, A)  # frozen statistics: per-sample again
     with pytest.raises(ValueError, match="autocast"):
@@ -361,6 +363,8 @@ def test_fd_refuses_batchnorm_autocast_and_frobenius():
     drop = Reconstructor(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Dropout2d(0.2)))
     with pytest.raises(ValueError, match=r"1 is a Dropout \(p=0.2\) in training mode"):
         pen(drop, y, A)
+    with pytest.raises(ValueError, match="Dropout"):
+        pen(drop.as_function(A), y, A)
     drop.eval()
     pen(drop, y, A)
     with pytest.raises(ValueError, match="fd_step"):

@@ -107,9 +107,6 @@ class FrozenKinks:
         self.seen = 0
         self._mode = None
 
-    def __bool__(self) -> bool:
-        return bool(self.mods)
-
     def record(self, rows: torch.Tensor | None = None):
         self.store = {}
         return self._context(("record", rows))

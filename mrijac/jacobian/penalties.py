@@ -124,12 +124,22 @@ def terms_coincide(f, A) -> bool:
     return A is not None and getattr(f, "input", None) == "adjoint" and bool(getattr(A, "partial_isometry", False))
 
 
+def network_module(f) -> torch.nn.Module | None:
+    """The module behind a penalty's network ``f``: ``f`` itself, the ``module`` attribute of a
+    closure (``Reconstructor.as_function``), or ``None`` for a plain callable — what the network
+    checks and :class:`~mrijac.jacobian.kinks.FrozenKinks` inspect."""
+    if isinstance(f, torch.nn.Module):
+        return f
+    m = getattr(f, "module", None)
+    return m if isinstance(m, torch.nn.Module) else None
+
+
 def _refuse_fused_instance_norm(net, method: str) -> None:
     """The forward / double-vjp penalties differentiate a JVP; through a fused InstanceNorm that
     derivative is silently wrong (forward mode: pytorch/pytorch#196699) or raises (double vjp).
     ``net``: a module, or a closure with a ``module`` attribute (``Reconstructor.as_function``)."""
-    net = net if isinstance(net, torch.nn.Module) else getattr(net, "module", None)
-    if not isinstance(net, torch.nn.Module):
+    net = network_module(net)
+    if net is None:
         return
     for name, mod in net.named_modules():
         if isinstance(mod, torch.nn.modules.instancenorm._InstanceNorm):
@@ -386,11 +396,12 @@ class JacobianPenalty:
         return torch.argsort(torch.as_tensor(priority, device=y.device).reshape(B), descending=True)
 
     def _fd(self, module, fn, y, A, terms, v0, generator, idx):
-        check_fd_network(module if module is not None else fn)
+        net = module if module is not None else network_module(fn)
+        check_fd_network(net if net is not None else fn)
         kinks = None
         if self.fd_kinks == "freeze":
-            kinks = module if module is not None else getattr(fn, "module", fn)
-            if not isinstance(kinks, torch.nn.Module):
+            kinks = net
+            if kinks is None:
                 raise ValueError(
                     "JacobianPenalty(fd_kinks='freeze') needs the network as a torch.nn.Module (or a closure "
                     "with a module attribute) to find its activations; use fd_kinks='cross' for a plain callable"
