@@ -43,6 +43,14 @@ DEFAULT_ROWS = {
         "copy on its original's LeakyReLU pattern)",
         ["reg.fd_kinks=freeze"],
     ),
+    # frozen kinks, and every unvisited sample penalised in the first pass over the data (one
+    # sample per step after it): the early σ excursions of one cold sample per step came in the
+    # epochs of first visits; the whole batch (row lz3fd_fkall of true_sigma.py) had none
+    "lz3fd_fkfv": (
+        "the default with frozen kinks, every first visit penalised (reg.n_iter=3 reg.lanczos_jvp=fd "
+        "reg.fd_kinks=freeze reg.first_visits=all: the first pass over the data penalises whole batches)",
+        ["reg.fd_kinks=freeze", "reg.first_visits=all"],
+    ),
 }
 
 

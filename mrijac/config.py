@@ -152,6 +152,12 @@ class RegConfig:
         "difference's θ-gradient is ∇θσ, no term from units switching sign) or cross the kinks as they are",
         ("freeze", "cross"),
     )
+    first_visits: str = _opt(
+        "ranked",
+        "method=fd with samples: samples without a stored vector rank first and count towards samples (ranked), "
+        "or are all penalised on top of them (all: the first pass over the data costs the whole batch's)",
+        ("ranked", "all"),
+    )
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
     pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")

@@ -304,6 +304,36 @@ def test_fd_penalty_converges_over_steps_and_on_argmax_samples():
         assert torch.allclose(out, f_(y), atol=1e-12)
 
 
+def test_fd_penalty_first_visits_all_adds_every_unvisited_sample():
+    """``first_visits="all"``: the rows without a stored vector are penalised on top of the
+    ``samples`` of largest priority (in priority order); nothing stored: the whole batch;
+    every row warm, or no stored vectors at all: the same rows as ``"ranked"``."""
+    from mrijac.jacobian import WarmStart
+
+    f_, y, A, recon = mri_problem(B=3)
+    g = torch.Generator().manual_seed(0)
+    vs = torch.randn(3, *A.in_shape, generator=g, dtype=y.dtype)
+    prio = torch.tensor([0.1, 0.2, 0.9])
+    kw = dict(lambda_ja=1.0, method="fd", samples=1)
+    ranked = JacobianPenalty("spectral", **kw)
+    every = JacobianPenalty("spectral", first_visits="all", **kw)
+    cold = WarmStart({"v_ja": vs}, torch.tensor([True, False, False]))
+    _, _, st_r = ranked(recon, y, A, v0=cold, priority=prio)
+    _, p, st_a = every(recon, y, A, v0=cold, priority=prio)
+    p.backward()
+    assert st_r["index"].tolist() == [2] and st_a["index"].tolist() == [2, 0]
+    assert st_a["v_ja"].shape[0] == 2 and st_a["first_visit"]
+    assert torch.allclose(st_a["sigma_ja"][:1], st_r["sigma_ja"], rtol=1e-6)  # row 2: the same Lanczos steps
+    _, _, st = every(recon, y, A, v0=None, priority=prio)
+    assert "index" not in st and st["sigma_ja"].shape == (3,)
+    warm = WarmStart({"v_ja": vs}, torch.zeros(3, dtype=torch.bool))
+    assert every(recon, y, A, v0=warm, priority=prio)[2]["index"].tolist() == [2]
+    novec = JacobianPenalty("spectral", first_visits="all", warm_start_vectors=False, **kw)
+    assert novec(recon, y, A, v0=None, priority=prio)[2]["index"].tolist() == [2]
+    with pytest.raises(ValueError, match="first_visits must be one of"):
+        JacobianPenalty("spectral", first_visits="some", **kw)
+
+
 @pytest.mark.parametrize("n_iter", [1, 3])
 def test_fd_in_float32_matches_forward_mode_jvp(n_iter):
     """The default relative step in float32: the fused σ̂ = ‖J A v‖ agrees with the forward-mode

@@ -367,6 +367,21 @@ def test_history_counts_first_visits_of_the_fd_penalty(data, tmp_path):
     assert math.isnan(plain.fit()["first_visit_frac"])
 
 
+def test_first_visits_all_visits_every_slice_in_the_first_epoch(data, tmp_path):
+    """reg.first_visits=all at batch 4 (8 slices, one penalised sample per step): epoch 1
+    penalises every slice (each has a vector afterwards), then one warm sample per step."""
+    t = Trainer(
+        cfg_for(data, "reg.name=sja+sj", "data.batch_size=4", "reg.first_visits=all", "train.ref_slices=0"),
+        tmp_path / "all",
+    )
+    assert t.penalty.jac.first_visits == "all"
+    t.fit()
+    assert len(t.warm) == 8
+    assert [h["first_visit_frac"] for h in t.history] == [1.0, 0.0]
+    with pytest.raises(ValueError, match="reg.first_visits"):
+        load_config(None, ["reg.first_visits=some"])
+
+
 @pytest.mark.parametrize(
     "extra",
     [

@@ -20,6 +20,7 @@ from .vectors import Network, Operator
 KINDS = ("spectral", "frobenius")
 LANCZOS_JVPS = ("forward", "fd")
 FD_KINKS = ("freeze", "cross")
+FIRST_VISITS = ("ranked", "all")
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,15 @@ class JacobianPenalty:
             copies run the network as it is (the behaviour before 2026-11-28).  ``"freeze"``
             needs the network as a module (``f`` itself, or a closure with a ``module``
             attribute).
+        first_visits: ``method="fd"`` with ``samples``: ``"ranked"`` — samples without a stored
+            vector (``v0`` missing, or ``WarmStart.cold``) rank first (``priority`` ∞) and count
+            towards ``samples``, so with ``samples=1`` a batch of unvisited samples penalises one
+            of them, on a one-iteration estimate, while the others' σ goes unwatched until their
+            turn; ``"all"`` — every unvisited sample of the batch is penalised too (``samples``
+            of the largest ``priority`` plus them): the first pass over the data costs what the
+            whole batch costs, and from then on each penalised sample is the arg-max of warm
+            estimates.  Other methods, or no ``warm_start_vectors`` (every visit is then a first
+            one): ``"ranked"``.
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
             once and use it for both terms — the same penalty at half the cost.
@@ -256,6 +266,7 @@ class JacobianPenalty:
         tie: bool = True,
         lanczos_jvp: str = "auto",
         fd_kinks: str = "cross",
+        first_visits: str = "ranked",
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -279,8 +290,11 @@ class JacobianPenalty:
             raise ValueError(f"lanczos_jvp='fd' is for method='fd' (its warm Lanczos steps), not method={method!r}")
         if fd_kinks not in FD_KINKS:
             raise ValueError(f"fd_kinks must be one of {FD_KINKS}, got {fd_kinks!r}")
+        if first_visits not in FIRST_VISITS:
+            raise ValueError(f"first_visits must be one of {FIRST_VISITS}, got {first_visits!r}")
         self.lanczos_jvp = lanczos_jvp
         self.fd_kinks = fd_kinks
+        self.first_visits = first_visits
         if schedule is None:
             schedule = PenaltySchedule(int(every), bool(alternate), bool(hold))
         elif (every, alternate, hold) != (1, False, False):
@@ -372,7 +386,7 @@ class JacobianPenalty:
         work = ["ja"] if tied else terms
         if self.method == "fd":
             if index is None and subset:
-                index = self._order(y, priority)[: self.samples]
+                index = self._fd_index(y, v0, priority)
             out, pen, stats = self._fd(module, fn, y, A, work, v0, generator, index)
         elif subset:
             out, pen, stats = self._subset(module, y, A, work, v0, generator, priority)
@@ -394,6 +408,21 @@ class JacobianPenalty:
         if priority is None:
             return torch.arange(B, device=y.device)  # the loader already shuffled the batch
         return torch.argsort(torch.as_tensor(priority, device=y.device).reshape(B), descending=True)
+
+    def _fd_index(self, y, v0, priority):
+        """Rows the fd penalty acts on: the ``samples`` of largest ``priority`` and, with
+        ``first_visits="all"``, every row without a stored vector; ``None``: all rows."""
+        order = self._order(y, priority)
+        if self.first_visits != "all" or not self.warm_start_vectors:
+            return order[: self.samples]
+        B = y.shape[0]
+        if v0 is None:  # nothing stored yet: every row is a first visit
+            return None
+        picked = torch.zeros(B, dtype=torch.bool, device=order.device)
+        if v0.cold is not None:
+            picked |= v0.cold.reshape(B).to(device=order.device, dtype=torch.bool)
+        picked[order[: self.samples]] = True
+        return None if bool(picked.all()) else order[picked[order]]
 
     def _fd(self, module, fn, y, A, terms, v0, generator, idx):
         net = module if module is not None else network_module(fn)
