@@ -197,3 +197,30 @@ def test_fd_kinks_option_checks():
         pen(lambda x: x.abs(), y, A)
     out, p, stats = pen(recon.as_function(A), y, A)  # a closure with .module is enough
     assert torch.isfinite(p)
+
+
+def test_recorded_patterns_are_freed_with_the_frozen_kinks_object():
+    """No reference cycle keeps a step's patterns: with the cyclic collector off, dropping the
+    FrozenKinks object (and the copies' graph) frees them at once.  A context class defined per
+    call used to hold them until a full collection: +45 MiB peak resident memory over 32
+    training steps at 256², batch 1 (cost_lz3fd_fk_cpu.md)."""
+    import gc
+    import weakref
+
+    net = _pl_net()
+    y, d, t = _points()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        fk = FrozenKinks(net)
+        with fk.record():
+            net(y)
+        refs = [weakref.ref(p) for p in fk.store.values()]
+        with fk.apply(0, torch.arange(3)):
+            out = net((y + t * d).requires_grad_())
+        assert all(r() is not None for r in refs)
+        del fk, out
+        assert all(r() is None for r in refs)
+    finally:
+        if was:
+            gc.enable()
