@@ -43,6 +43,12 @@ DEFAULT_ROWS = {
         "copy on its original's LeakyReLU pattern)",
         ["reg.fd_kinks=freeze"],
     ),
+    # frozen kinks on the whole batch: no early σ excursion on the real slices (seed 0)
+    "lz3fd_fkall": (
+        "the default with frozen kinks on the whole batch (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_kinks=freeze "
+        "reg.samples=0: every sample's σ, the largest penalised)",
+        ["reg.fd_kinks=freeze", "reg.samples=0"],
+    ),
     # frozen kinks, and every unvisited sample penalised in the first pass over the data (one
     # sample per step after it): the early σ excursions of one cold sample per step came in the
     # epochs of first visits; the whole batch (row lz3fd_fkall of true_sigma.py) had none

@@ -135,11 +135,6 @@ ROWS = {
         "the λ column says which)",
         _lz3fd("reg.fd_kinks=freeze"),
     ),
-    "lz3fd_fkall": (
-        "the default with frozen kinks on the whole batch (reg.n_iter=3 reg.lanczos_jvp=fd reg.fd_kinks=freeze "
-        "reg.samples=0: every sample's σ, the largest penalised)",
-        _lz3fd("reg.fd_kinks=freeze", "reg.samples=0"),
-    ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
