@@ -202,8 +202,8 @@ def test_fd_kinks_option_checks():
 def test_recorded_patterns_are_freed_with_the_frozen_kinks_object():
     """No reference cycle keeps a step's patterns: with the cyclic collector off, dropping the
     FrozenKinks object (and the copies' graph) frees them at once.  A context class defined per
-    call used to hold them until a full collection: +45 MiB peak resident memory over 32
-    training steps at 256², batch 1 (cost_lz3fd_fk_cpu.md)."""
+    call used to hold them until a full collection: +42 MiB peak resident memory over 32
+    training steps at 256², batch 1 (193 against 151 MiB; cost_lz3fd_fk_v2_cpu.md)."""
     import gc
     import weakref
 
