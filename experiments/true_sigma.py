@@ -135,6 +135,11 @@ ROWS = {
         "the λ column says which)",
         _lz3fd("reg.fd_kinks=freeze"),
     ),
+    "lz3fd_fkallb": (
+        "the default with frozen kinks on the whole batch at another λ (reg.n_iter=3 reg.lanczos_jvp=fd "
+        "reg.fd_kinks=freeze reg.samples=0; the λ column says which)",
+        _lz3fd("reg.fd_kinks=freeze", "reg.samples=0"),
+    ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],
