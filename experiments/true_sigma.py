@@ -138,7 +138,7 @@ ROWS = {
     "lz3fd_fkallb": (
         "the default with frozen kinks on the whole batch at another λ (reg.n_iter=3 reg.lanczos_jvp=fd "
         "reg.fd_kinks=freeze reg.samples=0; the λ column says which)",
-        _lz3fd("reg.fd_kinks=freeze", "reg.samples=0"),
+        default_rows()["lz3fd_fkall"][1],  # the same penalty: a row of its own for runs at another λ
     ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",

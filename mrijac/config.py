@@ -449,6 +449,15 @@ def validate(cfg: Config) -> None:
             f"config key reg.lanczos_jvp=fd is for reg.method=fd, but this run uses reg.method={r.method} "
             "(auto gives forward for Frobenius penalties, BatchNorm or train.precision other than 32)"
         )
+    if r.first_visits == "all" and r.name not in ("none", "wd", "sw"):
+        # it picks rows by the per-sample store's cold marks: without them it would do nothing, or
+        # (no vectors ever stored) penalise the whole batch on every step
+        if r.method != "fd" or r.warm_start != "sample" or r.pool or not r.samples:
+            raise ValueError(
+                "config key reg.first_visits=all needs reg.method=fd, reg.warm_start=sample, reg.samples >= 1 and "
+                f"reg.pool=0, got reg.method={r.method}, reg.warm_start={r.warm_start}, reg.samples={r.samples}, "
+                f"reg.pool={r.pool}"
+            )
     positive("reg.pool", r.pool, strict=False)
     positive("reg.pool_refresh", r.pool_refresh)
     positive("reg.pool_iters", r.pool_iters)

@@ -380,6 +380,10 @@ def test_first_visits_all_visits_every_slice_in_the_first_epoch(data, tmp_path):
     assert [h["first_visit_frac"] for h in t.history] == [1.0, 0.0]
     with pytest.raises(ValueError, match="reg.first_visits"):
         load_config(None, ["reg.first_visits=some"])
+    # without per-sample stored vectors (or with the pool, or forward mode) it could not tell first visits
+    for bad in (["reg.warm_start=batch"], ["reg.samples=0"], ["reg.pool=1"], ["reg.method=forward"]):
+        with pytest.raises(ValueError, match="reg.first_visits=all needs reg.method=fd, reg.warm_start=sample"):
+            load_config(None, ["reg.name=sja+sj", "reg.first_visits=all", *bad])
 
 
 @pytest.mark.parametrize(
