@@ -50,6 +50,14 @@ DEFAULT_ROWS = {
         "reg.samples=0: every sample's σ, the largest penalised)",
         ["reg.fd_kinks=freeze", "reg.samples=0"],
     ),
+    # frozen kinks, one sample per step, picked by a fresh probe ‖J A v‖ of every sample with its stored
+    # vector (one forward of the batch without graph) instead of the σ stored at its last visit: the
+    # whole batch's view of lz3fd_fkall at about one sample's cost
+    "lz3fd_fkpr": (
+        "the default with frozen kinks, the penalised sample picked by fresh probes (reg.n_iter=3 "
+        "reg.lanczos_jvp=fd reg.fd_kinks=freeze reg.rank=probe: ‖J A v‖ of every sample with its stored vector)",
+        ["reg.fd_kinks=freeze", "reg.rank=probe"],
+    ),
     # frozen kinks, and every unvisited sample penalised in the first pass over the data (one
     # sample per step after it): the early σ excursions of one cold sample per step came in the
     # epochs of first visits; the whole batch (lz3fd_fkall) had none

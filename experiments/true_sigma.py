@@ -140,6 +140,11 @@ ROWS = {
         "reg.fd_kinks=freeze reg.samples=0; the λ column says which)",
         default_rows()["lz3fd_fkall"][1],  # the same penalty: a row of its own for runs at another λ
     ),
+    "lz3fd_fkallc": (
+        "the default with frozen kinks on the whole batch at a third λ (reg.n_iter=3 reg.lanczos_jvp=fd "
+        "reg.fd_kinks=freeze reg.samples=0; the λ column says which)",
+        default_rows()["lz3fd_fkall"][1],
+    ),
     "lz5": (
         "fd + 4 Lanczos steps per visit (reg.n_iter=5)",
         ["reg.n_iter=5"],

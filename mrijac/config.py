@@ -158,6 +158,13 @@ class RegConfig:
         "or are all penalised on top of them (all: the first pass over the data costs the whole batch's)",
         ("ranked", "all"),
     )
+    rank: str = _opt(
+        "stored",
+        "method=fd with samples: pick the penalised samples by the σ stored at their last visit, unvisited first "
+        "(stored), or by a fresh forward-difference probe ‖J A v‖ of every sample with its stored vector at the "
+        "current weights (probe: one more forward of the batch without graph)",
+        ("stored", "probe"),
+    )
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
     pool_iters: int = _opt(10, "pool: Lanczos steps per term to score a candidate")
@@ -457,6 +464,26 @@ def validate(cfg: Config) -> None:
                 "config key reg.first_visits=all needs reg.method=fd, reg.warm_start=sample, reg.samples >= 1 and "
                 f"reg.pool=0, got reg.method={r.method}, reg.warm_start={r.warm_start}, reg.samples={r.samples}, "
                 f"reg.pool={r.pool}"
+            )
+    if r.rank == "probe" and r.name not in ("none", "wd", "sw"):
+        # it probes with the per-sample store's vectors; no store (pool, batch vectors), no subset or a
+        # whole first pass penalised leave nothing to rank
+        bad = [
+            f"{k}={v}"
+            for k, v, ok in (
+                ("reg.method", r.method, r.method == "fd"),
+                ("reg.warm_start", r.warm_start, r.warm_start == "sample"),
+                ("reg.samples", r.samples, r.samples >= 1),
+                ("reg.pool", r.pool, not r.pool),
+                ("reg.first_visits", r.first_visits, r.first_visits == "ranked"),
+                ("reg.fd_recompute", r.fd_recompute, not r.fd_recompute),
+            )
+            if not ok
+        ]
+        if bad:
+            raise ValueError(
+                "config key reg.rank=probe needs reg.method=fd, reg.warm_start=sample, reg.samples >= 1, reg.pool=0, "
+                f"reg.first_visits=ranked and reg.fd_recompute=false; got {', '.join(bad)}"
             )
     positive("reg.pool", r.pool, strict=False)
     positive("reg.pool_refresh", r.pool_refresh)

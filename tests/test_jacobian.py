@@ -1,5 +1,6 @@
 """Jacobian tools against explicit Jacobians (torch.func) on small problems."""
 
+import contextlib
 import math
 
 import pytest
@@ -332,6 +333,80 @@ def test_fd_penalty_first_visits_all_adds_every_unvisited_sample():
     assert novec(recon, y, A, v0=None, priority=prio)[2]["index"].tolist() == [2]
     with pytest.raises(ValueError, match="first_visits must be one of"):
         JacobianPenalty("spectral", first_visits="some", **kw)
+
+
+@pytest.mark.parametrize("kinks", ["cross", "freeze"])
+def test_fd_probe_is_the_jvp_norm_of_each_rows_vector(kinks):
+    """``fd_probe``: per row ``‖J(y_b) A v_b‖`` of the unit vector given, to the forward
+    difference's accuracy against a forward-mode JVP (float64), below the converged σ; frozen
+    kinks read the pattern of the recorded pass of ``f(y)``."""
+    from torch.func import jvp
+
+    from mrijac.jacobian.finite_diff import fd_probe
+    from mrijac.jacobian.kinks import FrozenKinks
+
+    f, y, A, recon = mri_problem(B=3)
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(3, *A.in_shape, generator=g, dtype=y.dtype)
+    fk = FrozenKinks(recon) if kinks == "freeze" else None
+    with fk.record() if fk is not None else contextlib.nullcontext():
+        out = f(y)
+    got = fd_probe(f, y, A, [True], [v], out, fk=fk)
+    u = v / v.reshape(3, -1).norm(dim=1).view(3, 1, 1)
+    exact = jvp(f, (y,), (A(u),))[1].reshape(3, -1).norm(dim=1)
+    torch.testing.assert_close(got, exact, rtol=1e-5, atol=0)
+    ref = reference_sigma(f, y, A, tol=1e-8, max_iter=200)
+    assert (got <= ref.sigma * (1 + 1e-6)).all() and (got < 0.99 * ref.sigma).any()
+    # with two terms, the larger of the two bounds per row (J v in k-space, J A u in image space)
+    w = torch.randn(*y.shape, generator=g, dtype=y.dtype)
+    both = fd_probe(f, y, A, [True, False], [v, w], out, fk=fk)
+    only_j = fd_probe(f, y, A, [False], [w], out, fk=fk)
+    torch.testing.assert_close(both, torch.maximum(got, only_j), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kinks", ["cross", "freeze"])
+def test_fd_penalty_rank_probe_penalises_the_row_of_largest_fresh_bound(kinks):
+    """``rank="probe"``: the penalised row is the arg-max of the probes (not of the stale
+    ``priority``), and once chosen the step is the ``"stored"`` step on that row — the same
+    f(y), σ̂, penalty gradient and next vector; without stored vectors it falls back to
+    ``priority``."""
+    from mrijac.jacobian import WarmStart
+
+    _, y, A, recon = mri_problem(B=3)
+    g = torch.Generator().manual_seed(1)
+    vs = torch.randn(3, *A.in_shape, generator=g, dtype=y.dtype)
+    warm = WarmStart({"v_ja": vs}, torch.tensor([False, True, False]))
+    kw = dict(lambda_ja=1.0, method="fd", samples=1, fd_kinks=kinks)
+    probe = JacobianPenalty("spectral", rank="probe", **kw)
+    stored = JacobianPenalty("spectral", **kw)
+
+    def run(pen, prio):
+        recon.zero_grad()
+        out, p, st = pen(recon, y, A, v0=warm, priority=prio)
+        (p + out.square().sum()).backward()
+        return out.detach(), st, [q.grad.clone() for q in recon.parameters()]
+
+    o_p, st_p, g_p = run(probe, torch.tensor([0.0, 0.0, 9.0]))  # the stale priority says row 2
+    b = int(st_p["probe_sigma"].argmax())
+    assert st_p["index"].tolist() == [b] and st_p["probe_sigma"].shape == (3,)
+    prio = torch.zeros(3)
+    prio[b] = 9.0
+    o_s, st_s, g_s = run(stored, prio)
+    assert st_s["index"].tolist() == [b]
+    torch.testing.assert_close(o_p, o_s, rtol=1e-10, atol=1e-12)
+    # f(y) of the sample comes from a batch of 3 here, of 1 there: rounding ~1e-16 over the step h ~ 5e-9
+    torch.testing.assert_close(st_p["sigma_ja"], st_s["sigma_ja"], rtol=1e-7, atol=0)
+    torch.testing.assert_close(st_p["v_ja"], st_s["v_ja"], rtol=1e-6, atol=1e-8)
+    for a, c in zip(g_p, g_s):
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-8)
+    # the probes are the bound along each row's own vector: a row whose vector is the top one ranks first
+    assert st_p["probe_sigma"][b] <= st_p["sigma_ja"][0] * (1 + 1e-6)
+    _, _, st0 = probe(recon, y, A, v0=None, priority=torch.tensor([0.0, 0.0, 9.0]))
+    assert st0["index"].tolist() == [2] and "probe_sigma" not in st0
+    with pytest.raises(ValueError, match="rank must be one of"):
+        JacobianPenalty("spectral", rank="fresh", **kw)
+    with pytest.raises(ValueError, match="rank='probe' does not combine"):
+        JacobianPenalty("spectral", rank="probe", recompute=True, **kw)
 
 
 @pytest.mark.parametrize("n_iter", [1, 3])

@@ -386,6 +386,35 @@ def test_first_visits_all_visits_every_slice_in_the_first_epoch(data, tmp_path):
             load_config(None, ["reg.name=sja+sj", "reg.first_visits=all", *bad])
 
 
+def test_rank_probe_trains_and_picks_by_fresh_bounds(data, tmp_path):
+    """reg.rank=probe at batch 4 (8 slices, one penalised sample per step): the penalty is built
+    with it, each epoch's steps penalise one slice each (the probes pick among all four, so over
+    two epochs of two steps up to four slices get vectors), and the options it cannot work with
+    are refused by name."""
+    t = Trainer(
+        cfg_for(
+            data, "reg.name=sja+sj", "data.batch_size=4", "reg.rank=probe", "reg.fd_kinks=freeze", "train.ref_slices=0"
+        ),
+        tmp_path / "probe",
+    )
+    assert t.penalty.jac.rank == "probe"
+    t.fit()
+    assert 2 <= len(t.warm) <= 4  # 4 penalised steps, the first ranked by priority (nothing stored yet)
+    assert all(math.isfinite(h["train_sigma_ja"]) for h in t.history)
+    with pytest.raises(ValueError, match="reg.rank"):
+        load_config(None, ["reg.rank=fresh"])
+    for bad, named in (
+        (["reg.warm_start=batch"], "reg.warm_start=batch"),
+        (["reg.samples=0"], "reg.samples=0"),
+        (["reg.pool=1"], "reg.pool=1"),
+        (["reg.method=forward"], "reg.method=forward"),
+        (["reg.first_visits=all"], "reg.first_visits=all"),
+        (["reg.fd_recompute=true"], "reg.fd_recompute=True"),
+    ):
+        with pytest.raises(ValueError, match=f"reg.rank=probe needs .*got {named}"):
+            load_config(None, ["reg.name=sja+sj", "reg.rank=probe", *bad])
+
+
 @pytest.mark.parametrize(
     "extra",
     [

@@ -123,6 +123,7 @@ def fd_power_step(
     pre_fd: bool = False,
     share_forward: bool = True,
     kinks: nn.Module | None = None,
+    base: tuple | None = None,
 ):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
@@ -151,6 +152,12 @@ def fd_power_step(
         kinks: a module whose piecewise-linear activations the copies evaluate with their
             originals' pattern (:class:`~mrijac.jacobian.kinks.FrozenKinks`): no kink term in
             the difference or its θ-gradient; ``None``: the copies cross the kinks.
+        base: ``(out, fk)`` — ``f(y)`` of the whole batch ``(B, …)`` with its graph, computed
+            by the caller (e.g. before :func:`fd_probe` ranked the rows), and the
+            :class:`~mrijac.jacobian.kinks.FrozenKinks` that recorded that pass on all rows
+            (``None`` when the copies cross the kinks, and then ``kinks`` must be ``None``): the
+            stacked pass holds the copies only, and the Lanczos steps' graph at the selected
+            samples serves their VJPs alone.  Not with ``recompute``.
         sink, names: if given, the backward pass of anything that depends on the surrogates
             stores the next unit right singular vectors ``(S, …)`` as ``sink[names[k]]``
             (copies that received no gradient — not the arg-max — keep their vector).  The
@@ -184,12 +191,20 @@ def fd_power_step(
             v = random_input(op, ys, generator)
         vs.append(normalize(v.detach().to(ys.device)))
     fn_sel = make_fn(A_sel)
+    if base is not None:
+        if recompute:
+            raise ValueError("fd_power_step: base= (the whole batch's f(y) given) does not combine with recompute")
+        if (base[1] is None) != (kinks is None):
+            raise ValueError("fd_power_step: base's FrozenKinks and kinks must be both given or both None")
     # with Lanczos steps, their forward graph at the selected samples (parameters included)
     # also gives those samples' f(y) for the fused step and the loss: one forward fewer
     share = share_forward and n_pre > 0 and not recompute and (idx is None or idx.unique().numel() == S)
     # (kept without activation modules too: its apply pass still refuses functional ReLUs / max-pooling)
-    fk = FrozenKinks(kinks) if kinks is not None else None
-    record = fk.record() if fk is not None else contextlib.nullcontext()
+    if base is not None:  # the pattern was recorded on the whole batch's pass, rows 0..B-1
+        fk, record = base[1], contextlib.nullcontext()
+    else:
+        fk = FrozenKinks(kinks) if kinks is not None else None
+        record = fk.record() if fk is not None else contextlib.nullcontext()
     graph = None
     if share:
         with torch.enable_grad(), record:
@@ -203,12 +218,20 @@ def fd_power_step(
     Xc = torch.cat([ys + bshape(s).to(ys.dtype) * d for s, d in zip(steps, dirs)])
     Xc = Xc.detach().requires_grad_()
     source = torch.arange(K * S, device=ys.device) % S  # copy row -> its original among the selected
+    if base is not None:  # ... among the recorded rows, the whole batch
+        source = source if idx is None else idx[source]
 
     def frozen(start, rows=None):  # rows start: of the next pass take the originals' activation pattern
         return contextlib.nullcontext() if fk is None else fk.apply(start, source, rows)
 
     with torch.enable_grad():
-        if share:  # the other samples and the copies in one pass; the selected ones' f(y) is the graph's
+        if base is not None:  # f(y) is given: the copies alone
+            graph = None  # the Lanczos steps' graph is done with
+            with frozen(0):
+                out1 = make_fn(_rows_op(A, [idx] * K))(Xc)
+            out = base[0]
+            out0 = out if idx is None else out[idx]
+        elif share:  # the other samples and the copies in one pass; the selected ones' f(y) is the graph's
             out0 = graph[1]
             rest = None if idx is None else _complement(idx, B)
             if rest is None or rest.numel() == 0:
@@ -240,7 +263,7 @@ def fd_power_step(
 
             out1 = checkpoint(fn_copies, Xc, use_reentrant=False)
             out = make_fn(A)(y)
-    if not share:
+    if not share and base is None:
         out0 = out if idx is None else out[idx]
     surrogates, sigmas = [], []
     for k in range(K):
@@ -270,3 +293,52 @@ def fd_power_step(
 
         Xc.register_hook(hook)
     return out, surrogates, sigmas
+
+
+def fd_probe(
+    fn: Network,
+    y: torch.Tensor,
+    A: Operator,
+    with_A: list[bool],
+    vs: list | None,
+    out: torch.Tensor,
+    h: float | None = None,
+    fk: FrozenKinks | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A fresh lower bound of each row's σ at the current weights: ``max_k ‖J(y_b) A_k v_b‖``
+    for the unit vectors ``v_b`` given (a sample's stored right singular vector), by one
+    forward difference per term without graph, ``(f(y + t A v) − f(y)) / t`` with the step of
+    :func:`fd_steps`.  ``‖J A v‖ ≤ σ`` for any unit ``v``; with the vector of a sample's last
+    visit it is close to σ unless the weights moved its top direction.
+
+    Args:
+        fn: ``f`` on the batch ``(B, …)`` (closes over ``A``); y: ``(B, …)``; A: the batch's
+            operator or ``None``; with_A: per term, ``J A`` (True) or ``J``.
+        vs: per term ``(B, …)`` vectors in the input space of the term's operator, or ``None``
+            entries (random ones: a poor probe).
+        out: ``f(y)`` ``(B, …)`` (detached here).
+        fk: a :class:`~mrijac.jacobian.kinks.FrozenKinks` that recorded ``f(y)``'s pass on all
+            rows: the probes then take their rows' activation pattern (the linearisation at
+            ``y``, as the frozen fused step does).
+    Returns:
+        ``(B,)`` detached, the largest over the terms.
+    """
+    B = y.shape[0]
+    h = default_step(y.real.dtype) if h is None else float(h)
+    best = None
+    with torch.no_grad():
+        out = out.detach()
+        for k, w in enumerate(with_A):
+            op = A if w else None
+            v = None if vs is None else vs[k]
+            v = random_input(op, y, generator) if v is None else v.to(y.device)
+            d = apply_op(op, normalize(v))
+            t = fd_steps(y, d, h)
+            X = y + t.view(-1, *[1] * (y.dim() - 1)).to(y.dtype) * d
+            ctx = contextlib.nullcontext() if fk is None else fk.apply(0, torch.arange(B, device=y.device))
+            with ctx:
+                o = fn(X)
+            s = batch_norm2((o - out) / t.to(out.real.dtype).view(-1, *[1] * (out.dim() - 1)))
+            best = s if best is None else torch.maximum(best, s)
+    return best

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .finite_diff import OTHERS_WEIGHT, check_fd_network, fd_power_step
+import contextlib
+
+from .finite_diff import OTHERS_WEIGHT, check_fd_network, fd_power_step, fd_probe
+from .kinks import FrozenKinks
 from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
 from .products import METHODS
@@ -21,6 +24,7 @@ KINDS = ("spectral", "frobenius")
 LANCZOS_JVPS = ("forward", "fd")
 FD_KINKS = ("freeze", "cross")
 FIRST_VISITS = ("ranked", "all")
+RANKS = ("stored", "probe")
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,17 @@ class JacobianPenalty:
             whole batch costs, and from then on each penalised sample is the arg-max of warm
             estimates.  Other methods, or no ``warm_start_vectors`` (every visit is then a first
             one): ``"ranked"``.
+        rank: ``method="fd"`` with ``samples`` below the batch size: how the penalised rows are
+            chosen.  ``"stored"`` — by ``priority`` (the trainer's: each sample's σ stored at its
+            last penalised visit, unvisited first), which goes stale: a sample's stored σ changes
+            only when it is penalised.  ``"probe"`` — by a fresh lower bound of every row's σ
+            at the current weights, ``‖J A v_b‖`` with the row's stored vector (``v0``; an
+            unvisited row's is the recent one), one forward difference per row without graph
+            (:func:`~mrijac.jacobian.finite_diff.fd_probe`; with ``fd_kinks="freeze"`` on the
+            row's own activation pattern): the batch's ``f(y)`` is computed first, the probes
+            then cost one forward of the batch without graph.  Without ``v0`` (nothing stored
+            yet) ``"probe"`` falls back to ``priority``.  Not with ``recompute`` or
+            ``first_visits="all"``.
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
             once and use it for both terms — the same penalty at half the cost.
@@ -267,6 +282,7 @@ class JacobianPenalty:
         lanczos_jvp: str = "auto",
         fd_kinks: str = "cross",
         first_visits: str = "ranked",
+        rank: str = "stored",
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -292,6 +308,11 @@ class JacobianPenalty:
             raise ValueError(f"fd_kinks must be one of {FD_KINKS}, got {fd_kinks!r}")
         if first_visits not in FIRST_VISITS:
             raise ValueError(f"first_visits must be one of {FIRST_VISITS}, got {first_visits!r}")
+        if rank not in RANKS:
+            raise ValueError(f"rank must be one of {RANKS}, got {rank!r}")
+        if rank == "probe" and (recompute or first_visits == "all"):
+            raise ValueError("rank='probe' does not combine with recompute=True or first_visits='all'")
+        self.rank = rank
         self.lanczos_jvp = lanczos_jvp
         self.fd_kinks = fd_kinks
         self.first_visits = first_visits
@@ -385,9 +406,10 @@ class JacobianPenalty:
         tied = coincide and "j" in terms
         work = ["ja"] if tied else terms
         if self.method == "fd":
-            if index is None and subset:
+            probe = index is None and subset and self.rank == "probe" and v0 is not None
+            if index is None and subset and not probe:
                 index = self._fd_index(y, v0, priority)
-            out, pen, stats = self._fd(module, fn, y, A, work, v0, generator, index)
+            out, pen, stats = self._fd(module, fn, y, A, work, v0, generator, index, probe)
         elif subset:
             out, pen, stats = self._subset(module, y, A, work, v0, generator, priority)
         else:
@@ -424,7 +446,7 @@ class JacobianPenalty:
         picked[order[: self.samples]] = True
         return None if bool(picked.all()) else order[picked[order]]
 
-    def _fd(self, module, fn, y, A, terms, v0, generator, idx):
+    def _fd(self, module, fn, y, A, terms, v0, generator, idx, probe=False):
         net = module if module is not None else network_module(fn)
         check_fd_network(net if net is not None else fn)
         kinks = None
@@ -436,6 +458,15 @@ class JacobianPenalty:
                     "with a module attribute) to find its activations; use fd_kinks='cross' for a plain callable"
                 )
         make_fn = module.as_function if module is not None else (lambda op: fn)
+        base = probe_sigma = None
+        if probe:  # f(y) of the batch first (its pattern recorded), then a fresh σ bound per row
+            fk = FrozenKinks(kinks) if kinks is not None else None
+            with torch.enable_grad(), fk.record() if fk is not None else contextlib.nullcontext():
+                out_all = fn(y)
+            with_A = [t == "ja" for t in terms]
+            probe_sigma = fd_probe(fn, y, A, with_A, [v0.get(f"v_{t}") for t in terms], out_all, self.fd_step, fk)
+            idx = torch.argsort(probe_sigma, descending=True)[: self.samples]
+            base = (out_all, fk)
         vs = None
         if v0 is not None:
             vs = [v0.get(f"v_{t}") for t in terms]
@@ -463,6 +494,7 @@ class JacobianPenalty:
             recompute=self.recompute,
             pre_fd=self.lanczos_jvp == "fd",
             kinks=kinks,
+            base=base,
         )
         for k, t in enumerate(terms):
             stats[f"sigma_{t}"] = sig[k]
@@ -472,6 +504,8 @@ class JacobianPenalty:
             stats[f"term_{t}"] = surr[k].max() + OTHERS_WEIGHT * (surr[k] - surr[k].detach()).sum()
         if idx is not None:
             stats["index"] = idx
+        if probe_sigma is not None:
+            stats["probe_sigma"] = probe_sigma  # (B,) the fresh bound of every row, by which idx was chosen
         stats["first_visit"] = bool(cold)  # no stored vector (n_iter=1: one exact iteration more)
         return out, self.weighted(stats), stats
 

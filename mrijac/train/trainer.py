@@ -111,6 +111,7 @@ def build_penalty_step(cfg, model, reduce=None, log=None) -> PenaltyStep:
             lanczos_jvp=r.lanczos_jvp,
             fd_kinks=r.fd_kinks,
             first_visits=r.first_visits,
+            rank=r.rank,
         )
         if jac.method in ("forward", "double_vjp"):
             # they differentiate a JVP: the fused InstanceNorm's second derivative is wrong
