@@ -6,12 +6,11 @@ Paper names: ``sja`` (spectral ``||J A||₂``), ``sj`` (spectral ``||J||₂``), 
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from dataclasses import dataclass, field
 
 import torch
-
-import contextlib
 
 from .finite_diff import OTHERS_WEIGHT, check_fd_network, fd_power_step, fd_probe
 from .kinks import FrozenKinks
