@@ -32,6 +32,10 @@ error ``O(t)`` (curvature, ReLU kinks crossed) plus rounding ``O(ε_mach / t)``;
 ``h = 0.3·√ε_mach`` (1e-4 in float32, 4.5e-9 in float64) balances them (see
 :func:`default_step`).  Requires float32 or float64 passes (no autocast) and a
 network whose samples do not interact (InstanceNorm yes; BatchNorm in training mode no).
+
+Which samples to penalise, when only some are: :func:`fd_probe` gives every row of the batch a
+fresh lower bound ``‖J A v_b‖`` along its stored vector by one forward difference without graph
+(after the batch's own ``f(y)``, which :func:`fd_power_step` then takes as ``base``).
 """
 
 from __future__ import annotations
