@@ -50,6 +50,12 @@ DEFAULT_ROWS = {
         "reg.samples=0: every sample's σ, the largest penalised)",
         ["reg.fd_kinks=freeze", "reg.samples=0"],
     ),
+    # the default (crossing kinks) with its penalised sample picked by fresh probes
+    "lz3fd_pr": (
+        "the default, the penalised sample picked by fresh probes (reg.n_iter=3 reg.lanczos_jvp=fd "
+        "reg.rank=probe: ‖J A v‖ of every sample with its stored vector)",
+        ["reg.rank=probe"],
+    ),
     # frozen kinks, one sample per step, picked by a fresh probe ‖J A v‖ of every sample with its stored
     # vector (one forward of the batch without graph) instead of the σ stored at its last visit: the
     # whole batch's view of lz3fd_fkall at about one sample's cost
