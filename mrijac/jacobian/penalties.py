@@ -463,7 +463,9 @@ class JacobianPenalty:
             with torch.enable_grad(), fk.record() if fk is not None else contextlib.nullcontext():
                 out_all = fn(y)
             with_A = [t == "ja" for t in terms]
-            probe_sigma = fd_probe(fn, y, A, with_A, [v0.get(f"v_{t}") for t in terms], out_all, self.fd_step, fk)
+            probe_sigma = fd_probe(
+                fn, y, A, with_A, [v0.get(f"v_{t}") for t in terms], out_all, self.fd_step, fk, generator
+            )
             idx = torch.argsort(probe_sigma, descending=True)[: self.samples]
             base = (out_all, fk)
         vs = None
