@@ -381,6 +381,15 @@ def resolve_power(cfg: Config) -> tuple:
     return n_iter, lanczos_jvp
 
 
+def _require(option: str, checks) -> None:
+    """Refuse ``option`` unless every ``(key, value, wanted, ok)`` of ``checks`` is ok, naming
+    what it needs and the keys that are not as needed."""
+    bad = [f"{k}={v}" for k, v, _, ok in checks if not ok]
+    if bad:
+        need = ", ".join(f"{k}{w}" for k, _, w, _ in checks)
+        raise ValueError(f"config key {option} needs {need}; got {', '.join(bad)}")
+
+
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` naming the key for any out-of-range value; resolves
     ``reg.method=auto`` (:func:`resolve_method`), then ``reg.n_iter`` / ``reg.lanczos_jvp``
@@ -456,34 +465,26 @@ def validate(cfg: Config) -> None:
             f"config key reg.lanczos_jvp=fd is for reg.method=fd, but this run uses reg.method={r.method} "
             "(auto gives forward for Frobenius penalties, BatchNorm or train.precision other than 32)"
         )
-    if r.first_visits == "all" and r.name not in ("none", "wd", "sw"):
-        # it picks rows by the per-sample store's cold marks: without them it would do nothing, or
-        # (no vectors ever stored) penalise the whole batch on every step
-        if r.method != "fd" or r.warm_start != "sample" or r.pool or not r.samples:
-            raise ValueError(
-                "config key reg.first_visits=all needs reg.method=fd, reg.warm_start=sample, reg.samples >= 1 and "
-                f"reg.pool=0, got reg.method={r.method}, reg.warm_start={r.warm_start}, reg.samples={r.samples}, "
-                f"reg.pool={r.pool}"
-            )
-    if r.rank == "probe" and r.name not in ("none", "wd", "sw"):
-        # it probes with the per-sample store's vectors; no store (pool, batch vectors), no subset or a
-        # whole first pass penalised leave nothing to rank
-        bad = [
-            f"{k}={v}"
-            for k, v, ok in (
-                ("reg.method", r.method, r.method == "fd"),
-                ("reg.warm_start", r.warm_start, r.warm_start == "sample"),
-                ("reg.samples", r.samples, r.samples >= 1),
-                ("reg.pool", r.pool, not r.pool),
-                ("reg.first_visits", r.first_visits, r.first_visits == "ranked"),
-                ("reg.fd_recompute", r.fd_recompute, not r.fd_recompute),
-            )
-            if not ok
-        ]
-        if bad:
-            raise ValueError(
-                "config key reg.rank=probe needs reg.method=fd, reg.warm_start=sample, reg.samples >= 1, reg.pool=0, "
-                f"reg.first_visits=ranked and reg.fd_recompute=false; got {', '.join(bad)}"
+    # options that read the per-sample store of penalised samples: without it (pool, batch vectors,
+    # forward mode, no subset) first_visits=all would do nothing or penalise every batch whole, and
+    # rank=probe would have nothing to rank
+    store = (
+        ("reg.method", r.method, "=fd", r.method == "fd"),
+        ("reg.warm_start", r.warm_start, "=sample", r.warm_start == "sample"),
+        ("reg.samples", r.samples, " >= 1", r.samples >= 1),
+        ("reg.pool", r.pool, "=0", not r.pool),
+    )
+    if r.name not in ("none", "wd", "sw"):
+        if r.first_visits == "all":
+            _require("reg.first_visits=all", store)
+        if r.rank == "probe":
+            _require(
+                "reg.rank=probe",
+                store
+                + (
+                    ("reg.first_visits", r.first_visits, "=ranked", r.first_visits == "ranked"),
+                    ("reg.fd_recompute", r.fd_recompute, "=false", not r.fd_recompute),
+                ),
             )
     positive("reg.pool", r.pool, strict=False)
     positive("reg.pool_refresh", r.pool_refresh)

@@ -399,7 +399,7 @@ def test_fd_penalty_rank_probe_penalises_the_row_of_largest_fresh_bound(kinks):
     torch.testing.assert_close(st_p["v_ja"], st_s["v_ja"], rtol=1e-6, atol=1e-8)
     for a, c in zip(g_p, g_s):
         torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-8)
-    # the probes are the bound along each row's own vector: a row whose vector is the top one ranks first
+    # the probe is ‖J A v‖ of the row's vector; the Lanczos steps from that vector only raise it
     assert st_p["probe_sigma"][b] <= st_p["sigma_ja"][0] * (1 + 1e-6)
     _, _, st0 = probe(recon, y, A, v0=None, priority=torch.tensor([0.0, 0.0, 9.0]))
     assert st0["index"].tolist() == [2] and "probe_sigma" not in st0
