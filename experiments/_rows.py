@@ -64,6 +64,13 @@ DEFAULT_ROWS = {
         "reg.lanczos_jvp=fd reg.fd_kinks=freeze reg.rank=probe: ‖J A v‖ of every sample with its stored vector)",
         ["reg.fd_kinks=freeze", "reg.rank=probe"],
     ),
+    # frozen kinks, every sample's fresh Lanczos steps (the whole batch's estimates and ranking),
+    # the perturbed copy for the one of largest bound only: lz3fd_fkall without its other copies
+    "lz3fd_fkla": (
+        "the default with frozen kinks, Lanczos steps on every sample, the copy for the largest (reg.n_iter=3 "
+        "reg.lanczos_jvp=fd reg.fd_kinks=freeze reg.rank=lanczos)",
+        ["reg.fd_kinks=freeze", "reg.rank=lanczos"],
+    ),
     # frozen kinks, and every unvisited sample penalised in the first pass over the data (one
     # sample per step after it): the early σ excursions of one cold sample per step came in the
     # epochs of first visits; the whole batch (lz3fd_fkall) had none

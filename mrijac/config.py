@@ -162,8 +162,9 @@ class RegConfig:
         "stored",
         "method=fd with samples: pick the penalised samples by the σ stored at their last visit, unvisited first "
         "(stored), or by a fresh forward-difference probe ‖J A v‖ of every sample with its stored vector at the "
-        "current weights (probe: one more forward of the batch without graph)",
-        ("stored", "probe"),
+        "current weights (probe: one more forward of the batch without graph), or by the bounds of Lanczos steps "
+        "on every sample (lanczos: the whole batch's estimates, copies for the samples chosen only)",
+        ("stored", "probe", "lanczos"),
     )
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
@@ -467,7 +468,8 @@ def validate(cfg: Config) -> None:
         )
     # options that read the per-sample store of penalised samples: without it (pool, batch vectors,
     # forward mode, no subset) first_visits=all would do nothing or penalise every batch whole, and
-    # rank=probe would have nothing to rank
+    # rank=probe would have nothing to rank; rank=lanczos ranks every row of the batch afresh, so it
+    # needs no per-sample store, only a subset to pick
     store = (
         ("reg.method", r.method, "=fd", r.method == "fd"),
         ("reg.warm_start", r.warm_start, "=sample", r.warm_start == "sample"),
@@ -475,6 +477,16 @@ def validate(cfg: Config) -> None:
         ("reg.pool", r.pool, "=0", not r.pool),
     )
     if r.name not in ("none", "wd", "sw"):
+        if r.rank == "lanczos":
+            _require(
+                "reg.rank=lanczos",
+                store[:1]
+                + store[2:]
+                + (
+                    ("reg.first_visits", r.first_visits, "=ranked", r.first_visits == "ranked"),
+                    ("reg.fd_recompute", r.fd_recompute, "=false", not r.fd_recompute),
+                ),
+            )
         if r.first_visits == "all":
             _require("reg.first_visits=all", store)
         if r.rank == "probe":

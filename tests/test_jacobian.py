@@ -409,6 +409,57 @@ def test_fd_penalty_rank_probe_penalises_the_row_of_largest_fresh_bound(kinks):
         JacobianPenalty("spectral", rank="probe", recompute=True, **kw)
 
 
+@pytest.mark.parametrize("kinks", ["cross", "freeze"])
+def test_fd_penalty_rank_lanczos_is_the_whole_batch_step_without_the_other_copies(kinks):
+    """``rank="lanczos"``: every row gets the whole batch's Lanczos steps, and only the row of
+    largest bound its perturbed copy.  Against the whole batch (``samples=None``) from the same
+    vectors: the same f(y), the same penalty value and parameter gradient (the whole batch's
+    arg-max is that row; its other copies weigh ``OTHERS_WEIGHT``), the same fused σ̂ and next
+    vector on that row; every other row keeps the bound and the next vector of its Lanczos steps
+    (:func:`lanczos_start`), where the whole batch advances it by the fused step."""
+    from mrijac.jacobian import WarmStart
+    from mrijac.jacobian.finite_diff import default_step, fd_power_step
+
+    f, y, A, recon = mri_problem(B=3)
+    g = torch.Generator().manual_seed(1)
+    vs = torch.randn(3, *A.in_shape, generator=g, dtype=y.dtype)
+    vs = vs / vs.reshape(3, -1).norm(dim=1).view(3, 1, 1)
+    warm = WarmStart({"v_ja": vs}, torch.tensor([False, True, False]))
+    kw = dict(lambda_ja=1.0, method="fd", fd_kinks=kinks)
+
+    def run(pen):
+        recon.zero_grad()
+        out, p, st = pen(recon, y, A, v0=warm, priority=torch.tensor([0.0, 0.0, 9.0]))
+        (p + out.square().sum()).backward()
+        return out.detach(), p.detach(), st, [q.grad.clone() for q in recon.parameters()]
+
+    o_l, p_l, st_l, g_l = run(JacobianPenalty("spectral", rank="lanczos", samples=1, **kw))
+    o_w, p_w, st_w, g_w = run(JacobianPenalty("spectral", **kw))
+    assert "index" not in st_l and st_l["sigma_ja"].shape == (3,) and st_l["v_ja"].shape == vs.shape
+    (v_next,), bound = lanczos_start(f, y, [A], [vs], 2, fd_step=default_step(y.real.dtype))
+    b = int(bound[0].argmax())
+    assert int(st_l["argmax_ja"]) == b == int(st_w["sigma_ja"].argmax())  # not the stale priority's row 2
+    torch.testing.assert_close(st_l["lanczos_sigma"], bound[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(o_l, o_w, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(p_l, p_w, rtol=1e-7, atol=0)
+    torch.testing.assert_close(st_l["sigma_ja"][b], st_w["sigma_ja"][b], rtol=1e-7, atol=0)
+    torch.testing.assert_close(st_l["v_ja"][b], st_w["v_ja"][b], rtol=1e-6, atol=1e-8)
+    for a, c in zip(g_l, g_w):  # the whole batch's other copies add 1e-6 × their σ's gradient
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-8)
+    rest = [r for r in range(3) if r != b]
+    torch.testing.assert_close(st_l["sigma_ja"][rest], bound[0][rest], rtol=1e-10, atol=0)
+    torch.testing.assert_close(st_l["v_ja"][rest], v_next[rest], rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(st_w["v_ja"][rest], v_next[rest], rtol=1e-3)  # the whole batch moved them on
+    assert st_l["first_visit"]  # row 1 is marked cold
+    # λ auto, not calibrated yet: a real zero, not one shaped after the (complex) vectors stored first
+    _, p0, _ = JacobianPenalty("spectral", rank="lanczos", samples=1, lambda_ja="auto", method="fd")(recon, y, A)
+    assert p0.dtype == y.real.dtype and float(p0) == 0
+    with pytest.raises(ValueError, match="sink_rows needs a sink"):
+        fd_power_step(recon.as_function, y, A, [True], torch.tensor([0]), None, sink=None, sink_rows=torch.tensor([0]))
+    with pytest.raises(ValueError, match="rank='lanczos' does not combine"):
+        JacobianPenalty("spectral", rank="lanczos", first_visits="all", samples=1, **kw)
+
+
 @pytest.mark.parametrize("n_iter", [1, 3])
 def test_fd_in_float32_matches_forward_mode_jvp(n_iter):
     """The default relative step in float32: the fused σ̂ = ‖J A v‖ agrees with the forward-mode

@@ -417,6 +417,37 @@ def test_rank_probe_trains_and_picks_by_fresh_bounds(data, tmp_path):
             load_config(None, ["reg.name=sja+sj", "reg.rank=probe", *bad])
 
 
+def test_rank_lanczos_trains_stores_every_row_and_monitors_the_penalised_one(data, tmp_path):
+    """reg.rank=lanczos at batch 4 (8 slices): every row gets Lanczos steps, so after the first
+    epoch every slice has a stored vector and σ, though one copy per step is penalised; the
+    estimate/reference monitor follows the penalised row (``argmax_ja``); a batch-shaped store
+    works too (all rows, no index); the options it cannot work with are refused by name."""
+    t = Trainer(
+        cfg_for(data, "reg.name=sja+sj", "data.batch_size=4", "reg.rank=lanczos", "reg.fd_kinks=freeze"),
+        tmp_path / "lanczos",
+    )
+    assert t.penalty.jac.rank == "lanczos"
+    row = t.fit()
+    assert len(t.warm) == 8 and all(float(e["sigma"]) > 0 for _, e in t.warm.items())
+    assert all(math.isfinite(h["train_sigma_ja"]) for h in t.history)
+    assert 0.5 < row["est_ratio_ja"] < 1.05  # the penalised row's estimate against its converged σ
+    tb = Trainer(
+        cfg_for(data, "reg.name=sja", "data.batch_size=4", "reg.rank=lanczos", "reg.warm_start=batch"),
+        tmp_path / "batch",
+    )
+    tb.fit()
+    assert tb.warm.mode == "batch" and tb.warm.data["batch"]["v_ja"].shape[0] == 4
+    for bad, named in (
+        (["reg.samples=0"], "reg.samples=0"),
+        (["reg.pool=1"], "reg.pool=1"),
+        (["reg.method=forward"], "reg.method=forward"),
+        (["reg.first_visits=all"], "reg.first_visits=all"),
+        (["reg.fd_recompute=true"], "reg.fd_recompute=True"),
+    ):
+        with pytest.raises(ValueError, match=f"reg.rank=lanczos needs .*got {named}"):
+            load_config(None, ["reg.name=sja+sj", "reg.rank=lanczos", *bad])
+
+
 @pytest.mark.parametrize(
     "extra",
     [

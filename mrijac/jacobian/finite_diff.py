@@ -35,7 +35,10 @@ network whose samples do not interact (InstanceNorm yes; BatchNorm in training m
 
 Which samples to penalise, when only some are: :func:`fd_probe` gives every row of the batch a
 fresh lower bound ``‖J A v_b‖`` along its stored vector by one forward difference without graph
-(after the batch's own ``f(y)``, which :func:`fd_power_step` then takes as ``base``).
+(after the batch's own ``f(y)``, which :func:`fd_power_step` then takes as ``base``);
+``JacobianPenalty(rank="lanczos")`` gives every row its Lanczos steps on that ``f(y)``'s graph
+and the copies to the rows of largest bound (``base`` again; ``sink_rows`` writes their next
+vectors among every row's).
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ def fd_power_step(
     share_forward: bool = True,
     kinks: nn.Module | None = None,
     base: tuple | None = None,
+    sink_rows: torch.Tensor | None = None,
 ):
     """One fused power-iteration step for ``||J(y_b) A_k||₂``, k = 1..K, on samples ``idx``.
 
@@ -167,6 +171,9 @@ def fd_power_step(
             (copies that received no gradient — not the arg-max — keep their vector).  The
             hook holds ``sink`` weakly, so it must be weak-referenceable: a dict subclass such
             as ``PenaltyStats``, not a plain ``dict``.
+        sink_rows: ``(S,)`` rows of vectors the sink already holds for a larger set ``(N, …)``
+            (e.g. every row of the batch, from Lanczos steps on all of them): the backward
+            pass writes the next vectors into those rows instead of replacing the tensor.
     Returns:
         ``(out, surrogates, sigmas)``: ``out = f(y)`` ``(B, …)`` with graph; K
         differentiable ``(S,)`` surrogates (value ``σ̂``); K detached ``(S,)`` ``σ̂``.
@@ -181,6 +188,8 @@ def fd_power_step(
             f"fd_power_step: sink must support weak references (e.g. PenaltyStats), got {type(sink).__name__}"
         ) from None
     K, B = len(with_A), y.shape[0]
+    if sink_rows is not None and (sink is None or any(n not in sink for n in names)):
+        raise ValueError("fd_power_step: sink_rows needs a sink that already holds every names[k]")
     y = y.detach()
     ys = y if idx is None else y[idx]
     A_sel = A if A is None or idx is None else A.select(idx)
@@ -292,8 +301,13 @@ def fd_power_step(
                 keep = ok.view(-1, *[1] * (w.dim() - 1))
                 # a second backward pass over the same graph (e.g. data loss after the
                 # penalty) hands zeros: keep what an earlier pass found
-                prev = sink.get(names[k], vs[k])
-                sink[names[k]] = torch.where(keep, new, prev).detach()
+                if sink_rows is None:
+                    prev = sink.get(names[k], vs[k])
+                    sink[names[k]] = torch.where(keep, new, prev).detach()
+                else:
+                    full = sink[names[k]].clone()
+                    full[sink_rows] = torch.where(keep, new, full[sink_rows]).detach()
+                    sink[names[k]] = full
 
         Xc.register_hook(hook)
     return out, surrogates, sigmas

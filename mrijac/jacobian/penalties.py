@@ -12,18 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .finite_diff import OTHERS_WEIGHT, check_fd_network, fd_power_step, fd_probe
+from .finite_diff import OTHERS_WEIGHT, check_fd_network, default_step, fd_power_step, fd_probe
 from .kinks import FrozenKinks
 from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
 from .products import METHODS
-from .vectors import Network, Operator
+from .reference import lanczos_start
+from .vectors import Network, Operator, normalize, random_input
 
 KINDS = ("spectral", "frobenius")
 LANCZOS_JVPS = ("forward", "fd")
 FD_KINKS = ("freeze", "cross")
 FIRST_VISITS = ("ranked", "all")
-RANKS = ("stored", "probe")
+RANKS = ("stored", "probe", "lanczos")
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,13 @@ class JacobianPenalty:
             (:func:`~mrijac.jacobian.finite_diff.fd_probe`; with ``fd_kinks="freeze"`` on the
             row's own activation pattern): the batch's ``f(y)`` is computed first, the probes
             then cost one forward of the batch without graph.  Without ``v0`` (nothing stored
-            yet) ``"probe"`` falls back to ``priority``.  Not with ``recompute`` or
+            yet) ``"probe"`` falls back to ``priority``.  ``"lanczos"`` — every row gets the
+            ``n_iter − 1`` (at least 1) Lanczos steps from its stored vector that the penalised
+            rows get anyway, on the batch's own forward graph (the whole batch's estimates, as
+            with ``samples=None``); the ``samples`` rows of largest Lanczos bound (max over the
+            terms) then get the fused step's perturbed copies, the others keep their Lanczos
+            vector and bound (``stats`` holds every row: no ``"index"``).  The whole batch's
+            fresh estimates and ranking without its copies.  Not with ``recompute`` or
             ``first_visits="all"``.
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
@@ -309,8 +316,8 @@ class JacobianPenalty:
             raise ValueError(f"first_visits must be one of {FIRST_VISITS}, got {first_visits!r}")
         if rank not in RANKS:
             raise ValueError(f"rank must be one of {RANKS}, got {rank!r}")
-        if rank == "probe" and (recompute or first_visits == "all"):
-            raise ValueError("rank='probe' does not combine with recompute=True or first_visits='all'")
+        if rank != "stored" and (recompute or first_visits == "all"):
+            raise ValueError(f"rank={rank!r} does not combine with recompute=True or first_visits='all'")
         self.rank = rank
         self.lanczos_jvp = lanczos_jvp
         self.fd_kinks = fd_kinks
@@ -406,15 +413,16 @@ class JacobianPenalty:
         work = ["ja"] if tied else terms
         if self.method == "fd":
             probe = index is None and subset and self.rank == "probe" and v0 is not None
-            if index is None and subset and not probe:
+            lanczos = index is None and subset and self.rank == "lanczos"
+            if index is None and subset and not (probe or lanczos):
                 index = self._fd_index(y, v0, priority)
-            out, pen, stats = self._fd(module, fn, y, A, work, v0, generator, index, probe)
+            out, pen, stats = self._fd(module, fn, y, A, work, v0, generator, index, probe, lanczos)
         elif subset:
             out, pen, stats = self._subset(module, y, A, work, v0, generator, priority)
         else:
             out, pen, stats = self._full(fn, y, A, work, v0, generator)
         if tied:  # the J estimates are the J A ones (the same object: fd's vectors arrive later)
-            for k in ("sigma", "term", "fro"):
+            for k in ("sigma", "term", "fro", "argmax"):
                 if f"{k}_ja" in stats:
                     stats[f"{k}_j"] = stats[f"{k}_ja"]
                     if "ja" not in terms:
@@ -445,7 +453,7 @@ class JacobianPenalty:
         picked[order[: self.samples]] = True
         return None if bool(picked.all()) else order[picked[order]]
 
-    def _fd(self, module, fn, y, A, terms, v0, generator, idx, probe=False):
+    def _fd(self, module, fn, y, A, terms, v0, generator, idx, probe=False, lanczos=False):
         net = module if module is not None else network_module(fn)
         check_fd_network(net if net is not None else fn)
         kinks = None
@@ -457,6 +465,8 @@ class JacobianPenalty:
                     "with a module attribute) to find its activations; use fd_kinks='cross' for a plain callable"
                 )
         make_fn = module.as_function if module is not None else (lambda op: fn)
+        if lanczos:
+            return self._fd_lanczos(fn, make_fn, y, A, terms, v0, generator, kinks)
         base = probe_sigma = None
         if probe:  # f(y) of the batch first (its pattern recorded), then a fresh σ bound per row
             fk = FrozenKinks(kinks) if kinks is not None else None
@@ -510,6 +520,54 @@ class JacobianPenalty:
         stats["first_visit"] = bool(cold)  # no stored vector (n_iter=1: one exact iteration more)
         return out, self.weighted(stats), stats
 
+    def _fd_lanczos(self, fn, make_fn, y, A, terms, v0, generator, kinks):
+        """``rank="lanczos"``: Lanczos steps on every row from the batch's own graph, the
+        fused copies for the ``samples`` rows of largest bound."""
+        h = self.fd_step if self.fd_step is not None else default_step(y.real.dtype)
+        ops = [A if t == "ja" else None for t in terms]
+        vs = [None if v0 is None else v0.get(f"v_{t}") for t in terms]
+        cold = v0 is None or any(v is None for v in vs) or (v0.cold is not None and bool(v0.cold.any()))
+        vs = [random_input(op, y, generator) if v is None else v for op, v in zip(ops, vs)]
+        vs = [normalize(v.detach().to(y.device)) for v in vs]
+        fk = FrozenKinks(kinks) if kinks is not None else None
+        y = y.detach()
+        with torch.enable_grad(), fk.record() if fk is not None else contextlib.nullcontext():
+            y_leaf = y.clone().requires_grad_()
+            out = fn(y_leaf)  # the loss's f(y), the Lanczos VJPs' graph, the copies' base
+        n_pre = max(self.n_iter - 1, 1)
+        pre_fd = h if self.lanczos_jvp == "fd" else None
+        vs, bound = lanczos_start(fn, y, ops, vs, n_pre, fd_step=pre_fd, graph=(y_leaf, out))
+        idx = torch.argsort(bound.amax(0), descending=True)[: self.samples]
+        stats = PenaltyStats()
+        if self.warm_start_vectors:  # every row's next vector; the backward replaces the copies' rows
+            for k, t in enumerate(terms):
+                stats[f"v_{t}"] = vs[k]
+        _, surr, sig = fd_power_step(
+            make_fn,
+            y,
+            A,
+            [t == "ja" for t in terms],
+            idx,
+            [v[idx] for v in vs],
+            self.fd_step,
+            0,
+            generator,
+            sink=stats if self.warm_start_vectors else None,
+            names=[f"v_{t}" for t in terms],
+            kinks=kinks,
+            base=(out, fk),
+            sink_rows=idx if self.warm_start_vectors else None,
+        )
+        for k, t in enumerate(terms):
+            s = bound[k].to(sig[k].dtype, copy=True)  # (B,) the Lanczos bound; the copies' rows their fused σ̂
+            s[idx] = sig[k]
+            stats[f"sigma_{t}"] = s
+            stats[f"term_{t}"] = surr[k].max() + OTHERS_WEIGHT * (surr[k] - surr[k].detach()).sum()
+            stats[f"argmax_{t}"] = idx[torch.argmax(sig[k])]  # the penalised row
+        stats["lanczos_sigma"] = bound.amax(0).to(sig[0].dtype)  # (B,) by which the copies' rows were chosen
+        stats["first_visit"] = bool(cold)
+        return out, self.weighted(stats), stats
+
     def _subset(self, module, y, A, terms, v0, generator, priority):
         B, k = y.shape[0], self.samples
         order = self._order(y, priority)
@@ -560,7 +618,8 @@ class JacobianPenalty:
             if lam != "auto" and f"term_{t}" in stats:
                 total = total + lam * stats[f"term_{t}"]
         if not torch.is_tensor(total):
-            ref = next((v for v in stats.values() if torch.is_tensor(v)), None)
+            # a real zero: not shaped after a (complex) vector that was stored first
+            ref = next((v for v in stats.values() if torch.is_tensor(v) and v.is_floating_point()), None)
             return torch.zeros(()) if ref is None else ref.new_zeros(())
         return total * self.factor
 

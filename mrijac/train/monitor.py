@@ -67,7 +67,8 @@ class ReferenceMonitor:
             snap = self._copy_weights(model)
         for t in terms:
             s = stats[f"sigma_{t}"]
-            j = int(torch.argmax(s))
+            # the penalised row where the penalty says (rank=lanczos: rows of Lanczos bounds beside it)
+            j = int(stats[f"argmax_{t}"]) if f"argmax_{t}" in stats else int(torch.argmax(s))
             b = int(idx[j]) if idx is not None else j
             op = A.select(torch.tensor([b], device=y.device)) if A is not None else None
             self.penalised.append((t, y[b : b + 1].detach(), op, float(s[j]), snap))
