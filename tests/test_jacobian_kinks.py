@@ -64,6 +64,32 @@ def test_copies_compute_the_linearisation_at_their_original(shared):
     torch.testing.assert_close(net(copies), torch.cat([plain, plain]), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("slope", [0.0, 0.2, 0.01])
+def test_linearised_activation_is_the_select_to_the_bit(dtype, slope):
+    """The products ``x · m`` (``m`` 1 or the slope) that evaluate a frozen ReLU / LeakyReLU give
+    the select ``where(region, x, x · slope)`` bit for bit: values, input gradients and the
+    gradient of a gradient (double backward)."""
+    from mrijac.jacobian.kinks import _linearised
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, generator=g, dtype=dtype, requires_grad=True)
+    region = torch.randn(3, 4, 5, 6, generator=g) > 0
+    mod = nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope)
+    w = torch.randn(x.shape, generator=g, dtype=dtype)
+    got, want = _linearised(mod, region, x), torch.where(region, x, x * slope)
+    assert torch.equal(got, want)
+    (gg,) = torch.autograd.grad((got * w).sum(), x, create_graph=True)
+    (gw,) = torch.autograd.grad((want * w).sum(), x, create_graph=True)
+    assert torch.equal(gg, gw)
+    second = []
+    for fn in (lambda z: _linearised(mod, region, z), lambda z: torch.where(region, z, z * slope)):
+        z = x.detach().clone().requires_grad_()
+        (h,) = torch.autograd.grad(fn(z).square().sum(), z, create_graph=True)
+        second.append(torch.autograd.grad(h.sum(), z)[0])
+    assert torch.equal(*second) and second[0].abs().sum() > 0
+
+
 def test_frozen_kinks_refuses_what_it_cannot_match():
     net = _pl_net()
     y, d, t = _points()

@@ -70,6 +70,31 @@ def _region(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x > 0
 
 
+def _slopes(region: torch.Tensor, slope: float, dtype: torch.dtype) -> torch.Tensor:
+    """``1`` where ``region``, else ``slope``, as ``dtype`` (both exactly: ``r + (1 − r)·slope``)."""
+    r = region.view(torch.uint8).to(dtype)  # a bool's bytes are 0/1; far faster than a select
+    return r + (1 - r) * slope
+
+
+class _SlopeMul(torch.autograd.Function):
+    """``x · m``, ``m = 1`` where ``region`` else ``slope``, keeping only the ``bool`` pattern for
+    the backward pass (``grad · m``, itself differentiable).  The same numbers as
+    ``torch.where(region, x, x · slope)`` — ``x·1`` and ``x·slope`` are the same products — at a
+    fraction of its time on the CPU (a select over a bool mask: ~2–5 ms against ~0.1 ms for a
+    product on 1.3 M floats, 2 threads)."""
+
+    @staticmethod
+    def forward(ctx, x, region, slope):
+        ctx.save_for_backward(region)
+        ctx.slope = slope
+        return x * _slopes(region, slope, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (region,) = ctx.saved_tensors
+        return grad * _slopes(region, ctx.slope, grad.dtype), None, None
+
+
 def _linearised(mod: nn.Module, region: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``φ(x_o) + φ'(x_o)(x − x_o)`` given the region of ``x_o``: the piece of ``φ`` that holds
     at ``x_o``, evaluated at ``x`` (differentiable in ``x``)."""
@@ -77,7 +102,7 @@ def _linearised(mod: nn.Module, region: torch.Tensor, x: torch.Tensor) -> torch.
         const = torch.where(region > 0, x.new_tensor(mod.max_val), x.new_tensor(mod.min_val))
         return torch.where(region == 0, x, const)
     slope = 0.0 if isinstance(mod, nn.ReLU) else float(mod.negative_slope)
-    return torch.where(region, x, x * slope)
+    return _SlopeMul.apply(x, region, slope)
 
 
 class _Active:
