@@ -14,7 +14,7 @@ its activation pattern were the one at ``y``.  The copies then run the network t
 the input around ``y`` up to the smooth layers (InstanceNorm), so
 ``(f_lin(y + t d) − f(y)) / t = J(y) d + O(t)`` with no kink term, its θ-gradient tends to
 ``∇θ⟨û, J d⟩`` and the VJP the backward pass hands the copies is ``J(y)ᵀ û``.  Cost: one
-elementwise select per activation; memory: one ``bool`` (``int8`` for Hardtanh) per activation
+elementwise product per activation (a select for Hardtanh); memory: one ``bool`` (``int8`` for Hardtanh) per activation
 value of the originals, held until the copies' pass, and one per value of the stacked pass, held
 for its backward.
 
@@ -153,7 +153,7 @@ class FrozenKinks:
     ``rows_o`` of the same pass.  Rows before ``start`` get the activation itself (the same values
     and derivative).  While a context is active each activation module's ``forward`` is replaced
     (an instance attribute; removed on exit), so that in apply mode the whole batch goes through
-    one select that keeps only a ``bool`` pattern for the backward pass.  Activation calls are
+    one product (a select for Hardtanh) that keeps only a ``bool`` pattern for the backward pass.  Activation calls are
     matched by module and order of call within the pass, so a module used
     twice in one forward is handled.  ``seen``: activation calls in the last context.
     """
@@ -200,7 +200,7 @@ class FrozenKinks:
                 f"FrozenKinks: {region.shape[0]} source rows of shape {tuple(region.shape[1:])} for the "
                 f"{x.shape[0] - start} rows from {start} of shape {tuple(x.shape[1:])}"
             )
-        # one select over the whole batch: φ itself on rows < start (their own pattern), the
+        # one product over the whole batch: φ itself on rows < start (their own pattern), the
         # originals' piece on the copies; saves only the bool pattern for the backward pass, so the
         # memory is the module's own (an in-place module's: one tensor, plus the pattern)
         return _linearised(mod, torch.cat([_region(mod, x[:start].detach()), region]), x)
