@@ -405,16 +405,25 @@ def test_rank_probe_trains_and_picks_by_fresh_bounds(data, tmp_path):
     assert all(math.isfinite(h["train_sigma_ja"]) for h in t.history)
     with pytest.raises(ValueError, match="reg.rank"):
         load_config(None, ["reg.rank=fresh"])
-    for bad, named in (
-        (["reg.warm_start=batch"], "reg.warm_start=batch"),
-        (["reg.samples=0"], "reg.samples=0"),
-        (["reg.pool=1"], "reg.pool=1"),
-        (["reg.method=forward"], "reg.method=forward"),
-        (["reg.first_visits=all"], "reg.first_visits=all"),
-        (["reg.fd_recompute=true"], "reg.fd_recompute=True"),
-    ):
-        with pytest.raises(ValueError, match=f"reg.rank=probe needs .*got {named}"):
-            load_config(None, ["reg.name=sja+sj", "reg.rank=probe", *bad])
+    _assert_rank_refusals("probe", ["reg.warm_start=batch"])
+
+
+# (overrides, the key=value the error names): what the fresh rankings cannot work with
+RANK_REFUSALS = (
+    (["reg.samples=0"], "reg.samples=0"),
+    (["reg.pool=1"], "reg.pool=1"),
+    (["reg.method=forward"], "reg.method=forward"),
+    (["reg.first_visits=all"], "reg.first_visits=all"),
+    (["reg.fd_recompute=true"], "reg.fd_recompute=True"),
+)
+
+
+def _assert_rank_refusals(rank: str, more: list) -> None:
+    """Every combination of ``RANK_REFUSALS`` (and ``more``, each naming itself) is refused by a
+    config error for ``reg.rank=<rank>`` that names the offending key and value."""
+    for bad, named in RANK_REFUSALS + tuple(([m], m) for m in more):
+        with pytest.raises(ValueError, match=f"reg.rank={rank} needs .*got {named}"):
+            load_config(None, ["reg.name=sja+sj", f"reg.rank={rank}", *bad])
 
 
 def test_rank_lanczos_trains_stores_every_row_and_monitors_the_penalised_one(data, tmp_path):
@@ -437,15 +446,7 @@ def test_rank_lanczos_trains_stores_every_row_and_monitors_the_penalised_one(dat
     )
     tb.fit()
     assert tb.warm.mode == "batch" and tb.warm.data["batch"]["v_ja"].shape[0] == 4
-    for bad, named in (
-        (["reg.samples=0"], "reg.samples=0"),
-        (["reg.pool=1"], "reg.pool=1"),
-        (["reg.method=forward"], "reg.method=forward"),
-        (["reg.first_visits=all"], "reg.first_visits=all"),
-        (["reg.fd_recompute=true"], "reg.fd_recompute=True"),
-    ):
-        with pytest.raises(ValueError, match=f"reg.rank=lanczos needs .*got {named}"):
-            load_config(None, ["reg.name=sja+sj", "reg.rank=lanczos", *bad])
+    _assert_rank_refusals("lanczos", [])
 
 
 @pytest.mark.parametrize(

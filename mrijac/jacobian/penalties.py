@@ -167,6 +167,18 @@ def _check_lambda(name, val):
     return val
 
 
+def _recorded_pass(fn, y: torch.Tensor, kinks, leaf: bool = False):
+    """``(y_leaf, f(y), fk)``: the batch's forward pass with its graph, the activation pattern of
+    every row recorded in a :class:`~mrijac.jacobian.kinks.FrozenKinks` ``fk`` (``None`` without
+    ``kinks``); ``leaf``: from a copy of ``y`` that requires grad (for VJPs), else ``y_leaf`` is
+    ``None``."""
+    fk = FrozenKinks(kinks) if kinks is not None else None
+    y_leaf = y.detach().clone().requires_grad_() if leaf else None
+    with torch.enable_grad(), fk.record() if fk is not None else contextlib.nullcontext():
+        out = fn(y if y_leaf is None else y_leaf)
+    return y_leaf, out, fk
+
+
 class JacobianPenalty:
     """Model-aware Jacobian penalty, eq. (8) (spectral) or eq. (10) (Frobenius).
 
@@ -469,9 +481,7 @@ class JacobianPenalty:
             return self._fd_lanczos(fn, make_fn, y, A, terms, v0, generator, kinks)
         base = probe_sigma = None
         if probe:  # f(y) of the batch first (its pattern recorded), then a fresh σ bound per row
-            fk = FrozenKinks(kinks) if kinks is not None else None
-            with torch.enable_grad(), fk.record() if fk is not None else contextlib.nullcontext():
-                out_all = fn(y)
+            _, out_all, fk = _recorded_pass(fn, y, kinks)
             with_A = [t == "ja" for t in terms]
             probe_sigma = fd_probe(
                 fn, y, A, with_A, [v0.get(f"v_{t}") for t in terms], out_all, self.fd_step, fk, generator
@@ -529,11 +539,8 @@ class JacobianPenalty:
         cold = v0 is None or any(v is None for v in vs) or (v0.cold is not None and bool(v0.cold.any()))
         vs = [random_input(op, y, generator) if v is None else v for op, v in zip(ops, vs)]
         vs = [normalize(v.detach().to(y.device)) for v in vs]
-        fk = FrozenKinks(kinks) if kinks is not None else None
         y = y.detach()
-        with torch.enable_grad(), fk.record() if fk is not None else contextlib.nullcontext():
-            y_leaf = y.clone().requires_grad_()
-            out = fn(y_leaf)  # the loss's f(y), the Lanczos VJPs' graph, the copies' base
+        y_leaf, out, fk = _recorded_pass(fn, y, kinks, leaf=True)  # the loss's f(y), the VJPs' graph, the copies' base
         n_pre = max(self.n_iter - 1, 1)
         pre_fd = h if self.lanczos_jvp == "fd" else None
         vs, bound = lanczos_start(fn, y, ops, vs, n_pre, fd_step=pre_fd, graph=(y_leaf, out))
