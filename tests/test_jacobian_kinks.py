@@ -88,6 +88,13 @@ def test_linearised_activation_is_the_select_to_the_bit(dtype, slope):
         (h,) = torch.autograd.grad(fn(z).square().sum(), z, create_graph=True)
         second.append(torch.autograd.grad(h.sum(), z)[0])
     assert torch.equal(*second) and second[0].abs().sum() > 0
+    # forward mode and torch.func transforms, as through the select
+    t = torch.randn(x.shape, generator=g, dtype=dtype)
+    x0 = x.detach()
+    got_t = jvp(lambda z: _linearised(mod, region, z), (x0,), (t,))[1]
+    assert torch.equal(got_t, jvp(lambda z: torch.where(region, z, z * slope), (x0,), (t,))[1])
+    rows = torch.func.vmap(lambda z, r: _linearised(mod, r, z))(x0, region)
+    assert torch.equal(rows, want.detach())
 
 
 def test_frozen_kinks_refuses_what_it_cannot_match():

@@ -81,18 +81,31 @@ class _SlopeMul(torch.autograd.Function):
     the backward pass (``grad · m``, itself differentiable).  The same numbers as
     ``torch.where(region, x, x · slope)`` — ``x·1`` and ``x·slope`` are the same products — at a
     fraction of its time on the CPU (a select over a bool mask: ~2–5 ms against ~0.1 ms for a
-    product on 1.3 M floats, 2 threads)."""
+    product on 1.3 M floats, 2 threads).  Forward mode (``jvp``) and ``torch.func`` transforms work
+    as they did through the select."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, region, slope):
-        ctx.save_for_backward(region)
-        ctx.slope = slope
+    def forward(x, region, slope):
         return x * _slopes(region, slope, x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, region, slope = inputs
+        ctx.save_for_backward(region)
+        ctx.save_for_forward(region)
+        ctx.slope = slope
 
     @staticmethod
     def backward(ctx, grad):
         (region,) = ctx.saved_tensors
         return grad * _slopes(region, ctx.slope, grad.dtype), None, None
+
+    @staticmethod
+    def jvp(ctx, x_t, region_t, slope_t):
+        (region,) = ctx.saved_tensors
+        return x_t * _slopes(region, ctx.slope, x_t.dtype)
 
 
 def _linearised(mod: nn.Module, region: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
