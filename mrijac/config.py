@@ -476,28 +476,18 @@ def validate(cfg: Config) -> None:
         ("reg.samples", r.samples, " >= 1", r.samples >= 1),
         ("reg.pool", r.pool, "=0", not r.pool),
     )
+    fd_subset = tuple(c for c in store if c[0] != "reg.warm_start")  # part of a batch, any vector store
+    ranked = (  # a fresh ranking neither penalises whole first passes nor checkpoints the copies
+        ("reg.first_visits", r.first_visits, "=ranked", r.first_visits == "ranked"),
+        ("reg.fd_recompute", r.fd_recompute, "=false", not r.fd_recompute),
+    )
     if r.name not in ("none", "wd", "sw"):
-        if r.rank == "lanczos":
-            _require(
-                "reg.rank=lanczos",
-                store[:1]
-                + store[2:]
-                + (
-                    ("reg.first_visits", r.first_visits, "=ranked", r.first_visits == "ranked"),
-                    ("reg.fd_recompute", r.fd_recompute, "=false", not r.fd_recompute),
-                ),
-            )
         if r.first_visits == "all":
             _require("reg.first_visits=all", store)
         if r.rank == "probe":
-            _require(
-                "reg.rank=probe",
-                store
-                + (
-                    ("reg.first_visits", r.first_visits, "=ranked", r.first_visits == "ranked"),
-                    ("reg.fd_recompute", r.fd_recompute, "=false", not r.fd_recompute),
-                ),
-            )
+            _require("reg.rank=probe", store + ranked)
+        if r.rank == "lanczos":
+            _require("reg.rank=lanczos", fd_subset + ranked)
     positive("reg.pool", r.pool, strict=False)
     positive("reg.pool_refresh", r.pool_refresh)
     positive("reg.pool_iters", r.pool_iters)

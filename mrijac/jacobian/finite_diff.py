@@ -53,7 +53,7 @@ from torch import nn
 from ..operators.base import batch_norm2
 from .kinks import FrozenKinks
 from .reference import lanczos_start
-from .vectors import Network, Operator, adjoint_op, apply_op, fd_steps, normalize, random_input, to_real
+from .vectors import Network, Operator, adjoint_op, apply_op, fd_steps, normalize, to_real, unit_start
 
 OTHERS_WEIGHT = 1e-6  # penalty weight of the non-arg-max copies: just enough to get their VJPs
 
@@ -197,12 +197,7 @@ def fd_power_step(
     S = ys.shape[0]
     rdt = y.real.dtype
     h = default_step(rdt) if h is None else float(h)
-    vs = []
-    for k, op in enumerate(ops):
-        v = None if v0 is None else v0[k]
-        if v is None:
-            v = random_input(op, ys, generator)
-        vs.append(normalize(v.detach().to(ys.device)))
+    vs = [unit_start(op, ys, None if v0 is None else v0[k], generator) for k, op in enumerate(ops)]
     fn_sel = make_fn(A_sel)
     if base is not None:
         if recompute:
@@ -350,8 +345,7 @@ def fd_probe(
         for k, w in enumerate(with_A):
             op = A if w else None
             v = None if vs is None else vs[k]
-            v = random_input(op, y, generator) if v is None else v.to(y.device)
-            d = apply_op(op, normalize(v))
+            d = apply_op(op, unit_start(op, y, v, generator))
             t = fd_steps(y, d, h)
             X = y + t.view(-1, *[1] * (y.dim() - 1)).to(y.dtype) * d
             ctx = contextlib.nullcontext() if fk is None else fk.apply(0, torch.arange(B, device=y.device))

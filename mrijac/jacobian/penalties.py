@@ -18,7 +18,7 @@ from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
 from .products import METHODS
 from .reference import lanczos_start
-from .vectors import Network, Operator, normalize, random_input
+from .vectors import Network, Operator, unit_start
 
 KINDS = ("spectral", "frobenius")
 LANCZOS_JVPS = ("forward", "fd")
@@ -165,6 +165,14 @@ def _check_lambda(name, val):
     if not val >= 0:
         raise ValueError(f"{name} must be >= 0 or 'auto', got {val}")
     return val
+
+
+def _cold(v0, vs: list | None, idx) -> bool:
+    """Whether any of rows ``idx`` (``None``: all) starts without a stored vector: nothing stored,
+    a term's vector missing (``vs`` entries ``None``) or marked ``WarmStart.cold``."""
+    if v0 is None or any(v is None for v in vs):
+        return True
+    return v0.cold is not None and bool(v0.cold.reshape(-1)[slice(None) if idx is None else idx].any())
 
 
 def _recorded_pass(fn, y: torch.Tensor, kinks, leaf: bool = False):
@@ -492,11 +500,7 @@ class JacobianPenalty:
         if v0 is not None:
             vs = [v0.get(f"v_{t}") for t in terms]
             vs = [None if v is None else (v if idx is None else v[idx]) for v in vs]
-        cold = (
-            v0 is None
-            or any(v is None for v in vs)
-            or (v0.cold is not None and bool(v0.cold.reshape(-1)[slice(None) if idx is None else idx].any()))
-        )
+        cold = _cold(v0, vs, idx)
         # a first visit starts from one exact iteration: as good as forward mode's n = 1
         n_pre = max(self.n_iter - 1, 1 if cold else 0)
         stats = PenaltyStats()
@@ -536,9 +540,8 @@ class JacobianPenalty:
         h = self.fd_step if self.fd_step is not None else default_step(y.real.dtype)
         ops = [A if t == "ja" else None for t in terms]
         vs = [None if v0 is None else v0.get(f"v_{t}") for t in terms]
-        cold = v0 is None or any(v is None for v in vs) or (v0.cold is not None and bool(v0.cold.any()))
-        vs = [random_input(op, y, generator) if v is None else v for op, v in zip(ops, vs)]
-        vs = [normalize(v.detach().to(y.device)) for v in vs]
+        cold = _cold(v0, vs, None)
+        vs = [unit_start(op, y, v, generator) for op, v in zip(ops, vs)]
         y = y.detach()
         y_leaf, out, fk = _recorded_pass(fn, y, kinks, leaf=True)  # the loss's f(y), the VJPs' graph, the copies' base
         n_pre = max(self.n_iter - 1, 1)

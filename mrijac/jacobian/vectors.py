@@ -56,6 +56,13 @@ def random_input(op, y: torch.Tensor, generator=None) -> torch.Tensor:
     return randn_like(like, generator)
 
 
+def unit_start(op, y: torch.Tensor, v: torch.Tensor | None, generator=None) -> torch.Tensor:
+    """A power iteration's start in the input space of ``op``: ``v`` (e.g. a carried vector) or,
+    when ``None``, a random one, detached, on ``y``'s device, normalised per sample."""
+    v = random_input(op, y, generator) if v is None else v
+    return normalize(v.detach().to(y.device))
+
+
 # Types of the Jacobian tools' arguments: a network on a batch, and a forward operator (or
 # ``None`` for the identity, i.e. the model-agnostic ‖J‖ terms).
 Network = Callable[[torch.Tensor], torch.Tensor]
