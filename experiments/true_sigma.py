@@ -292,7 +292,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="real,synthetic")
     ap.add_argument("--rows", default="plain,fd,pool,pool2alt,forward1,forward10")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument(
+        "--epochs", type=int, default=12, help="epochs to train (--report-only: report at this epoch, longer runs cut)"
+    )
     ap.add_argument("--seeds", type=int, default=1, help="number of training seeds")
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (to add seeds to a run)")
     ap.add_argument("--append", action="store_true", help="add these runs to the results already at --out")
@@ -381,7 +383,7 @@ def main():
                     root, extra = make_data(task, Path(tmp), a.quick, Path(a.shared), a.train_slices)
                     for seed in sorted({r.get("seed", 0) for runs in rs.values() for r in runs}):
                         a.floors.setdefault(task, {})[str(seed)] = data_floors(root, extra, seed, a.ref_slices)
-        return report(results, a, epochs)
+        return report(cut_at(results, epochs), a, epochs)
     a.commands = a.commands + [_command(a)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -411,6 +413,17 @@ def main():
                         flush=True,
                     )
                     report(results, a, epochs)  # after every run: a stopped sweep keeps its rows
+
+
+def cut_at(results: dict, epochs: int) -> dict:
+    """The runs with their histories cut after ``epochs`` epochs: a report at epoch ``epochs`` of
+    longer runs.  ``true_sigma.py`` trains at a constant learning rate (``optim.schedule=none``)
+    and nothing else in the trainer reads ``optim.epochs``, so the first ``epochs`` epochs of a
+    longer run are the run of ``epochs`` epochs (same seed, data order, machine)."""
+    return {
+        task: {row: [{**r, "history": r["history"][:epochs]} for r in runs] for row, runs in rows.items()}
+        for task, rows in results.items()
+    }
 
 
 def _rows_of(command: str) -> list[str]:

@@ -211,3 +211,18 @@ def test_per_seed_account_pairs_each_run_with_its_seeds_plain_over_the_second_ha
     lines = true_sigma._per_seed_section(rs)
     assert any(ln.startswith("| row a | 0 | 3–4 | 0.85 (0.75) | 0.75 | 0.38 | -0.20 dB (1 of 2) |") for ln in lines)
     assert true_sigma._per_seed_section({"plain": rs["plain"]}) == []
+
+
+def test_report_at_an_earlier_epoch_cuts_longer_runs_and_their_training_has_no_schedule(tmp_path):
+    """``--report-only --epochs N`` of 30-epoch runs reports epoch N: their histories are cut (the
+    input is left as it was), which is the N-epoch run only because the runs' learning rate does
+    not depend on ``optim.epochs``."""
+    from mrijac.config import load_config
+
+    rs = {"real": {"plain": [{"history": _hist([3.0, 2.0, 1.0], [3.0, 2.0, 1.0]), "seed": 0}]}}
+    cut = true_sigma.cut_at(rs, 2)
+    assert [r["epoch"] for r in cut["real"]["plain"][0]["history"]] == [1, 2]
+    assert len(rs["real"]["plain"][0]["history"]) == 3 and cut["real"]["plain"][0]["seed"] == 0
+    assert len(true_sigma.cut_at(rs, 5)["real"]["plain"][0]["history"]) == 3  # shorter runs as they are
+    over = true_sigma.overrides(str(tmp_path), [], "lz3fd", 0, 30, 0.1, 2, 0.01)
+    assert load_config(None, over).optim.schedule == "none"
