@@ -226,3 +226,41 @@ def test_report_at_an_earlier_epoch_cuts_longer_runs_and_their_training_has_no_s
     assert len(true_sigma.cut_at(rs, 5)["real"]["plain"][0]["history"]) == 3  # shorter runs as they are
     over = true_sigma.overrides(str(tmp_path), [], "lz3fd", 0, 30, 0.1, 2, 0.01)
     assert load_config(None, over).optim.schedule == "none"
+
+
+def test_rows_against_the_expensive_reference_pair_seeds_and_judge_the_three_criteria():
+    """§2 of #10: σ within 10 % of forward n = 10's (at most 1.1× on both probe sets), PSNR no more
+    than 0.1 dB below, estimate within 10 %; over the seeds both rows ran (an extra seed of one
+    row is left out); no reference runs, no account."""
+
+    def hist(val, train, psnr, est):
+        h = _hist(val, train)
+        for r, p in zip(h, psnr):
+            r["psnr"], r["est_ratio_ja"], r["est_ratio_end_ja"] = p, est, est
+        return h
+
+    ref = [{"history": hist([2.0, 2.0], [2.0, 2.0], [25.0, 25.0], 0.95), "seed": s} for s in (0, 1)]
+    rs = {
+        "plain": [{"history": hist([3.0, 3.0], [3.0, 3.0], [25.2, 25.2], math.nan), "seed": 0}],
+        true_sigma.REFERENCE_ROW: ref,
+        # seed 0 and 1: val 2.0 / 2.2 → 1.05×, train 2.0 → 1.0×, PSNR −0.05 dB, estimate 0.85
+        "a": [
+            {"history": hist([1.5, 2.0], [2.0, 2.0], [25.0, 24.95], 0.85), "seed": 0},
+            {"history": hist([1.5, 2.2], [2.0, 2.0], [25.0, 24.95], 0.85), "seed": 1},
+            {"history": hist([9.0, 9.0], [9.0, 9.0], [1.0, 1.0], 0.1), "seed": 5},  # no reference run
+        ],
+        # σ 1.2× on training probes, PSNR 0.2 dB below, estimate 1.0
+        "b": [{"history": hist([2.0, 2.0], [2.4, 2.4], [25.0, 24.8], 1.0), "seed": 1}],
+    }
+    got = {x["row"]: x for x in true_sigma.against_reference(rs)}
+    assert set(got) == {"a", "b"}
+    a, b = got["a"], got["b"]
+    assert a["seeds"] == 2 and a["epoch"] == 2
+    assert a["val"] == pytest.approx(1.05) and a["train"] == pytest.approx(1.0)
+    assert a["late"] == pytest.approx(1.05) and a["psnr"] == pytest.approx(-0.05) and a["est"] == pytest.approx(0.85)
+    assert (a["sigma_ok"], a["psnr_ok"], a["est_ok"]) == (True, True, False)
+    assert (b["sigma_ok"], b["psnr_ok"], b["est_ok"]) == (False, False, True)
+    assert b["train"] == pytest.approx(1.2) and b["psnr"] == pytest.approx(-0.2)
+    assert true_sigma.against_reference({k: v for k, v in rs.items() if k != true_sigma.REFERENCE_ROW}) == []
+    section = "\n".join(true_sigma._reference_section(rs))
+    assert "| row b | 1 | 1.00 | 1.20 | 1.00 | -0.20 dB | 1.00 | **no** | **no** | yes |" in section
