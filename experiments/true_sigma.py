@@ -778,11 +778,12 @@ def against_reference(rs: dict, ref: str = REFERENCE_ROW) -> list[dict]:
     ``psnr`` = the row's mean val PSNR minus ``ref``'s (dB), ``est`` = the row's mean est/ref at
     the step (last epoch).  Verdicts: ``sigma_ok`` — both ratios ≤ 1 + ``SIGMA_TOL`` (reaches the
     reference's σ); ``psnr_ok`` — no more than ``PSNR_TOL`` dB below; ``est_ok`` — |est − 1| ≤
-    ``EST_TOL``.  Empty without ``ref`` runs."""
+    ``EST_TOL``.  Rows at another λ than ``ref``'s are left out (the comparison is at equal λ).
+    Empty without ``ref`` runs."""
     ref_runs = {r.get("seed", i): r["history"] for i, r in enumerate(rs.get(ref, []))}
     out = []
     for row, runs in rs.items():
-        if row in ("plain", ref) or not ref_runs:
+        if row in ("plain", ref) or not ref_runs or _row_lams(runs) != _row_lams(rs[ref]):
             continue
         pairs = [(r["history"], ref_runs[s]) for i, r in enumerate(runs) if (s := r.get("seed", i)) in ref_runs]
         if not pairs:
@@ -836,7 +837,7 @@ def _reference_section(rs: dict) -> list[str]:
         f"{SIGMA_TOL:.0%} of the reference's (read here as at most {1 + SIGMA_TOL:.2f}× it on both probe sets: a "
         f"lower σ reaches it), PSNR within {PSNR_TOL} dB (read as at most {PSNR_TOL} dB below), estimate within "
         f"{EST_TOL:.0%} of the true σ. The ratios and differences are printed so that a two-sided reading can be "
-        "made too.",
+        "made too. Rows trained at another λ than the reference's are left out.",
         "",
         "| row | seeds | val σ(J A) / reference | train | val, mean of epochs ≥ E/2 | val PSNR − reference | "
         "est/ref | σ reached | PSNR | estimate |",

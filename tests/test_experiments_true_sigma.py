@@ -231,12 +231,13 @@ def test_report_at_an_earlier_epoch_cuts_longer_runs_and_their_training_has_no_s
 def test_rows_against_the_expensive_reference_pair_seeds_and_judge_the_three_criteria():
     """§2 of #10: σ within 10 % of forward n = 10's (at most 1.1× on both probe sets), PSNR no more
     than 0.1 dB below, estimate within 10 %; over the seeds both rows ran (an extra seed of one
-    row is left out); no reference runs, no account."""
+    row is left out), at the reference's λ (a row at another λ is left out); no reference runs,
+    no account."""
 
-    def hist(val, train, psnr, est):
+    def hist(val, train, psnr, est, lam=0.1):
         h = _hist(val, train)
         for r, p in zip(h, psnr):
-            r["psnr"], r["est_ratio_ja"], r["est_ratio_end_ja"] = p, est, est
+            r["psnr"], r["est_ratio_ja"], r["est_ratio_end_ja"], r["lambda_ja"] = p, est, est, lam
         return h
 
     ref = [{"history": hist([2.0, 2.0], [2.0, 2.0], [25.0, 25.0], 0.95), "seed": s} for s in (0, 1)]
@@ -251,6 +252,7 @@ def test_rows_against_the_expensive_reference_pair_seeds_and_judge_the_three_cri
         ],
         # σ 1.2× on training probes, PSNR 0.2 dB below, estimate 1.0
         "b": [{"history": hist([2.0, 2.0], [2.4, 2.4], [25.0, 24.8], 1.0), "seed": 1}],
+        "unpaired": [{"history": hist([2.0, 2.0], [2.0, 2.0], [25.0, 25.0], 1.0, lam=0.2), "seed": 0}],  # other λ
     }
     got = {x["row"]: x for x in true_sigma.against_reference(rs)}
     assert set(got) == {"a", "b"}
