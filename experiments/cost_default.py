@@ -59,6 +59,11 @@ ROWS = {
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),
     "fdalt": ("fd, arg-max sample, one term per step", ["reg.method=fd", "reg.samples=1", "reg.alternate=true"]),
     "forward1": ("forward n = 1, whole batch (old default)", ["reg.method=forward", "reg.samples=0", "reg.n_iter=1"]),
+    "forward10x": (
+        "forward n = 10, whole batch: #10's expensive reference (reg.method=forward reg.samples=0 reg.n_iter=10, "
+        "InstanceNorms as plain ops)",
+        ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=10"],
+    ),
 }
 
 pin_power(ROWS)  # rows measured before 2026-11-28 keep n_iter=1 (experiments/_rows.py)
