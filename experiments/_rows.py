@@ -109,3 +109,19 @@ def step_rows() -> dict:
 def default_rows() -> dict:
     """:data:`DEFAULT_ROWS` as ``{name: (label, overrides)}`` with fresh override lists."""
     return {name: (label, [*DEFAULT_STEPS, *more]) for name, (label, more) in DEFAULT_ROWS.items()}
+
+
+# forward mode on the whole batch, one term per step off: #10's expensive reference with
+# n = 10 (the trainer writes the U-Net's InstanceNorms out as plain ops for method=forward,
+# since 2026-11-28: "x" rows; forward1 / forward10 in true_sigma.py were trained before that)
+FORWARD = ("reg.method=forward", "reg.samples=0", "reg.alternate=false")
+
+
+def reference_row() -> tuple[str, list[str]]:
+    """``(label, overrides)`` of ``forward10x``, #10's expensive reference, a fresh list: the row
+    of both ``true_sigma.py`` (the σ it reaches) and ``cost_default.py`` (what it costs)."""
+    return (
+        "forward n = 10, whole batch, exact gradient (InstanceNorms as plain ops, the trainer's since "
+        "2026-11-28): the expensive reference",
+        [*FORWARD, "reg.n_iter=10"],
+    )

@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _rows import DEFAULT_STEPS, default_rows, pin_power, step_rows  # noqa: E402
+from _rows import DEFAULT_STEPS, default_rows, pin_power, reference_row, step_rows  # noqa: E402
 
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -59,11 +59,7 @@ ROWS = {
     "fd": ("fd, arg-max sample", ["reg.method=fd", "reg.samples=1", "reg.alternate=false"]),
     "fdalt": ("fd, arg-max sample, one term per step", ["reg.method=fd", "reg.samples=1", "reg.alternate=true"]),
     "forward1": ("forward n = 1, whole batch (old default)", ["reg.method=forward", "reg.samples=0", "reg.n_iter=1"]),
-    "forward10x": (
-        "forward n = 10, whole batch: #10's expensive reference (reg.method=forward reg.samples=0 reg.n_iter=10, "
-        "InstanceNorms as plain ops)",
-        ["reg.method=forward", "reg.samples=0", "reg.alternate=false", "reg.n_iter=10"],
-    ),
+    "forward10x": reference_row(),
 }
 
 pin_power(ROWS)  # rows measured before 2026-11-28 keep n_iter=1 (experiments/_rows.py)

@@ -33,7 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _report import write_report  # noqa: E402
-from _rows import default_rows, pin_power, step_rows  # noqa: E402
+from _rows import FORWARD, default_rows, pin_power, reference_row, step_rows  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
 from mrijac.data import write_synthetic_dataset  # noqa: E402
@@ -48,7 +48,7 @@ def _lz3fd(*more: str) -> list[str]:
     return [*default_rows()["lz3fd"][1], *more]
 
 
-_FORWARD = ["reg.method=forward", "reg.samples=0", "reg.alternate=false"]
+_FORWARD = list(FORWARD)
 _E4 = default_rows()["lz3fd_e4"][1]  # lz3fd_e4q / lz3fd_e4b: the same penalty, rows for runs at other λ
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -67,11 +67,7 @@ ROWS = {
         "forward n = 1, whole batch, exact gradient (InstanceNorms as plain ops, the trainer's since 2026-11-28)",
         [*_FORWARD, "reg.n_iter=1"],
     ),
-    "forward10x": (
-        "forward n = 10, whole batch, exact gradient (InstanceNorms as plain ops, the trainer's since "
-        "2026-11-28): the expensive reference",
-        [*_FORWARD, "reg.n_iter=10"],
-    ),
+    "forward10x": reference_row(),
     "default": (
         "the default until 2026-11-28 (reg.method=auto → fd, 1 sample, alternate terms, "
         "one fused power step per visit: reg.n_iter=1)",
@@ -597,8 +593,8 @@ def summarize(results, a, epochs):
         lines += ["", f"Zero-filled val PSNR: {zf:.2f} dB.", ""]
         lines += _above_section(rs, getattr(a, "floors", {}).get(task, {}))
         lines += _per_seed_section(rs)
-        lines += _reference_section(rs)
-        data.setdefault("against_reference", {})[task] = against_reference(rs)
+        data.setdefault("against_reference", {})[task] = recs = against_reference(rs)
+        lines += _reference_section(recs)
     data["data_floor"] = getattr(a, "floors", {})
     data["commands"] = a.commands
     lines += ["Commands (in order): " + "; ".join(f"`{c}`" for c in a.commands) + f"; machine: {data['machine']}."]
@@ -790,8 +786,8 @@ def against_reference(rs: dict, ref: str = REFERENCE_ROW) -> list[dict]:
             continue
         n = min(min(len(h), len(g)) for h, g in pairs)
 
-        def mean(key, e, which):
-            v = [(h if which == 0 else g)[e].get(key, math.nan) for h, g in pairs]
+        def mean(key, e, side):  # side 0: the row, 1: the reference
+            v = [p[side][e].get(key, math.nan) for p in pairs]
             return float(np.nanmean(v)) if any(np.isfinite(v)) else math.nan
 
         val = mean("val_sigma_ja_mean", n - 1, 0) / mean("val_sigma_ja_mean", n - 1, 1)
@@ -819,9 +815,8 @@ def against_reference(rs: dict, ref: str = REFERENCE_ROW) -> list[dict]:
     return out
 
 
-def _reference_section(rs: dict) -> list[str]:
-    """The report's account against the expensive reference row (:func:`against_reference`)."""
-    recs = against_reference(rs)
+def _reference_section(recs: list[dict]) -> list[str]:
+    """The report's account against the expensive reference row (:func:`against_reference`'s records)."""
     if not recs:
         return []
 

@@ -63,3 +63,13 @@ def test_step_rows_hands_out_fresh_override_lists():
     """A script that edits one row's overrides (e.g. pin_power) leaves the shared table alone."""
     _rows.step_rows()["lz2fd"][1].append("reg.every=4")
     assert _rows.step_rows()["lz2fd"][1] == ["reg.n_iter=2", "reg.lanczos_jvp=fd"]
+
+
+def test_the_expensive_reference_is_one_row_in_both_scripts():
+    """The σ the reference reaches (true_sigma.py) and what it costs (cost_default.py) are of the
+    same configuration: forward mode, 10 power iterations, the whole batch, both terms each step."""
+    cfg = _config(true_sigma.ROWS["forward10x"][1])
+    assert cfg == _config(cost_default.ROWS["forward10x"][1])
+    assert (cfg.reg.method, cfg.reg.n_iter, cfg.reg.samples, cfg.reg.alternate) == ("forward", 10, 0, False)
+    _rows.reference_row()[1].append("reg.every=4")
+    assert "reg.every=4" not in _rows.reference_row()[1]
