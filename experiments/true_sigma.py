@@ -48,7 +48,6 @@ def _lz3fd(*more: str) -> list[str]:
     return [*default_rows()["lz3fd"][1], *more]
 
 
-_FORWARD = list(FORWARD)
 _E4 = default_rows()["lz3fd_e4"][1]  # lz3fd_e4q / lz3fd_e4b: the same penalty, rows for runs at other λ
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -57,15 +56,15 @@ ROWS = {
     # norms out for method=forward, so the same overrides train the *x rows
     "forward1": (
         "forward n = 1, whole batch (old default; trained with the fused InstanceNorm's wrong 2nd derivative)",
-        [*_FORWARD, "reg.n_iter=1"],
+        [*FORWARD, "reg.n_iter=1"],
     ),
     "forward10": (
         "forward n = 10, whole batch (trained with the fused InstanceNorm's wrong 2nd derivative)",
-        [*_FORWARD, "reg.n_iter=10"],
+        [*FORWARD, "reg.n_iter=10"],
     ),
     "forward1x": (
         "forward n = 1, whole batch, exact gradient (InstanceNorms as plain ops, the trainer's since 2026-11-28)",
-        [*_FORWARD, "reg.n_iter=1"],
+        [*FORWARD, "reg.n_iter=1"],
     ),
     "forward10x": reference_row(),
     "default": (
@@ -173,6 +172,11 @@ RETIRED = {
 
 def _label(row: str) -> str:
     return (ROWS.get(row) or RETIRED[row])[0]
+
+
+def _short(row: str) -> str:
+    """A row's label without its settings in brackets (the tables that follow the main one)."""
+    return _label(row).split(" (")[0]
 
 
 def make_data(
@@ -756,7 +760,7 @@ def _per_seed_section(rs: dict) -> list[str]:
     for x in recs:
         at = "" if x["est_at"] == "step" else " end"
         lines.append(
-            f"| {_label(x['row']).split(' (')[0]} | {x['seed']} | {x['epochs'][0]}–{x['epochs'][1]} | "
+            f"| {_short(x['row'])} | {x['seed']} | {x['epochs'][0]}–{x['epochs'][1]} | "
             f"{x['est_ja']:.2f} ({x['est_j']:.2f}){at} | {x['val_ratio']:.2f} | {x['train_ratio']:.2f} | "
             f"{x['psnr']:+.2f} dB ({x['psnr_over_budget']} of {x['psnr_epochs']}) |"
         )
@@ -826,7 +830,7 @@ def _reference_section(recs: list[dict]) -> list[str]:
     lines = [
         "### Against the expensive reference (§2 of #10)",
         "",
-        f"Each penalised row against '{_label(REFERENCE_ROW).split(' (')[0]}' over the seeds both ran, at the "
+        f"Each penalised row against '{_short(REFERENCE_ROW)}' over the seeds both ran, at the "
         "last epoch both have: σ(J A) = the row's mean over those seeds over the reference's; PSNR − reference "
         "= difference of the means; est/ref = the row's estimate at the step. The acceptance: σ within "
         f"{SIGMA_TOL:.0%} of the reference's (read here as at most {1 + SIGMA_TOL:.2f}× it on both probe sets: a "
@@ -840,7 +844,7 @@ def _reference_section(recs: list[dict]) -> list[str]:
     ]
     for x in recs:
         lines.append(
-            f"| {_label(x['row']).split(' (')[0]} | {x['seeds']} | {x['val']:.2f} | {x['train']:.2f} | "
+            f"| {_short(x['row'])} | {x['seeds']} | {x['val']:.2f} | {x['train']:.2f} | "
             f"{x['late']:.2f} | {x['psnr']:+.2f} dB | {x['est']:.2f} | {mark(x['sigma_ok'])} | "
             f"{mark(x['psnr_ok'])} | {mark(x['est_ok'])} |"
         )
@@ -926,7 +930,7 @@ def figure(results, path):
                     continue
                 per = _per_epoch(pairs, key)
                 ep = np.arange(1, per.shape[1] + 1)
-                short = _label(row).split(" (")[0]  # the settings in brackets are in the table
+                short = _short(row)
                 line = ax.plot(ep, per.mean(0), marker="o", label=f"{row}: {short} ({len(pairs)} seeds)")[0]
                 if len(pairs) > 1:  # the seeds' range
                     ax.fill_between(ep, per.min(0), per.max(0), color=line.get_color(), alpha=0.15)
