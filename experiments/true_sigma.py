@@ -354,6 +354,7 @@ def main():
             )
     rows = a.rows.split(",")
     results, a.commands = load_previous(Path(a.out)) if a.append or a.report_only else ({}, [])
+    merge_runs(results, {})
     for extra in filter(None, a.merge.split(",")):  # runs made by parallel calls
         extra, _, only = extra.partition("@")
         only = set(only.split("+")) if only else None
@@ -363,12 +364,7 @@ def main():
         if only:  # just the commands that ran one of the rows taken
             cmds = [c for c in cmds if set(_rows_of(c)) & only]
         a.commands += [c for c in cmds if c not in a.commands]
-        for task, more_rows in more.items():  # not `rows`: that is the list of rows to run
-            for row, runs in more_rows.items():
-                if only and row not in only:
-                    continue
-                have = {r.get("seed") for r in results.get(task, {}).get(row, [])}
-                results.setdefault(task, {}).setdefault(row, []).extend(r for r in runs if r.get("seed") not in have)
+        merge_runs(results, more, only)
     a.floors = {}  # task -> str(seed) -> {"val", "train"}: ‖x‖/‖y‖ of the probes
     for path in [Path(a.out)] + merges:
         if (a.report_only or a.append or path != Path(a.out)) and path.with_suffix(".json").exists():
@@ -413,6 +409,23 @@ def main():
                         flush=True,
                     )
                     report(results, a, epochs)  # after every run: a stopped sweep keeps its rows
+
+
+def merge_runs(results: dict, more: dict, only: set | None = None) -> dict:
+    """Add the runs of ``more`` (task -> row -> runs) to ``results`` in place: only the rows in
+    ``only`` if given, and of each row only the seeds ``results`` lacks (a run already there
+    wins). Every row's runs end sorted by seed, so per-seed tables read 0, 1, 2 whatever the
+    order of the calls and files (``merge_runs(results, {})`` only sorts)."""
+    for task, more_rows in more.items():  # not `rows`: that is the list of rows to run
+        for row, runs in more_rows.items():
+            if only and row not in only:
+                continue
+            have = results.setdefault(task, {}).setdefault(row, [])
+            seeds = {r.get("seed") for r in have}
+            have.extend(r for r in runs if r.get("seed") not in seeds)
+    for runs in (runs for rows in results.values() for runs in rows.values()):
+        runs.sort(key=lambda r: r.get("seed", 0))
+    return results
 
 
 def cut_at(results: dict, epochs: int) -> dict:

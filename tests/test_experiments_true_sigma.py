@@ -266,3 +266,19 @@ def test_rows_against_the_expensive_reference_pair_seeds_and_judge_the_three_cri
     assert true_sigma.against_reference({k: v for k, v in rs.items() if k != true_sigma.REFERENCE_ROW}) == []
     section = "\n".join(true_sigma._reference_section(true_sigma.against_reference(rs)))
     assert "| row b | 1 | 1.00 | 1.20 | 1.00 | -0.20 dB | 1.00 | **no** | **no** | yes |" in section
+
+
+def test_merged_runs_keep_the_first_file_s_seed_and_end_sorted_by_seed():
+    """--merge of a file with seeds 1, 2 and one with seeds 0, 1: seed 1 comes from the first
+    (the run already there wins), rows the filter leaves out are not added, and the runs read
+    0, 1, 2 — the order the per-seed tables print them in."""
+    results = {"real": {"a": [{"seed": 2, "from": "first"}, {"seed": 1, "from": "first"}]}}
+    more = {"real": {"a": [{"seed": 0, "from": "second"}, {"seed": 1, "from": "second"}], "b": [{"seed": 0}]}}
+    got = true_sigma.merge_runs(results, more, only={"a"})
+    assert [(r["seed"], r["from"]) for r in got["real"]["a"]] == [(0, "second"), (1, "first"), (2, "first")]
+    assert "b" not in got["real"]
+    got = true_sigma.merge_runs(got, more)  # no filter: b comes in; a gains nothing
+    assert [r["seed"] for r in got["real"]["b"]] == [0] and len(got["real"]["a"]) == 3
+    # nothing to merge: the runs of one file, in the order its calls made them, are sorted
+    own = true_sigma.merge_runs({"real": {"c": [{"seed": 1}, {"seed": 0}]}}, {})
+    assert [r["seed"] for r in own["real"]["c"]] == [0, 1]
