@@ -340,6 +340,20 @@ def test_ddp_two_cpu_processes_with_penalty(data, tmp_path):
     assert ck["history"][-1]["train_penalty"] > 0
 
 
+def test_leaving_the_process_group_at_the_end_of_a_run(tmp_path):
+    """``dist.leave``: a no-op in one process; in a group it passes a barrier and leaves it, so
+    no rank exits with the group's threads running (a finished DDP run once aborted that way)."""
+    from mrijac.train import distributed as dist
+
+    dist.leave(1)  # nothing joined, nothing to do
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    dist.leave(1)  # world 1: the group is not touched
+    assert torch.distributed.is_initialized()
+    dist.leave(2)
+    assert not torch.distributed.is_initialized()
+
+
 def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
     t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.samples=1", "data.batch_size=4"), tmp_path / "r")
     row = t.fit()

@@ -60,6 +60,16 @@ def average_gradients(model: torch.nn.Module, world_size: int) -> None:
         i += g.numel()
 
 
+def leave(world_size: int) -> None:
+    """End of a run: wait for every rank, then leave the process group (a no-op in a single
+    process). Without it a rank that finishes first exits with gloo's threads still running,
+    which can abort it ("terminate called without an active exception", SIGABRT) although the
+    run completed."""
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def check_replicas(model: torch.nn.Module, world_size: int) -> dict:
     """The largest difference between any rank's weights and rank 0's."""
     if world_size == 1:

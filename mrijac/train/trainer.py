@@ -438,15 +438,16 @@ class Trainer:
         return sums
 
     def _finish(self) -> None:
-        """Final checkpoint with the per-sample training losses (for GE intervals)."""
+        """Final checkpoint with the per-sample training losses (for GE intervals); then every
+        rank of a distributed run leaves the process group."""
         ddp = dist.check_replicas(self.model, self.world)
-        if self.rank != 0:
-            return
-        tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
-        payload = self._payload(final=True, train_l2=tr["l2"])
-        payload.update(train_l2_values=tr["l2_values"], train_rel_values=tr["rel_values"], ddp=ddp)
-        save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
-        save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
+        if self.rank == 0:
+            tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
+            payload = self._payload(final=True, train_l2=tr["l2"])
+            payload.update(train_l2_values=tr["l2_values"], train_rel_values=tr["rel_values"], ddp=ddp)
+            save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
+            save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
+        dist.leave(self.world)  # the other ranks wait for rank 0's final checkpoint
 
     def _interrupt(self, batch_in_epoch, sums: EpochStats, sig):
         """Write a mid-epoch checkpoint and raise :class:`Interrupted`."""
