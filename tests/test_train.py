@@ -348,10 +348,14 @@ def test_leaving_the_process_group_at_the_end_of_a_run(tmp_path):
     dist.leave(1)  # nothing joined, nothing to do
     store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
     torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
-    dist.leave(1)  # world 1: the group is not touched
-    assert torch.distributed.is_initialized()
-    dist.leave(2)
-    assert not torch.distributed.is_initialized()
+    try:
+        dist.leave(1)  # world 1: the group is not touched
+        assert torch.distributed.is_initialized()
+        dist.leave(2)
+        assert not torch.distributed.is_initialized()
+    finally:  # a failure leaves no group behind for the tests after this one
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
