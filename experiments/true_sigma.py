@@ -380,6 +380,15 @@ def main():
                     for seed in sorted({r.get("seed", 0) for runs in rs.values() for r in runs}):
                         a.floors.setdefault(task, {})[str(seed)] = data_floors(root, extra, seed, a.ref_slices)
         return report(cut_at(results, epochs), a, epochs)
+    for task in a.tasks.split(",") if a.append else ():  # a second run of a seed would count twice
+        for row in rows:
+            have = sorted({r.get("seed") for r in results.get(task, {}).get(row, [])})
+            again = [s for s in range(a.seed_start, a.seed_start + a.seeds) if s in have]
+            if again:
+                raise SystemExit(
+                    f"--append: {Path(a.out).with_suffix('.json')} (or a --merge file) already has {task} row "
+                    f"{row} with seed(s) {again}; --seed-start {max(have) + 1} adds new ones"
+                )
     a.commands = a.commands + [_command(a)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -401,7 +410,7 @@ def main():
                         a.batch,
                     )
                     r["seed"] = seed
-                    results.setdefault(task, {}).setdefault(row, []).append(r)
+                    merge_runs(results, {task: {row: [r]}})  # in seed order, as the reports read them
                     last = r["history"][-1]
                     print(
                         f"{task} {row} seed {seed}: val σ(JA) {last.get('val_sigma_ja_mean'):.3f}"
@@ -471,7 +480,7 @@ def load_previous(out: Path) -> tuple[dict, list[str]]:
             for row, rec in rows.items()
         }
         for task, rows in prev["tasks"].items()
-    }, prev.get("commands", [_command(argparse.Namespace(**{"seed_start": 0, **prev["args"]}))])
+    }, prev.get("commands") or [_command(argparse.Namespace(**{"seed_start": 0, **prev["args"]}))]
 
 
 def report(results, a, epochs):

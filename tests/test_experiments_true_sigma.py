@@ -282,3 +282,19 @@ def test_merged_runs_keep_the_first_file_s_seed_and_end_sorted_by_seed():
     # nothing to merge: the runs of one file, in the order its calls made them, are sorted
     own = true_sigma.merge_runs({"real": {"c": [{"seed": 1}, {"seed": 0}]}}, {})
     assert [r["seed"] for r in own["real"]["c"]] == [0, 1]
+
+
+def test_append_refuses_a_seed_the_results_already_have(tmp_path, monkeypatch):
+    """--append of a seed already in the file (or merged in) would put two runs of one seed in a
+    row and count it twice in every mean over seeds: refused by name, before anything trains."""
+    rec = {"histories": [[], []], "seeds": [1, 0]}  # the JSON's layout: a row's histories and their seeds
+    (tmp_path / "a.json").write_text(json.dumps({"args": {}, "tasks": {"real": {"a": rec}}, "commands": ["x"]}))
+    argv = ["true_sigma.py", "--append", "--tasks", "real", "--rows", "plain,a", "--seeds", "2", "--out"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path / "a")])
+    monkeypatch.setattr(true_sigma, "make_data", lambda *a, **k: pytest.fail("must not train"))
+    with pytest.raises(
+        SystemExit,
+        match=r"a\.json \(or a --merge file\) already has real row a with seed\(s\) \[0, 1\]; "
+        r"--seed-start 2 adds new ones",
+    ):
+        true_sigma.main()

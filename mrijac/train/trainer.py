@@ -438,16 +438,20 @@ class Trainer:
         return sums
 
     def _finish(self) -> None:
-        """Final checkpoint with the per-sample training losses (for GE intervals); then every
-        rank of a distributed run leaves the process group."""
+        """After the replicas' check every rank of a distributed run leaves the process group;
+        then rank 0 writes the final checkpoint with the per-sample training losses (for GE
+        intervals)."""
         ddp = dist.check_replicas(self.model, self.world)
-        if self.rank == 0:
-            tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
-            payload = self._payload(final=True, train_l2=tr["l2"])
-            payload.update(train_l2_values=tr["l2_values"], train_rel_values=tr["rel_values"], ddp=ddp)
-            save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
-            save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
-        dist.leave(self.world)  # the other ranks wait for rank 0's final checkpoint
+        # the last collective: leave now, so no rank waits in a barrier (gloo's 30-min timeout)
+        # while rank 0 reconstructs a large training set below, which needs no process group
+        dist.leave(self.world)
+        if self.rank != 0:
+            return
+        tr = reconstruct(self.model, self.task, self._loader(20_000), self.device)
+        payload = self._payload(final=True, train_l2=tr["l2"])
+        payload.update(train_l2_values=tr["l2_values"], train_rel_values=tr["rel_values"], ddp=ddp)
+        save_checkpoint(self.out / "checkpoints" / "final.pt", payload)
+        save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
 
     def _interrupt(self, batch_in_epoch, sums: EpochStats, sig):
         """Write a mid-epoch checkpoint and raise :class:`Interrupted`."""
