@@ -70,6 +70,8 @@ def train_default(root, extra: list[str], lam: float, out: Path, epochs: int = 1
             "reg.name=sja+sj",
             "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
             "reg.lanczos_jvp=forward",
+            "reg.fd_kinks=cross",  # and before the copies froze the kinks, ranked afresh (2026-11-29)
+            "reg.rank=stored",
             f"reg.lambda_ja={lam}",
             f"reg.lambda_j={lam}",
             *extra,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _rows import DEFAULT_STEPS, default_rows, pin_power, reference_row, step_rows  # noqa: E402
+from _rows import DEFAULT_STEPS, default_rows, pin_power, pin_tracking, reference_row, step_rows  # noqa: E402
 
 ROWS = {
     "plain": ("plain", ["reg.name=none"]),
@@ -63,6 +63,7 @@ ROWS = {
 }
 
 pin_power(ROWS)  # rows measured before 2026-11-28 keep n_iter=1 (experiments/_rows.py)
+pin_tracking(ROWS)  # and before 2026-11-29 crossing kinks, stored rank (experiments/_rows.py)
 SHARED = HERE.parent.parent / "shared" / "data"
 
 

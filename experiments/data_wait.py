@@ -37,6 +37,8 @@ REGS = {
         "reg.fd_recompute=true",
         "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
         "reg.lanczos_jvp=forward",
+        "reg.fd_kinks=cross",  # and before the copies froze the kinks, ranked afresh (2026-11-29)
+        "reg.rank=stored",
         "reg.lambda_ja=0.001",
         "reg.lambda_j=0.001",
     ],

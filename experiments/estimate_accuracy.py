@@ -115,6 +115,8 @@ def dncnn_part(a, tmp: Path) -> dict:
         "reg.name=sja+sj",
         "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
         "reg.lanczos_jvp=forward",
+        "reg.fd_kinks=cross",  # and before the copies froze the kinks, ranked afresh (2026-11-29)
+        "reg.rank=stored",
         f"reg.lambda_ja={a.dn_lam}",
         f"reg.lambda_j={a.dn_lam}",
         f"optim.epochs={a.dn_epochs}",

@@ -261,6 +261,8 @@ def overrides(p: dict, r: dict, root: Path, lam: float) -> list[str]:
         f"reg.name={r['strategy']}",
         "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
         "reg.lanczos_jvp=forward",
+        "reg.fd_kinks=cross",  # and before the copies froze the kinks, ranked afresh (2026-11-29)
+        "reg.rank=stored",
         *reg,
         f"optim.lr={p['lr']}",
         f"optim.schedule={p['schedule']}",

@@ -43,6 +43,8 @@ def config(data, *over):
             "reg.name=sja+sj",
             "reg.n_iter=1",
             "reg.lanczos_jvp=forward",
+            "reg.fd_kinks=cross",  # and before the copies froze the kinks, ranked afresh (2026-11-29)
+            "reg.rank=stored",
             "train.progress=false",
             "train.ref_slices=4",
             "train.ge_batches=2",

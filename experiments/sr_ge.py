@@ -67,7 +67,7 @@ def load_protocol(path: Path, quick: bool) -> dict:
 
 def overrides(p: dict, model: str, factor: int, eps255: float, strategy: str, seed: int) -> list[str]:
     # n_iter=1 pinned: measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
-    reg = ["reg.name=" + strategy, "reg.n_iter=1", "reg.lanczos_jvp=forward"]
+    reg = ["reg.name=" + strategy, "reg.n_iter=1", "reg.lanczos_jvp=forward", "reg.fd_kinks=cross", "reg.rank=stored"]
     return [
         "task=sr",
         f"data.train_dir={(REPO / p['train_dir']).resolve()}",

@@ -88,6 +88,8 @@ def launch(root: Path, overrides: list[str], cache_dir: Path) -> dict:
         "reg.name=sja+sj",
         "reg.n_iter=1",  # measured before the default became n_iter=3 lanczos_jvp=fd (2026-11-28)
         "reg.lanczos_jvp=forward",
+        "reg.fd_kinks=cross",  # and before the copies froze the kinks, ranked afresh (2026-11-29)
+        "reg.rank=stored",
         "train.progress=false",
     ]
     t0 = time.time()

@@ -32,7 +32,13 @@ HERE = Path(__file__).resolve().parent
 # "default penalty": the default until 2026-11-28 (reg.n_iter=1), pinned so a rerun repeats the report
 REGS = {
     "plain": ["reg.name=none"],
-    "default penalty (sja+sj)": ["reg.name=sja+sj", "reg.n_iter=1", "reg.lanczos_jvp=forward"],
+    "default penalty (sja+sj)": [
+        "reg.name=sja+sj",
+        "reg.n_iter=1",
+        "reg.lanczos_jvp=forward",
+        "reg.fd_kinks=cross",
+        "reg.rank=stored",
+    ],
 }
 CHILD = r"""
 import json, sys

@@ -33,7 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _report import write_report  # noqa: E402
-from _rows import FORWARD, default_rows, pin_power, reference_row, step_rows  # noqa: E402
+from _rows import FORWARD, default_rows, pin_power, pin_tracking, reference_row, step_rows  # noqa: E402
 
 from mrijac.config import load_config  # noqa: E402
 from mrijac.data import write_synthetic_dataset  # noqa: E402
@@ -159,6 +159,7 @@ ROWS = {
 }
 
 pin_power(ROWS)  # rows measured before 2026-11-28 keep n_iter=1 (experiments/_rows.py)
+pin_tracking(ROWS)  # and before 2026-11-29 crossing kinks, stored rank (experiments/_rows.py)
 
 # rows that were measured and then removed with their option; kept so that their reports can be
 # redrawn (--report-only / --merge)

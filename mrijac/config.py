@@ -147,10 +147,11 @@ class RegConfig:
         ("auto", "forward", "fd"),
     )
     fd_kinks: str = _opt(
-        "cross",
+        "auto",
         "method=fd: the perturbed copies take their original's ReLU/LeakyReLU pattern (freeze: the "
-        "difference's θ-gradient is ∇θσ, no term from units switching sign) or cross the kinks as they are",
-        ("freeze", "cross"),
+        "difference's θ-gradient is ∇θσ, no term from units switching sign) or cross the kinks as they are; "
+        "auto: freeze with method=fd",
+        ("auto", "freeze", "cross"),
     )
     first_visits: str = _opt(
         "ranked",
@@ -159,12 +160,14 @@ class RegConfig:
         ("ranked", "all"),
     )
     rank: str = _opt(
-        "stored",
+        "auto",
         "method=fd with samples: pick the penalised samples by the σ stored at their last visit, unvisited first "
         "(stored), or by a fresh forward-difference probe ‖J A v‖ of every sample with its stored vector at the "
         "current weights (probe: one more forward of the batch without graph), or by the bounds of Lanczos steps "
-        "on every sample (lanczos: the whole batch's estimates, copies for the samples chosen only)",
-        ("stored", "probe", "lanczos"),
+        "on every sample (lanczos: the whole batch's estimates, copies for the samples chosen only); "
+        "auto: lanczos where it applies (method=fd, samples >= 1, no pool, first_visits=ranked, no "
+        "fd_recompute), else stored",
+        ("auto", "stored", "probe", "lanczos"),
     )
     pool: int = _opt(0, "method=fd: track this many hardest training samples every step (0: penalise the batch)")
     pool_refresh: int = _opt(10, "pool: steps between candidate draws")
@@ -337,11 +340,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+# keys added after runs were saved without them, with the value those runs used (their default
+# then), so that a saved config resumes and reports what ran, not today's default
+ADDED = {"reg.fd_kinks": "cross", "reg.rank": "stored"}
+
+
 def config_from_dict(d: dict) -> Config:
     """Config from a saved dictionary (a checkpoint's); keys of older versions that were
-    replaced are dropped (their defaults apply)."""
+    replaced are dropped (their defaults apply), keys added since (:data:`ADDED`) take the value
+    those runs used."""
     cfg = Config()
-    for k, v in flatten(d).items():
+    flat = flatten(d)
+    if any(k.startswith("reg.") for k in flat):
+        flat = {**{k: v for k, v in ADDED.items() if k not in flat}, **flat}
+    for k, v in flat.items():
         if k in RENAMED:
             continue
         _set(cfg, k, v)
@@ -382,6 +394,25 @@ def resolve_power(cfg: Config) -> tuple:
     return n_iter, lanczos_jvp
 
 
+def resolve_tracking(cfg: Config) -> tuple:
+    """``(reg.fd_kinks, reg.rank)`` with ``auto`` resolved after ``reg.method``: with
+    ``method=fd`` the copies on their original's activation pattern (``freeze``: the trained
+    gradient is ∇θσ; every built-in network's activations are modules — but VarNet's U-Nets see
+    coils as batch rows, so it crosses them) and, where it applies
+    (``samples`` ≥ 1, no ``pool``, ``first_visits=ranked``, no ``fd_recompute``), Lanczos steps on
+    every sample of the batch with the copy for the largest (``lanczos``): the setting that
+    tracks the expensive reference on real slices (#10 §2,
+    ``experiments/results/true_sigma_real_lam01_ref_30ep.md``); else ``cross`` / ``stored``."""
+    r = cfg.reg
+    fd = r.method == "fd"
+    # VarNet folds coils into the batch of its U-Nets: no activation row is a sample's
+    freezable = fd and cfg.model.name != "varnet"
+    kinks = ("freeze" if freezable else "cross") if r.fd_kinks == "auto" else r.fd_kinks
+    applies = fd and r.samples >= 1 and not r.pool and r.first_visits == "ranked" and not r.fd_recompute
+    rank = ("lanczos" if applies else "stored") if r.rank == "auto" else r.rank
+    return kinks, rank
+
+
 def _require(option: str, checks) -> None:
     """Refuse ``option`` unless every ``(key, value, wanted, ok)`` of ``checks`` is ok, naming
     what it needs and the keys that are not as needed."""
@@ -394,12 +425,14 @@ def _require(option: str, checks) -> None:
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` naming the key for any out-of-range value; resolves
     ``reg.method=auto`` (:func:`resolve_method`), then ``reg.n_iter`` / ``reg.lanczos_jvp``
-    ``auto`` (:func:`resolve_power`), so a saved config says what ran."""
+    ``auto`` (:func:`resolve_power`) and ``reg.fd_kinks`` / ``reg.rank`` ``auto``
+    (:func:`resolve_tracking`), so a saved config says what ran."""
     cfg.reg.method = resolve_method(cfg)
     n = cfg.reg.n_iter
     if n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"config key reg.n_iter must be an integer >= 1 or 'auto', got {n!r}")
     cfg.reg.n_iter, cfg.reg.lanczos_jvp = resolve_power(cfg)
+    cfg.reg.fd_kinks, cfg.reg.rank = resolve_tracking(cfg)
 
     def choice(key, val, ok):
         if val not in ok:

@@ -3,8 +3,10 @@
 1. writes a small fastMRI-format single-coil knee-like dataset (seeded phantoms);
 2. trains fastmri's U-Net (residual: it corrects the zero-filled image) twice on 4× random
    Cartesian undersampling: without regularizer and
-   with the model-aware spectral penalty ``sja+sj`` (automatic λ, one power iteration,
-   warm-started singular vectors, forward-mode AD);
+   with the model-aware spectral penalty ``sja+sj`` (automatic λ, the default penalty: two
+   Lanczos steps on every sample of the batch from its carried singular vector, then one power
+   step fused into the training pass for the sample of largest estimate, its perturbed copy on
+   the original's activation pattern);
 3. evaluates both on the validation volumes (fastMRI metrics, zero-filled baseline, GE,
    σ(J A), σ(J));
 4. writes a comparison report and prints where it is.

@@ -73,3 +73,18 @@ def test_the_expensive_reference_is_one_row_in_both_scripts():
     assert (cfg.reg.method, cfg.reg.n_iter, cfg.reg.samples, cfg.reg.alternate) == ("forward", 10, 0, False)
     _rows.reference_row()[1].append("reg.every=4")
     assert "reg.every=4" not in _rows.reference_row()[1]
+
+
+def test_pin_tracking_keeps_every_row_on_the_kinks_and_rank_it_was_measured_with():
+    """Rows measured before 2026-11-29 ran with crossing kinks and the stored rank, the defaults
+    then: the scripts pin them, so a rerun repeats the report; a row that sets either keeps it."""
+    rows = {"old": ("x", ["reg.samples=1"]), "own": ("y", ["reg.fd_kinks=freeze", "reg.rank=lanczos"])}
+    _rows.pin_tracking(rows)
+    assert rows["old"][1] == ["reg.samples=1", *_rows.FORMER_TRACKING]
+    assert rows["own"][1] == ["reg.fd_kinks=freeze", "reg.rank=lanczos"]
+    for script in (true_sigma, cost_default):
+        cfg = _config(script.ROWS["lz3fd"][1])
+        assert (cfg.reg.fd_kinks, cfg.reg.rank) == ("cross", "stored")
+    # the current default is the row lz3fd_fkla, in both scripts
+    default = _config([])
+    assert _config(true_sigma.ROWS["lz3fd_fkla"][1]) == default == _config(cost_default.ROWS["lz3fd_fkla"][1])

@@ -268,7 +268,7 @@ def test_single_coil_terms_coincide_and_are_estimated_once():
     for tie in (True, False):
         seen = []
         hook = recon.net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-        fd = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", samples=1, tie=tie)
+        fd = JacobianPenalty("spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", samples=1, tie=tie, rank="stored")
         _, _, stats = fd(recon, y, A, v0={"v_ja": A.adjoint(y), "v_j": y})
         hook.remove()
         rows[tie] = max(seen)
@@ -297,7 +297,7 @@ def test_fd_penalty_converges_over_steps_and_on_argmax_samples():
     assert torch.allclose(hist[-1], sig, rtol=2e-3)
     assert (hist[-1] - sig).abs().max() < (hist[0] - sig).abs().min()
     for recompute in (False, True):
-        part = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", samples=1, recompute=recompute)
+        part = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", samples=1, recompute=recompute, rank="stored")
         out, p, st = part(recon, y, A, v0=v0, priority=torch.tensor([0.1, 0.2, 0.9]))
         p.backward()
         assert st["index"].tolist() == [2] and st["v_ja"].shape[0] == 1
@@ -316,7 +316,7 @@ def test_fd_penalty_first_visits_all_adds_every_unvisited_sample():
     vs = torch.randn(3, *A.in_shape, generator=g, dtype=y.dtype)
     prio = torch.tensor([0.1, 0.2, 0.9])
     kw = dict(lambda_ja=1.0, method="fd", samples=1)
-    ranked = JacobianPenalty("spectral", **kw)
+    ranked = JacobianPenalty("spectral", rank="stored", **kw)
     every = JacobianPenalty("spectral", first_visits="all", **kw)
     cold = WarmStart({"v_ja": vs}, torch.tensor([True, False, False]))
     _, _, st_r = ranked(recon, y, A, v0=cold, priority=prio)
@@ -378,7 +378,7 @@ def test_fd_penalty_rank_probe_penalises_the_row_of_largest_fresh_bound(kinks):
     warm = WarmStart({"v_ja": vs}, torch.tensor([False, True, False]))
     kw = dict(lambda_ja=1.0, method="fd", samples=1, fd_kinks=kinks)
     probe = JacobianPenalty("spectral", rank="probe", **kw)
-    stored = JacobianPenalty("spectral", **kw)
+    stored = JacobianPenalty("spectral", rank="stored", **kw)
 
     def run(pen, prio):
         recon.zero_grad()
@@ -483,7 +483,8 @@ def test_fd_in_float32_matches_forward_mode_jvp(n_iter):
     A = SingleCoilMRI(mask, (32, 32))
     y = A(A.random_input())
     v = torch.nn.functional.normalize(A.random_input().reshape(2, -1), dim=1).reshape(2, 32, 32)
-    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=n_iter)
+    # the separate passes below cross the kinks, as the copies do with fd_kinks="cross"
+    pen = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=n_iter, fd_kinks="cross")
     _, p, st = pen(recon, y, A, v0={"v_ja": v.clone(), "cold": torch.zeros(2, dtype=torch.bool)})
     f = recon.as_function(A)
     h = default_step(torch.float32)
@@ -927,7 +928,7 @@ def test_fd_penalty_reuses_the_forward_pass_of_its_lanczos_steps(problem, sample
     S = idx.numel()
     v0 = {"v_ja": random_like_input(A, y, 7), "v_j": random_like_input(None, y, 8)}
     l1, l2 = 0.7, 0.3
-    pen = JacobianPenalty("spectral", lambda_ja=l1, lambda_j=l2, method="fd", samples=samples, tie=tie)
+    pen = JacobianPenalty("spectral", lambda_ja=l1, lambda_j=l2, method="fd", samples=samples, tie=tie, rank="stored")
     assert pen.n_iter == 3
     seen = []
     hook = recon.net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
@@ -1002,16 +1003,18 @@ def test_fd_penalty_lanczos_jvp_fd_gives_the_forward_mode_estimates():
 
 
 @pytest.mark.parametrize(
-    "problem,n_iter,samples,recompute,backward",
+    "problem,n_iter,samples,recompute,backward,rank",
     [
-        ("single", 3, 1, False, True),
-        ("single", 1, None, False, True),
-        ("single", 3, 1, True, True),
-        ("multi", 3, 1, False, True),
-        ("single", 3, 1, False, False),
+        ("single", 3, 1, False, True, "stored"),
+        ("single", 1, None, False, True, "auto"),
+        ("single", 3, 1, True, True, "auto"),
+        ("multi", 3, 1, False, True, "stored"),
+        ("single", 3, 1, False, False, "stored"),
+        ("single", 3, 1, False, True, "auto"),  # the default: Lanczos on every row, frozen kinks
+        ("multi", 3, 1, False, False, "auto"),
     ],
 )
-def test_fd_penalty_frees_its_graph_once_the_caller_drops_it(problem, n_iter, samples, recompute, backward):
+def test_fd_penalty_frees_its_graph_once_the_caller_drops_it(problem, n_iter, samples, recompute, backward, rank):
     """The hook that hands back the next vectors must not keep the step alive: once the caller
     drops ``out``, the penalty and ``stats`` (backward run or not), every tensor the network saw
     — the batch and the perturbed copies — is freed (a strong reference from the hook to the
@@ -1024,7 +1027,14 @@ def test_fd_penalty_frees_its_graph_once_the_caller_drops_it(problem, n_iter, sa
 
     _, y, A, recon = (mri_problem if problem == "single" else multicoil_problem)(B=3)
     pen = JacobianPenalty(
-        "spectral", lambda_ja=0.7, lambda_j=0.3, method="fd", n_iter=n_iter, samples=samples, recompute=recompute
+        "spectral",
+        lambda_ja=0.7,
+        lambda_j=0.3,
+        method="fd",
+        n_iter=n_iter,
+        samples=samples,
+        recompute=recompute,
+        rank=rank,
     )
     seen = []
     h = recon.net.register_forward_hook(lambda m, i, o: seen.append(weakref.ref(i[0])))
@@ -1033,7 +1043,8 @@ def test_fd_penalty_frees_its_graph_once_the_caller_drops_it(problem, n_iter, sa
     if backward:
         (p + out.abs().sum()).backward()
         vecs = [v for k, v in stats.items() if k.startswith("v_")]
-        assert "v_ja" in stats and all(v.shape[0] == (samples or 3) for v in vecs)
+        rows = 3 if pen.rank == "lanczos" or samples is None else samples  # lanczos: every row's vector
+        assert "v_ja" in stats and all(v.shape[0] == rows for v in vecs)
     h.remove()
     graph = weakref.ref(stats["term_ja"])  # holds the graph of the copies
     del out, p, stats

@@ -257,3 +257,81 @@ def test_recorded_patterns_are_freed_with_the_frozen_kinks_object():
     finally:
         if was:
             gc.enable()
+
+
+def test_fd_kinks_auto_freezes_a_module_crosses_for_a_callable_and_falls_back_with_a_warning():
+    """``fd_kinks="auto"`` (the default): a network given as a module gets frozen kinks — the
+    step of ``"freeze"`` to the bit; a plain callable has no modules to freeze and crosses them —
+    the step of ``"cross"``; a network with a kink no module holds (a functional ReLU) warns,
+    naming the call, and crosses them from then on — again the step of ``"cross"``.  At a step
+    of 0.2 the copies do cross kinks, so the two settings differ."""
+    recon, y, A, v = _unet_problem()
+    fn = recon.as_function(A)
+
+    def step(pen, f):
+        recon.zero_grad()
+        out, p, _ = pen(f, y, A, v0={"v_ja": v.clone()})
+        (p + out.pow(2).sum()).backward()
+        return p.detach(), torch.cat([q.grad.reshape(-1) for q in recon.parameters()])
+
+    kw = dict(lambda_ja=1.0, method="fd", n_iter=1, fd_step=0.2)
+    auto = JacobianPenalty(**kw)
+    assert auto.fd_kinks == "auto"
+    got, frozen = step(auto, recon), step(JacobianPenalty(fd_kinks="freeze", **kw), recon)
+    assert all(torch.equal(a, b) for a, b in zip(got, frozen)) and auto.fd_kinks == "auto"
+    crossed = step(JacobianPenalty(fd_kinks="cross", **kw), recon)
+    assert not torch.allclose(crossed[1], frozen[1], rtol=1e-3)
+    plain = lambda x: fn(x)  # noqa: E731  (no module attribute)
+    got, want = step(JacobianPenalty(**kw), plain), step(JacobianPenalty(fd_kinks="cross", **kw), plain)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+    class Clamped(nn.Module):  # the U-Net's kinks are modules, the last ReLU is a call
+        def __init__(self):
+            super().__init__()
+            self.recon = recon
+
+        def forward(self, x):
+            return torch.nn.functional.relu(self.recon.as_function(A)(x) + 1.0)
+
+    net = Clamped()
+    auto = JacobianPenalty(**kw)
+    with pytest.warns(UserWarning, match=r"crossing the kinks from now on .*relu outside an nn.ReLU"):
+        got = step(auto, net)
+    assert auto.fd_kinks == "cross"
+    want = step(JacobianPenalty(fd_kinks="cross", **kw), net)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("name", ["unet", "dncnn", "fcnet", "edsr", "wdsr"])
+def test_every_built_in_network_has_kinks_the_default_can_freeze(name):
+    """``reg.fd_kinks=auto`` resolves to ``freeze`` for every model the CLI builds: each keeps its
+    kinks in activation modules (no functional ReLU, no max-pooling — the pass would raise), and
+    a frozen pass of perturbed rows is the linearisation at the originals (exactly, at a step
+    that crosses kinks, where the network has no smooth nonlinearity)."""
+    from mrijac.models import build_network
+
+    torch.manual_seed(0)
+    kw, shape = {
+        "unet": (dict(in_chans=2, out_chans=2, chans=4, num_pool_layers=2), (2, 2, 16, 16)),
+        "dncnn": (dict(in_chans=2, out_chans=2, depth=4, features=8), (2, 2, 12, 12)),
+        "fcnet": (dict(q=12, p=20), (2, 12)),
+        "edsr": (dict(scale=2, n_resblocks=2, n_feats=8), (2, 1, 8, 8)),
+        "wdsr": (dict(scale=2, n_resblocks=2, n_feats=8), (2, 1, 8, 8)),
+    }[name]
+    net = build_network(name, **kw).to(DT).eval()  # eval: a DnCNN BatchNorm's running stats stay put
+    if name == "unet":
+        plain_instance_norms(net)  # forward mode below differentiates it
+    fk = FrozenKinks(net)
+    assert fk.mods, f"{name}: no activation module to freeze"
+    g = torch.Generator().manual_seed(0)
+    x, d = (torch.randn(shape, generator=g, dtype=DT) for _ in range(2))
+    # with the pattern frozen, a network of affine layers is affine in the input: exact at a step
+    # that crosses many kinks; the U-Net's InstanceNorms add curvature O(t)
+    t = 1e-6 if name == "unet" else 0.5
+    with fk.record():
+        base = net(x)
+    with fk.apply(0, torch.arange(shape[0])):
+        moved = net(x + t * d)
+    assert fk.seen > 0
+    _, lin = jvp(net, (x,), (d,))
+    assert torch.allclose((moved - base) / t, lin, rtol=1e-5, atol=1e-6 * float(lin.detach().abs().max()))

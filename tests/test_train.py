@@ -359,7 +359,9 @@ def test_leaving_the_process_group_at_the_end_of_a_run(tmp_path):
 
 
 def test_penalty_on_part_of_the_batch_with_priorities(data, tmp_path):
-    t = Trainer(cfg_for(data, "reg.name=sja+sj", "reg.samples=1", "data.batch_size=4"), tmp_path / "r")
+    t = Trainer(
+        cfg_for(data, "reg.name=sja+sj", "reg.samples=1", "reg.rank=stored", "data.batch_size=4"), tmp_path / "r"
+    )
     row = t.fit()
     assert row["train_penalty"] > 0 and 0 <= row["data_wait_frac"] < 1
     sig = [v["sigma"] for k, v in t.warm.items()]
@@ -375,7 +377,10 @@ def test_history_counts_first_visits_of_the_fd_penalty(data, tmp_path):
     t.fit()
     assert [h["first_visit_frac"] for h in t.history] == [1.0, 0.0]
     t = Trainer(
-        cfg_for(data, "reg.name=sja+sj", "data.batch_size=4", "optim.epochs=6", "train.ref_slices=0"), tmp_path / "b4"
+        cfg_for(
+            data, "reg.name=sja+sj", "reg.rank=stored", "data.batch_size=4", "optim.epochs=6", "train.ref_slices=0"
+        ),
+        tmp_path / "b4",
     )
     t.fit()
     fracs = [h["first_visit_frac"] for h in t.history]
@@ -472,7 +477,8 @@ def test_rank_lanczos_trains_stores_every_row_and_monitors_the_penalised_one(dat
     [
         ["reg.tie_terms=false", "reg.samples=0"],
         ["reg.samples=1", "reg.fd_recompute=true"],
-        ["reg.n_iter=3", "reg.lanczos_jvp=fd"],
+        ["reg.n_iter=3", "reg.lanczos_jvp=fd", "reg.rank=stored"],
+        [],  # the default: Lanczos steps on every sample, each one's vector stored
     ],
 )
 def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, extra):
@@ -489,7 +495,8 @@ def test_fd_method_trains_and_carries_right_singular_vectors(data, tmp_path, ext
     entries = [v for k, v in t.warm.items()]
     # full batch: every slice penalised; one sample per step: unseen slices first
     tied = "reg.tie_terms=false" not in extra
-    assert len(entries) == (min(8, t.step) if tied else 8)
+    every_row = not tied or t.penalty.jac.rank == "lanczos"
+    assert len(entries) == (8 if every_row else min(8, t.step))
     for e in entries:
         for name in [n for n in e if n.startswith("v_")]:
             assert abs(float(torch.linalg.vector_norm(e[name])) - 1) < 1e-5
@@ -629,8 +636,13 @@ def test_varnet_multicoil_training_with_penalty(tmp_path):
             "train.ref_max_iter=8",
         ],
     )
+    # its U-Nets fold the coils into the batch: the kinks cannot be frozen by sample row
+    assert (cfg.reg.method, cfg.reg.fd_kinks) == ("fd", "cross")
     row = train(cfg, tmp_path / "run")
     assert row["train_penalty"] > 0 and row["val_sigma_ja_mean"] > 0 and row["ssim"] > 0
+    cfg.reg.fd_kinks = "freeze"
+    with pytest.raises(RuntimeError, match="VarNet's coils"):
+        train(cfg, tmp_path / "frozen")
 
 
 def test_out_of_memory_batches_are_skipped_then_stop(data, tmp_path, monkeypatch, capsys):
@@ -910,3 +922,25 @@ def test_reg_fd_kinks_reaches_the_penalty(kinks):
     assert step.jac.fd_kinks == kinks
     with pytest.raises(ValueError, match="reg.fd_kinks"):
         load_config(None, ["reg.fd_kinks=melt"])
+
+
+def test_tracking_defaults_resolve_to_the_measured_setting():
+    """``reg.fd_kinks`` / ``reg.rank`` ``auto``: with ``method=fd`` frozen kinks and Lanczos steps on
+    every sample (the setting that tracks the expensive reference, #10 §2), the stored rank where
+    Lanczos ranking does not apply; other methods cross / stored (unused).  A config saved before
+    the keys existed reads back with what that run used."""
+    from mrijac.config import config_from_dict
+
+    cfg = load_config(None, ["reg.name=sja+sj"])
+    assert (cfg.reg.method, cfg.reg.fd_kinks, cfg.reg.rank) == ("fd", "freeze", "lanczos")
+    for extra in (["reg.pool=2"], ["reg.fd_recompute=true"], ["reg.first_visits=all"], ["reg.samples=0"]):
+        got = load_config(None, ["reg.name=sja+sj", *extra]).reg
+        assert (got.fd_kinks, got.rank) == ("freeze", "stored"), extra
+    fwd = load_config(None, ["reg.name=sja+sj", "reg.method=forward"]).reg
+    assert (fwd.fd_kinks, fwd.rank) == ("cross", "stored")
+    varnet = load_config(None, ["reg.name=sja+sj", "model.name=varnet"]).reg  # coils in its U-Nets' batch
+    assert (varnet.method, varnet.fd_kinks, varnet.rank) == ("fd", "cross", "lanczos")
+    assert config_from_dict(cfg.to_dict()).reg.rank == "lanczos"
+    old = cfg.to_dict()
+    del old["reg"]["fd_kinks"], old["reg"]["rank"]
+    assert (config_from_dict(old).reg.fd_kinks, config_from_dict(old).reg.rank) == ("cross", "stored")

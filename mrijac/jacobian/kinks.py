@@ -20,7 +20,7 @@ for its backward.
 
 Only activation *modules* are frozen (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Hardtanh`` and
 subclasses such as ``nn.ReLU6``).  A functional ``F.relu`` / ``F.leaky_relu`` / ``F.hardtanh`` or a
-max-pooling met while the copies run raises a ``RuntimeError`` naming it (a
+max-pooling met while the copies run raises an :class:`UnfrozenKink` (a ``RuntimeError``) naming it (a
 ``TorchFunctionMode`` watches that pass) rather than leaving its kinks in the gradient.  Smooth
 activations need nothing.
 """
@@ -43,13 +43,20 @@ _UNFROZEN = {
 }
 
 
+class UnfrozenKink(RuntimeError):
+    """A pass with frozen kinks met a kink it cannot freeze (a functional ReLU, a max-pooling), or
+    an activation whose rows are not the batch's samples (a network that folds coils into the
+    batch, as fastmri's VarNet does): ``JacobianPenalty(fd_kinks="auto")`` then falls back to
+    crossing the kinks."""
+
+
 class _RefuseUnfrozen(TorchFunctionMode):
     """Raise on a call in :data:`_UNFROZEN` (the frozen activations themselves use ``torch.where``)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         if name in _UNFROZEN:
-            raise RuntimeError(
+            raise UnfrozenKink(
                 f"fd_kinks='freeze': the network calls {name} outside an nn.ReLU / nn.LeakyReLU / nn.Hardtanh "
                 "module (a functional call or a max-pooling), whose kinks cannot be frozen; use activation "
                 "modules, or fd_kinks='cross'"
@@ -209,9 +216,11 @@ class FrozenKinks:
             region = self.store[key]
         region = region[source]
         if region.shape != x[start:].shape:
-            raise RuntimeError(
+            raise UnfrozenKink(
                 f"FrozenKinks: {region.shape[0]} source rows of shape {tuple(region.shape[1:])} for the "
-                f"{x.shape[0] - start} rows from {start} of shape {tuple(x.shape[1:])}"
+                f"{x.shape[0] - start} rows from {start} of shape {tuple(x.shape[1:])} (activation {mod}, call "
+                f"{i}: a network that moves another dimension into the batch, e.g. VarNet's coils, cannot have "
+                "its kinks frozen by sample row; use fd_kinks='cross')"
             )
         # one product over the whole batch: φ itself on rows < start (their own pattern), the
         # originals' piece on the copies; saves only the bool pattern for the backward pass, so the

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from .finite_diff import OTHERS_WEIGHT, check_fd_network, default_step, fd_power_step, fd_probe
-from .kinks import FrozenKinks
+from .kinks import FrozenKinks, UnfrozenKink
 from .lam import auto_lambda
 from .norms import frobenius_terms, power_iteration
 from .products import METHODS
@@ -22,9 +23,9 @@ from .vectors import Network, Operator, unit_start
 
 KINDS = ("spectral", "frobenius")
 LANCZOS_JVPS = ("forward", "fd")
-FD_KINKS = ("freeze", "cross")
+FD_KINKS = ("auto", "freeze", "cross")
 FIRST_VISITS = ("ranked", "all")
-RANKS = ("stored", "probe", "lanczos")
+RANKS = ("auto", "stored", "probe", "lanczos")
 
 
 @dataclass(frozen=True)
@@ -241,10 +242,14 @@ class JacobianPenalty:
         fd_kinks: ``method="fd"``: ``"freeze"`` — the perturbed copies evaluate the network's
             ReLU / LeakyReLU / Hardtanh modules with their original sample's activation pattern
             (:class:`~mrijac.jacobian.kinks.FrozenKinks`), so the difference and its θ-gradient
-            have no term from units switching between ``y`` and ``y + t d``; ``"cross"``: the
-            copies run the network as it is (the behaviour before 2026-11-28).  ``"freeze"``
-            needs the network as a module (``f`` itself, or a closure with a ``module``
-            attribute).
+            have no term from units switching between ``y`` and ``y + t d``: the trained
+            gradient is ``∇θ σ``; ``"cross"``: the copies run the network as it is (the default
+            until 2026-11-29: a gradient 2.2–7× as long at cosine 0.1–0.4 with ``∇θ σ``).
+            ``"freeze"`` needs the network as a module (``f`` itself, or a closure with a
+            ``module`` attribute).  ``"auto"`` (default): ``"freeze"`` where the network is a
+            module, ``"cross"`` for a plain callable; a network whose kinks cannot be frozen (a
+            functional ReLU, a max-pooling: :class:`~mrijac.jacobian.kinks.UnfrozenKink`) makes
+            it ``"cross"`` from then on, with a warning naming the call.
         first_visits: ``method="fd"`` with ``samples``: ``"ranked"`` — samples without a stored
             vector (``v0`` missing, or ``WarmStart.cold``) rank first (``priority`` ∞) and count
             towards ``samples``, so with ``samples=1`` a batch of unvisited samples penalises one
@@ -270,7 +275,10 @@ class JacobianPenalty:
             terms) then get the fused step's perturbed copies, the others keep their Lanczos
             vector and bound (``stats`` holds every row: no ``"index"``).  The whole batch's
             fresh estimates and ranking without its copies.  Not with ``recompute`` or
-            ``first_visits="all"``.
+            ``first_visits="all"``.  ``"auto"`` (default): ``"lanczos"`` with ``method="fd"``
+            (unless ``recompute`` or ``first_visits="all"``), else ``"stored"`` — with
+            ``fd_kinks="auto"`` the setting that tracks the expensive reference on real slices
+            (#10 §2: ``experiments/results/true_sigma_real_lam01_ref_30ep.md``).
         tie: when the two norms are provably equal (:func:`terms_coincide`: single-coil MRI
             with a 0/1 mask and a reconstructor that sees only ``Aᴴ y``), estimate ``‖J A‖``
             once and use it for both terms — the same penalty at half the cost.
@@ -306,9 +314,9 @@ class JacobianPenalty:
         recompute: bool = False,
         tie: bool = True,
         lanczos_jvp: str = "auto",
-        fd_kinks: str = "cross",
+        fd_kinks: str = "auto",
         first_visits: str = "ranked",
-        rank: str = "stored",
+        rank: str = "auto",
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -336,6 +344,8 @@ class JacobianPenalty:
             raise ValueError(f"first_visits must be one of {FIRST_VISITS}, got {first_visits!r}")
         if rank not in RANKS:
             raise ValueError(f"rank must be one of {RANKS}, got {rank!r}")
+        if rank == "auto":  # the whole batch's fresh estimates where they apply (#10 §2)
+            rank = "lanczos" if method == "fd" and not recompute and first_visits != "all" else "stored"
         if rank != "stored" and (recompute or first_visits == "all"):
             raise ValueError(f"rank={rank!r} does not combine with recompute=True or first_visits='all'")
         self.rank = rank
@@ -475,9 +485,19 @@ class JacobianPenalty:
 
     def _fd(self, module, fn, y, A, terms, v0, generator, idx, probe=False, lanczos=False):
         net = module if module is not None else network_module(fn)
+        if self.fd_kinks != "auto" or net is None:
+            return self._fd_run(net, module, fn, y, A, terms, v0, generator, idx, probe, lanczos)
+        try:
+            return self._fd_run(net, module, fn, y, A, terms, v0, generator, idx, probe, lanczos, freeze=True)
+        except UnfrozenKink as err:  # a kink no module holds: cross them all from now on
+            self.fd_kinks = "cross"
+            warnings.warn(f"JacobianPenalty(fd_kinks='auto'): crossing the kinks from now on — {err}", stacklevel=3)
+            return self._fd_run(net, module, fn, y, A, terms, v0, generator, idx, probe, lanczos)
+
+    def _fd_run(self, net, module, fn, y, A, terms, v0, generator, idx, probe=False, lanczos=False, freeze=None):
         check_fd_network(net if net is not None else fn)
         kinks = None
-        if self.fd_kinks == "freeze":
+        if freeze or self.fd_kinks == "freeze":
             kinks = net
             if kinks is None:
                 raise ValueError(
