@@ -6,15 +6,21 @@ from __future__ import annotations
 FORMER_DEFAULT = ("reg.n_iter=1", "reg.lanczos_jvp=forward")
 
 
+def _pin(rows: dict, pins) -> None:
+    """Append each ``key=value`` of ``pins`` to every row of ``{name: (label, overrides)}`` whose
+    overrides do not set that key, in place."""
+    for _, over in rows.values():
+        for pin in pins:
+            if not any(o.startswith(pin.split("=")[0] + "=") for o in over):
+                over.append(pin)
+
+
 def pin_power(rows: dict) -> None:
     """Give every row of ``{name: (label, overrides)}`` that does not set ``reg.n_iter`` /
     ``reg.lanczos_jvp`` the former default's, in place: rows measured before the default became
     ``reg.n_iter=3 reg.lanczos_jvp=fd`` (2026-11-28) keep the settings they were measured with,
     so a rerun repeats what their reports show."""
-    for _, over in rows.values():
-        for pin in FORMER_DEFAULT:
-            if not any(o.startswith(pin.split("=")[0] + "=") for o in over):
-                over.append(pin)
+    _pin(rows, FORMER_DEFAULT)
 
 
 # the defaults until 2026-11-29: the copies crossed the kinks, the penalised sample was the one of
@@ -26,10 +32,7 @@ def pin_tracking(rows: dict) -> None:
     """Give every row of ``{name: (label, overrides)}`` that does not set ``reg.fd_kinks`` /
     ``reg.rank`` the values they had by default until 2026-11-29 (``cross`` / ``stored``), in
     place: every row here was measured with them, so a rerun repeats what its report shows."""
-    for _, over in rows.values():
-        for pin in FORMER_TRACKING:
-            if not any(o.startswith(pin.split("=")[0] + "=") for o in over):
-                over.append(pin)
+    _pin(rows, FORMER_TRACKING)
 
 
 # the current default's steps, and one penalised step in four on top of them: rows of both

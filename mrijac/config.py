@@ -403,14 +403,17 @@ def resolve_tracking(cfg: Config) -> tuple:
     every sample of the batch with the copy for the largest (``lanczos``): the setting that
     tracks the expensive reference on real slices (#10 §2,
     ``experiments/results/true_sigma_real_lam01_ref_30ep.md``); else ``cross`` / ``stored``."""
+    from .jacobian.penalties import auto_rank  # the penalty's own rule, plus the trainer's options
+
     r = cfg.reg
     fd = r.method == "fd"
     # VarNet folds coils into the batch of its U-Nets: no activation row is a sample's
     freezable = fd and cfg.model.name != "varnet"
     kinks = ("freeze" if freezable else "cross") if r.fd_kinks == "auto" else r.fd_kinks
-    applies = fd and r.samples >= 1 and not r.pool and r.first_visits == "ranked" and not r.fd_recompute
-    rank = ("lanczos" if applies else "stored") if r.rank == "auto" else r.rank
-    return kinks, rank
+    if r.rank != "auto":
+        return kinks, r.rank
+    subset = r.samples >= 1 and not r.pool  # part of a batch to rank, not tracked samples
+    return kinks, auto_rank(r.method, r.fd_recompute, r.first_visits) if subset else "stored"
 
 
 def _require(option: str, checks) -> None:

@@ -930,7 +930,13 @@ def test_tracking_defaults_resolve_to_the_measured_setting():
     Lanczos ranking does not apply; other methods cross / stored (unused).  A config saved before
     the keys existed reads back with what that run used."""
     from mrijac.config import config_from_dict
+    from mrijac.jacobian import JacobianPenalty
 
+    # the penalty's own rule, which the config applies where its options allow ranking
+    assert JacobianPenalty(lambda_ja=1.0, method="fd").rank == "lanczos"
+    assert JacobianPenalty(lambda_ja=1.0, method="fd", recompute=True).rank == "stored"
+    assert JacobianPenalty(lambda_ja=1.0, method="fd", first_visits="all").rank == "stored"
+    assert JacobianPenalty(lambda_ja=1.0, method="forward").rank == "stored"
     cfg = load_config(None, ["reg.name=sja+sj"])
     assert (cfg.reg.method, cfg.reg.fd_kinks, cfg.reg.rank) == ("fd", "freeze", "lanczos")
     for extra in (["reg.pool=2"], ["reg.fd_recompute=true"], ["reg.first_visits=all"], ["reg.samples=0"]):

@@ -28,6 +28,13 @@ FIRST_VISITS = ("ranked", "all")
 RANKS = ("auto", "stored", "probe", "lanczos")
 
 
+def auto_rank(method: str, recompute: bool, first_visits: str) -> str:
+    """``rank="auto"``: ``"lanczos"`` (every sample's Lanczos steps, the copy for the largest:
+    with frozen kinks the setting that tracks the expensive reference, #10 §2) where it applies —
+    ``method="fd"`` without ``recompute`` or ``first_visits="all"`` — else ``"stored"``."""
+    return "lanczos" if method == "fd" and not recompute and first_visits != "all" else "stored"
+
+
 @dataclass(frozen=True)
 class PenaltySchedule:
     """When the penalty acts: every ``every`` steps (weighted ×``every`` so its average weight
@@ -344,8 +351,8 @@ class JacobianPenalty:
             raise ValueError(f"first_visits must be one of {FIRST_VISITS}, got {first_visits!r}")
         if rank not in RANKS:
             raise ValueError(f"rank must be one of {RANKS}, got {rank!r}")
-        if rank == "auto":  # the whole batch's fresh estimates where they apply (#10 §2)
-            rank = "lanczos" if method == "fd" and not recompute and first_visits != "all" else "stored"
+        if rank == "auto":
+            rank = auto_rank(method, recompute, first_visits)
         if rank != "stored" and (recompute or first_visits == "all"):
             raise ValueError(f"rank={rank!r} does not combine with recompute=True or first_visits='all'")
         self.rank = rank
