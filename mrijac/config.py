@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .names import MASK_TYPES, MODELS
+from .names import MASK_TYPES, MODELS, auto_rank
 
 REGULARIZERS = ("none", "wd", "sw", "sj", "fj", "sja", "fja", "sja+sj", "fja+fj")
 TASKS = ("mri", "cs", "sr")
@@ -403,8 +403,6 @@ def resolve_tracking(cfg: Config) -> tuple:
     every sample of the batch with the copy for the largest (``lanczos``): the setting that
     tracks the expensive reference on real slices (#10 §2,
     ``experiments/results/true_sigma_real_lam01_ref_30ep.md``); else ``cross`` / ``stored``."""
-    from .jacobian.penalties import auto_rank  # the penalty's own rule, plus the trainer's options
-
     r = cfg.reg
     fd = r.method == "fd"
     # VarNet folds coils into the batch of its U-Nets: no activation row is a sample's

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..names import auto_rank
 from .finite_diff import OTHERS_WEIGHT, check_fd_network, default_step, fd_power_step, fd_probe
 from .kinks import FrozenKinks, UnfrozenKink
 from .lam import auto_lambda
@@ -26,13 +27,6 @@ LANCZOS_JVPS = ("forward", "fd")
 FD_KINKS = ("auto", "freeze", "cross")
 FIRST_VISITS = ("ranked", "all")
 RANKS = ("auto", "stored", "probe", "lanczos")
-
-
-def auto_rank(method: str, recompute: bool, first_visits: str) -> str:
-    """``rank="auto"``: ``"lanczos"`` (every sample's Lanczos steps, the copy for the largest:
-    with frozen kinks the setting that tracks the expensive reference, #10 §2) where it applies —
-    ``method="fd"`` without ``recompute`` or ``first_visits="all"`` — else ``"stored"``."""
-    return "lanczos" if method == "fd" and not recompute and first_visits != "all" else "stored"
 
 
 @dataclass(frozen=True)
