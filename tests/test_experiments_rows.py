@@ -55,6 +55,15 @@ def test_step_rows_are_the_default_with_another_number_of_lanczos_steps(name, n)
     assert row == default
 
 
+def test_the_default_with_one_lanczos_step_more_differs_from_it_in_n_iter_only():
+    over = true_sigma.ROWS["lz4fd_fkla"][1]
+    assert sum(o.startswith("reg.n_iter=") for o in over) == 1  # not the default's n_iter=3 as well
+    row, default = _config(over), _config([])
+    assert resolve_power(row) == (4, "fd")
+    row.reg.n_iter = default.reg.n_iter
+    assert row == default
+
+
 def test_the_default_at_another_lambda_is_the_default():
     assert _config(true_sigma.ROWS["lz3fd_b"][1]) == _config(true_sigma.ROWS["lz3fd"][1])
 
