@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .names import MASK_TYPES, MODELS, auto_rank
+from .names import MASK_TYPES, MODELS, auto_n_iter, auto_rank
 
 REGULARIZERS = ("none", "wd", "sw", "sj", "fj", "sja", "fja", "sja+sj", "fja+fj")
 TASKS = ("mri", "cs", "sr")
@@ -385,11 +385,12 @@ def resolve_power(cfg: Config) -> tuple:
     """``(reg.n_iter, reg.lanczos_jvp)`` with ``auto`` resolved after ``reg.method``: with
     ``method=fd`` two Lanczos steps per visit with finite-difference JVPs before the fused step
     (``n_iter=3, lanczos_jvp=fd``: the setting that holds the true σ over 30 epochs on real
-    slices, ``experiments/results/true_sigma_real_lam01_30ep.md``); with ``forward`` /
+    slices, ``experiments/results/true_sigma_real_lam01_30ep.md``), three at
+    ``data.batch_size=1`` (``n_iter=4``: :func:`~mrijac.names.auto_n_iter`); with ``forward`` /
     ``double_vjp`` one power iteration per step (``lanczos_jvp`` is unused there)."""
     r = cfg.reg
     fd = r.method == "fd"
-    n_iter = (3 if fd else 1) if r.n_iter == "auto" else r.n_iter
+    n_iter = auto_n_iter(r.method, cfg.data.batch_size) if r.n_iter == "auto" else r.n_iter
     lanczos_jvp = ("fd" if fd else "forward") if r.lanczos_jvp == "auto" else r.lanczos_jvp
     return n_iter, lanczos_jvp
 

@@ -55,13 +55,16 @@ def test_step_rows_are_the_default_with_another_number_of_lanczos_steps(name, n)
     assert row == default
 
 
-def test_the_default_with_one_lanczos_step_more_differs_from_it_in_n_iter_only():
+def test_the_default_is_lz4fd_fkla_at_batch_1_and_lz3fd_fkla_above():
+    """reg.n_iter=auto: a third Lanczos step where the batch is one sample (names.auto_n_iter)."""
     over = true_sigma.ROWS["lz4fd_fkla"][1]
     assert sum(o.startswith("reg.n_iter=") for o in over) == 1  # not the default's n_iter=3 as well
-    row, default = _config(over), _config([])
-    assert resolve_power(row) == (4, "fd")
-    row.reg.n_iter = default.reg.n_iter
-    assert row == default
+    assert resolve_power(_config(over)) == (4, "fd")
+    for script in (true_sigma, cost_default):
+        assert _config(script.ROWS["lz4fd_fkla"][1]) == _config([]) == _config(["data.batch_size=1"])
+        for b in (2, 4):
+            at_b = [f"data.batch_size={b}"]
+            assert _config([*script.ROWS["lz3fd_fkla"][1], *at_b]) == _config(at_b)
 
 
 def test_the_default_at_another_lambda_is_the_default():
@@ -94,6 +97,8 @@ def test_pin_tracking_keeps_every_row_on_the_kinks_and_rank_it_was_measured_with
     for script in (true_sigma, cost_default):
         cfg = _config(script.ROWS["lz3fd"][1])
         assert (cfg.reg.fd_kinks, cfg.reg.rank) == ("cross", "stored")
-    # the current default is the row lz3fd_fkla, in both scripts
-    default = _config([])
-    assert _config(true_sigma.ROWS["lz3fd_fkla"][1]) == default == _config(cost_default.ROWS["lz3fd_fkla"][1])
+    # the current default at batch 4 is the row lz3fd_fkla, in both scripts
+    b4 = ["data.batch_size=4"]
+    default = _config(b4)
+    assert _config([*true_sigma.ROWS["lz3fd_fkla"][1], *b4]) == default
+    assert _config([*cost_default.ROWS["lz3fd_fkla"][1], *b4]) == default

@@ -858,9 +858,10 @@ def test_fd_penalty_with_n_iter_runs_lanczos_steps_before_the_fused_one():
 
 def test_fd_penalty_default_is_two_finite_difference_lanczos_steps_then_the_fused_one(monkeypatch):
     """``n_iter`` / ``lanczos_jvp`` ``"auto"`` (the defaults): with ``method='fd'`` two Lanczos
-    steps whose JVPs are forward differences (no forward-mode pass), then the fused step — σ̂ is
-    ‖J A v‖ of the two-step Lanczos vector (explicit Jacobian); other methods keep one power
-    iteration; a non-integer or non-positive ``n_iter`` is refused by name."""
+    steps (three on a one-sample batch) whose JVPs are forward differences (no forward-mode
+    pass), then the fused step — σ̂ is ‖J A v‖ of the two-step Lanczos vector (explicit
+    Jacobian); other methods keep one power iteration; a non-integer or non-positive ``n_iter``
+    is refused by name."""
     import mrijac.jacobian.reference as reference
 
     f_, y, A, recon = mri_problem(B=3)
@@ -876,8 +877,18 @@ def test_fd_penalty_default_is_two_finite_difference_lanczos_steps_then_the_fuse
     assert torch.allclose(st["sigma_ja"], want, rtol=1e-6)
     one_step = (M @ _power(M, _vec(v0), 1)).norm(dim=1).squeeze(-1)
     assert bool((st["sigma_ja"] >= one_step * (1 - 1e-6)).all())
+    # a batch of one sample: a third Lanczos step (names.auto_n_iter), per call
+    f1, y1, A1, recon1 = mri_problem(B=1)
+    M1 = explicit_JA(f1, y1, A1)
+    v1 = random_like_input(A1, y1, 9)
+    _, _, st1 = pen(recon1, y1, A1, v0={"v_ja": v1})
+    (w,), _ = lanczos_start(f1, y1, [A1], [v1], 3)
+    assert torch.allclose(st1["sigma_ja"], (M1 @ _vec(w)).norm(dim=1).squeeze(-1), rtol=1e-6)
+    assert (pen.steps(1), pen.steps(3)) == (4, 3)
+    fixed = JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=3)
+    assert (fixed.steps(1), fixed.steps(3)) == (3, 3)
     fwd = JacobianPenalty("spectral", lambda_ja=1.0)
-    assert (fwd.method, fwd.n_iter, fwd.lanczos_jvp) == ("forward", 1, "forward")
+    assert (fwd.method, fwd.n_iter, fwd.lanczos_jvp, fwd.steps(1)) == ("forward", 1, "forward", 1)
     for bad in (0, 1.5, "x", True):
         with pytest.raises(ValueError, match="n_iter must be an integer >= 1 or 'auto'"):
             JacobianPenalty("spectral", lambda_ja=1.0, method="fd", n_iter=bad)

@@ -40,10 +40,14 @@ def cfg_for(data, *over):
 def test_config_power_settings_auto_resolve_after_the_method(tmp_path):
     """``reg.n_iter`` / ``reg.lanczos_jvp`` ``auto`` (the defaults) resolve after
     ``reg.method``: ``fd`` → two Lanczos steps with finite-difference JVPs (``n_iter=3``,
-    ``lanczos_jvp=fd``), ``forward`` (bf16, Frobenius, BatchNorm, dropout, asked) → one power iteration;
-    explicit values are kept, a saved config holds the resolved ones, bad values name the key."""
+    ``lanczos_jvp=fd``), three at ``data.batch_size=1`` (its default), ``forward`` (bf16,
+    Frobenius, BatchNorm, dropout, asked) → one power iteration; explicit values are kept, a
+    saved config holds the resolved ones, bad values name the key."""
     r = load_config(None, ["reg.name=sja+sj"]).reg
-    assert (r.method, r.n_iter, r.lanczos_jvp) == ("fd", 3, "fd")
+    assert (r.method, r.n_iter, r.lanczos_jvp) == ("fd", 4, "fd")
+    for b in (2, 4):
+        r = load_config(None, ["reg.name=sja+sj", f"data.batch_size={b}"]).reg
+        assert (r.method, r.n_iter, r.lanczos_jvp) == ("fd", 3, "fd")
     for extra in (
         ["train.precision=bf16"],
         ["reg.method=forward"],
@@ -59,7 +63,7 @@ def test_config_power_settings_auto_resolve_after_the_method(tmp_path):
     cfg = load_config(None, ["reg.name=sja+sj"])
     save_config(cfg, tmp_path / "saved.yaml")
     saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())["reg"]
-    assert (saved["n_iter"], saved["lanczos_jvp"]) == (3, "fd")
+    assert (saved["n_iter"], saved["lanczos_jvp"]) == (4, "fd")  # batch 1
     for bad in ("0", "1.5", "x", "true"):
         with pytest.raises(ValueError, match="config key reg.n_iter must be an integer >= 1 or 'auto'"):
             load_config(None, ["reg.name=sja+sj", f"reg.n_iter={bad}"])

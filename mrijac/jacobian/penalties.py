@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..names import auto_rank
+from ..names import auto_n_iter, auto_rank
 from .finite_diff import OTHERS_WEIGHT, check_fd_network, default_step, fd_power_step, fd_probe
 from .kinks import FrozenKinks, UnfrozenKink
 from .lam import auto_lambda
@@ -209,8 +209,10 @@ class JacobianPenalty:
             :meth:`calibrate`).
         n_iter: power iterations (spectral; with ``method="fd"``: ``n_iter − 1`` exact
             Lanczos steps from the carried vector before the fused step, see
-            :func:`~mrijac.jacobian.reference.lanczos_start`); ``"auto"``: 3 with
-            ``method="fd"`` (the measured default), else 1; n_proj: random projections
+            :func:`~mrijac.jacobian.reference.lanczos_start`); ``"auto"``: with
+            ``method="fd"`` 3, or 4 on a batch of one sample, per call
+            (:func:`~mrijac.names.auto_n_iter`, the measured default; :attr:`n_iter` holds 3),
+            else 1; n_proj: random projections
             (Frobenius).
         method: ``"forward"`` (forward-mode AD, works for InstanceNorm U-Nets),
             ``"double_vjp"``, or ``"fd"`` (spectral only: one power iteration per step fused
@@ -331,8 +333,10 @@ class JacobianPenalty:
             raise ValueError(f"fd_step must be in (0, 1), got {fd_step}")
         if lanczos_jvp == "auto":
             lanczos_jvp = "fd" if method == "fd" else "forward"
+        # "auto": resolved per call by the batch's size (names.auto_n_iter: 4 for one sample)
+        self.auto_steps = n_iter == "auto" and method == "fd"
         if n_iter == "auto":
-            n_iter = 3 if method == "fd" else 1
+            n_iter = auto_n_iter(method, 2)
         if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
             raise ValueError(f"n_iter must be an integer >= 1 or 'auto', got {n_iter!r}")
         if lanczos_jvp not in LANCZOS_JVPS:
@@ -370,6 +374,12 @@ class JacobianPenalty:
         self.fd_step = None if fd_step is None else float(fd_step)
         self.recompute = bool(recompute)
         self.tie = bool(tie)
+
+    def steps(self, batch: int) -> int:
+        """Power steps per call on a batch of ``batch`` samples: ``n_iter``, or with
+        ``n_iter="auto"`` and ``method="fd"`` :func:`~mrijac.names.auto_n_iter` (3; 4 for one
+        sample)."""
+        return auto_n_iter(self.method, batch) if self.auto_steps else self.n_iter
 
     @property
     def every(self) -> int:
@@ -523,7 +533,7 @@ class JacobianPenalty:
             vs = [None if v is None else (v if idx is None else v[idx]) for v in vs]
         cold = _cold(v0, vs, idx)
         # a first visit starts from one exact iteration: as good as forward mode's n = 1
-        n_pre = max(self.n_iter - 1, 1 if cold else 0)
+        n_pre = max(self.steps(y.shape[0]) - 1, 1 if cold else 0)
         stats = PenaltyStats()
         out, surr, sig = fd_power_step(
             make_fn,
@@ -565,7 +575,7 @@ class JacobianPenalty:
         vs = [unit_start(op, y, v, generator) for op, v in zip(ops, vs)]
         y = y.detach()
         y_leaf, out, fk = _recorded_pass(fn, y, kinks, leaf=True)  # the loss's f(y), the VJPs' graph, the copies' base
-        n_pre = max(self.n_iter - 1, 1)
+        n_pre = max(self.steps(y.shape[0]) - 1, 1)
         pre_fd = h if self.lanczos_jvp == "fd" else None
         vs, bound = lanczos_start(fn, y, ops, vs, n_pre, fd_step=pre_fd, graph=(y_leaf, out))
         idx = torch.argsort(bound.amax(0), descending=True)[: self.samples]
