@@ -92,17 +92,18 @@ DEFAULT_ROWS = {
     # frozen kinks, and every unvisited sample penalised in the first pass over the data (one
     # sample per step after it): the early σ excursions of one cold sample per step came in the
     # epochs of first visits; the whole batch (lz3fd_fkall) had none
-    # the current default with a third Lanczos step: at batch 1 its estimate sat at 0.87 of the true
-    # σ (#10 §2 asks 0.90; true_sigma_real_b1_ref_30ep.md); what one step more buys and costs there
-    "lz4fd_fkla": (
-        "the default since 2026-11-29 and one Lanczos step more (reg.n_iter=4 reg.lanczos_jvp=fd "
-        "reg.fd_kinks=freeze reg.rank=lanczos: 3 Lanczos steps on every sample, the copy for the largest)",
-        ["reg.n_iter=4", "reg.fd_kinks=freeze", "reg.rank=lanczos"],
-    ),
     "lz3fd_fkfv": (
         "the default with frozen kinks, every first visit penalised (reg.n_iter=3 reg.lanczos_jvp=fd "
         "reg.fd_kinks=freeze reg.first_visits=all: the first pass over the data penalises whole batches)",
         ["reg.fd_kinks=freeze", "reg.first_visits=all"],
+    ),
+    # the current default with a third Lanczos step: at batch 1 its estimate sat at 0.87 of the true
+    # σ (#10 §2 asks 0.90; true_sigma_real_b1_ref_30ep.md); with it 0.91 — the default at batch 1
+    # since session 35 (reg.n_iter=auto → 4 there: mrijac.names.auto_n_iter)
+    "lz4fd_fkla": (
+        "the default since 2026-11-29 and one Lanczos step more (reg.n_iter=4 reg.lanczos_jvp=fd "
+        "reg.fd_kinks=freeze reg.rank=lanczos: 3 Lanczos steps on every sample, the copy for the largest)",
+        ["reg.n_iter=4", "reg.fd_kinks=freeze", "reg.rank=lanczos"],
     ),
 }
 

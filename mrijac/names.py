@@ -9,10 +9,11 @@ COLUMN_MASKS = ("random", "equispaced", "equispaced_fraction", "magic", "magic_f
 def auto_n_iter(method: str, batch: int) -> int:
     """``n_iter="auto"`` of the spectral penalty (``JacobianPenalty``, ``reg.n_iter``) for a batch
     of ``batch`` samples: with ``method="fd"`` 3 — two Lanczos steps from each sample's carried
-    vector, then the fused step — or 4 where the batch is one sample.  The penalised sample is
-    the one of largest Lanczos bound; among several, that is one whose steps converged further
-    (estimate 0.91–0.93 of the true σ at batch 4), while a lone sample's two steps reach 0.87 and
-    three reach 0.91 (#10 §2 asks 0.90; ``experiments/results/true_sigma_real_b1_ref_30ep.md``).
+    vector, then the fused step — or 4 where the batch is one sample.  Measured on real slices
+    against the converged σ: at batch 4 two steps give the penalised sample (the largest of four
+    Lanczos bounds, likely one whose steps converged further) an estimate of 0.91–0.93; a lone
+    sample's two steps reach 0.87 and three 0.91 (#10 §2 asks 0.90;
+    ``experiments/results/true_sigma_real_b1_ref_30ep.md``).
     Forward mode and the double-vjp: 1 power iteration per step."""
     if method != "fd":
         return 1

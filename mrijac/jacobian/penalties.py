@@ -335,8 +335,8 @@ class JacobianPenalty:
             lanczos_jvp = "fd" if method == "fd" else "forward"
         # "auto": resolved per call by the batch's size (names.auto_n_iter: 4 for one sample)
         self.auto_steps = n_iter == "auto" and method == "fd"
-        if n_iter == "auto":
-            n_iter = auto_n_iter(method, 2)
+        if n_iter == "auto":  # the value for a batch of several samples; steps() gives one sample its own
+            n_iter = auto_n_iter(method, batch=2)
         if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
             raise ValueError(f"n_iter must be an integer >= 1 or 'auto', got {n_iter!r}")
         if lanczos_jvp not in LANCZOS_JVPS:
