@@ -6,13 +6,16 @@ from __future__ import annotations
 FORMER_DEFAULT = ("reg.n_iter=1", "reg.lanczos_jvp=forward")
 
 
+def _keys(over) -> set:
+    """The config keys that the ``key=value`` overrides ``over`` set."""
+    return {o.split("=")[0] for o in over}
+
+
 def _pin(rows: dict, pins) -> None:
     """Append each ``key=value`` of ``pins`` to every row of ``{name: (label, overrides)}`` whose
     overrides do not set that key, in place."""
     for _, over in rows.values():
-        for pin in pins:
-            if not any(o.startswith(pin.split("=")[0] + "=") for o in over):
-                over.append(pin)
+        over.extend(pin for pin in pins if pin.split("=")[0] not in _keys(over))
 
 
 def pin_power(rows: dict) -> None:
@@ -135,12 +138,8 @@ def step_rows() -> dict:
 def default_rows() -> dict:
     """:data:`DEFAULT_ROWS` as ``{name: (label, overrides)}`` with fresh override lists: the
     default's steps (:data:`DEFAULT_STEPS`) but those a row sets itself, then the row's own."""
-
-    def keys(over):
-        return {o.split("=")[0] for o in over}
-
     return {
-        name: (label, [*(o for o in DEFAULT_STEPS if o.split("=")[0] not in keys(more)), *more])
+        name: (label, [*(o for o in DEFAULT_STEPS if o.split("=")[0] not in _keys(more)), *more])
         for name, (label, more) in DEFAULT_ROWS.items()
     }
 
