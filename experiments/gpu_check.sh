@@ -12,7 +12,8 @@
 # COST_REF=2 (reference-σ probe slices; 0: monitor off), COST_TIMEOUT=s, THROUGHPUT=0 (skip the
 # throughput table, unchanged since its last run), LANCZOS=0 (skip lanczos_cost.py: the warm
 # Lanczos steps, forward-mode vs fd JVPs), SHARE=0 (skip bench_fd_share.py: the default's step
-# with and without the Lanczos steps' shared forward pass) fit the check to what a session measures.
+# with and without the Lanczos steps' shared forward pass), PASS=0 (skip pass_costs.py: the floor of
+# the default's step time, plain + its Lanczos steps) fit the check to what a session measures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
@@ -55,6 +56,12 @@ if [ "${SHARE:-1}" != 0 ]; then
   timeout 120 python3 experiments/bench_fd_share.py --device "$DEVICE" --size $LSIZE --chans $CH --pools $PO \
     --batches "$BATCHES" --reps 12 --out "$OUT/bench_fd_share_$DEVICE" 2>&1 | grep "^batch"
   echo "share: $(( $(date +%s) - T0 )) s"
+fi
+# the floor of the default's step time: plain + its Lanczos steps on every row (pass_costs.py)
+if [ "${PASS:-1}" != 0 ]; then
+  timeout 120 python3 experiments/pass_costs.py --device "$DEVICE" --size $LSIZE --chans $CH --pools $PO \
+    --batches "$BATCHES" --out "$OUT/pass_costs_$DEVICE" 2>&1 | grep "^batch"
+  echo "passes: $(( $(date +%s) - T0 )) s"
 fi
 SMALL=$([ "$DEVICE" = cuda ] || echo --small)
 # slices/s, data wait and peak memory, single-coil knee and 16-coil brain, plain and default
