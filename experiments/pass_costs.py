@@ -105,8 +105,9 @@ def report(rows: list, a, machine: str, cmd: str) -> str:
         f"median of {a.reps} calls per part on one fixed batch. Each part × the plain step (forward, ℓ2, "
         "backward, Adam) of the same batch. 'Lanczos k' = `lanczos_start` of k steps with finite-difference "
         "JVPs on every row, on the batch's recorded forward graph (what `reg.rank=lanczos` runs; the graph's "
-        "forward is the loss's, not counted); 'floor n_iter' = (plain + Lanczos n_iter − 1) / plain: no "
-        "penalised step with those steps on every row is cheaper, whatever its copies cost.",
+        "forward is the loss's, not counted); 'floor n_iter' = (plain + Lanczos n_iter − 1) / plain: a "
+        "penalised step with those steps on every row takes at least a plain step plus their time, whatever its "
+        "copies cost.",
         "",
         "| batch | plain s | fwd graph | fwd no graph | bwd all | bwd input only | bwd weights only "
         + "".join(f"| Lanczos {k} " for k in STEPS)
