@@ -13,7 +13,8 @@ def auto_n_iter(method: str, batch: int) -> int:
     against the converged σ: at batch 4 two steps give the penalised sample (the largest of four
     Lanczos bounds, likely one whose steps converged further) an estimate of 0.91–0.93; a lone
     sample's two steps reach 0.87 and three 0.91 (#10 §2 asks 0.90;
-    ``experiments/results/true_sigma_real_b1_ref_30ep.md``).
+    ``experiments/results/true_sigma_real_b1_ref_30ep.md``); at batch 2 two steps reach 0.93
+    (``true_sigma_real_b2_ref_30ep.md``; batch 3 is not measured).
     Forward mode and the double-vjp: 1 power iteration per step."""
     if method != "fd":
         return 1
