@@ -57,6 +57,33 @@ def _median_time(fn, reps: int, dev) -> float:
     return statistics.median(times)
 
 
+def _unet(size: int, chans: int, pools: int, dev):
+    """The U-Net reconstructor ``mrijac train`` builds for ``size×size`` single-coil slices."""
+    cfg = load_config(None, ["task=mri", "model.name=unet", f"model.chans={chans}", f"model.num_pool_layers={pools}"])
+    return build_reconstructor(cfg, {"crop": (size, size)}).to(dev)
+
+
+def _batch(B: int, n: int, dev):
+    """``(x, A, y)``: B random complex ``n×n`` images, a 4× random-line Cartesian mask with a
+    fully sampled centre, their k-space (fixed by ``B``)."""
+    g = torch.Generator().manual_seed(B)
+    x = torch.randn(B, n, n, generator=g, dtype=torch.complex64).to(dev)
+    mask = (torch.rand(B, 1, n, generator=g) < 0.25).to(dev)
+    mask[..., n // 2 - n // 25 : n // 2 + n // 25] = True
+    A = SingleCoilMRI(mask.expand(B, n, n))
+    return x, A, A(x)
+
+
+def _machine(dev) -> str:
+    """The report's machine line: architecture, device (GPU name or CPU threads), torch."""
+    machine = f"{platform.machine()}, {dev.type}"
+    if dev.type == "cuda":
+        machine += f" ({torch.cuda.get_device_name(dev)})"
+    else:
+        machine += f", {torch.get_num_threads()} threads"
+    return machine + f", torch {torch.__version__}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=256)
@@ -76,20 +103,12 @@ def main():
     dev = torch.device(a.device)
     torch.manual_seed(0)
     n = a.size
-    cfg = load_config(
-        None, ["task=mri", "model.name=unet", f"model.chans={a.chans}", f"model.num_pool_layers={a.pools}"]
-    )
-    model = build_reconstructor(cfg, {"crop": (n, n)}).to(dev)  # what `mrijac train` builds
+    model = _unet(n, a.chans, a.pools, dev)  # what `mrijac train` builds
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     h = default_step(torch.float32)
     rows = []
     for B in [int(b) for b in a.batches.split(",")]:
-        g = torch.Generator().manual_seed(B)
-        x = torch.randn(B, n, n, generator=g, dtype=torch.complex64).to(dev)
-        mask = (torch.rand(B, 1, n, generator=g) < 0.25).to(dev)
-        mask[..., n // 2 - n // 25 : n // 2 + n // 25] = True
-        A = SingleCoilMRI(mask.expand(B, n, n))
-        y = A(x)
+        x, A, y = _batch(B, n, dev)
 
         def plain():
             opt.zero_grad(set_to_none=True)
@@ -122,12 +141,7 @@ def main():
             f"fd/forward {t_fd / t_fwd:.2f}; vectors differ by {dv:.1e}, ‖J A v‖ fd/forward {gain[0] / gain[1]:.5f}",
             flush=True,
         )
-    machine = f"{platform.machine()}, {a.device}"
-    if dev.type == "cuda":
-        machine += f" ({torch.cuda.get_device_name(dev)})"
-    else:
-        machine += f", {torch.get_num_threads()} threads"
-    machine += f", torch {torch.__version__}"
+    machine = _machine(dev)
     cmd = "python experiments/lanczos_cost.py " + " ".join(sys.argv[1:])
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

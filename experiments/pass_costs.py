@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -37,15 +36,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from lanczos_cost import _median_time  # noqa: E402
+from lanczos_cost import _batch, _machine, _median_time, _unet  # noqa: E402
 
 from mrijac.atomic import atomic_path  # noqa: E402
-from mrijac.config import load_config  # noqa: E402
 from mrijac.jacobian.finite_diff import default_step  # noqa: E402
 from mrijac.jacobian.reference import lanczos_start  # noqa: E402
 from mrijac.jacobian.vectors import random_input  # noqa: E402
-from mrijac.operators import SingleCoilMRI  # noqa: E402
-from mrijac.tasks import build_reconstructor  # noqa: E402
 
 PARTS = ("fwd_graph", "fwd_nograd", "bwd_all", "bwd_input", "bwd_weights")
 STEPS = (1, 2, 3)
@@ -53,12 +49,7 @@ STEPS = (1, 2, 3)
 
 def measure(model, B: int, n: int, reps: int, dev) -> dict:
     """Median seconds of each part on a batch of ``B`` random ``n×n`` slices (see the module)."""
-    g = torch.Generator().manual_seed(B)
-    x = torch.randn(B, n, n, generator=g, dtype=torch.complex64).to(dev)
-    mask = (torch.rand(B, 1, n, generator=g) < 0.25).to(dev)
-    mask[..., n // 2 - n // 25 : n // 2 + n // 25] = True
-    A = SingleCoilMRI(mask.expand(B, n, n))
-    y = A(x)
+    x, A, y = _batch(B, n, dev)
     f = model.as_function(A)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, 1e-3)
@@ -140,10 +131,7 @@ def main():
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     torch.manual_seed(0)
-    cfg = load_config(
-        None, ["task=mri", "model.name=unet", f"model.chans={a.chans}", f"model.num_pool_layers={a.pools}"]
-    )
-    model = build_reconstructor(cfg, {"crop": (a.size, a.size)}).to(dev)  # what `mrijac train` builds
+    model = _unet(a.size, a.chans, a.pools, dev)  # what `mrijac train` builds
     rows = []
     for B in [int(b) for b in a.batches.split(",")]:
         r = {"batch": B, **measure(model, B, a.size, a.reps, dev)}
@@ -156,12 +144,7 @@ def main():
             + ", ".join(f"floor n_iter={k + 1} {(p + r[f'lanczos_{k}']) / p:.2f}×" for k in STEPS),
             flush=True,
         )
-    machine = f"{platform.machine()}, {a.device}"
-    if dev.type == "cuda":
-        machine += f" ({torch.cuda.get_device_name(dev)})"
-    else:
-        machine += f", {torch.get_num_threads()} threads"
-    machine += f", torch {torch.__version__}"
+    machine = _machine(dev)
     cmd = "python experiments/pass_costs.py " + " ".join(sys.argv[1:])
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
