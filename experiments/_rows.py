@@ -15,7 +15,9 @@ def _pin(rows: dict, pins) -> None:
     """Append each ``key=value`` of ``pins`` to every row of ``{name: (label, overrides)}`` whose
     overrides do not set that key, in place."""
     for _, over in rows.values():
-        over.extend(pin for pin in pins if pin.split("=")[0] not in _keys(over))
+        for pin in pins:
+            if pin.split("=")[0] not in _keys(over):
+                over.append(pin)
 
 
 def pin_power(rows: dict) -> None:

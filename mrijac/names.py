@@ -14,7 +14,10 @@ def auto_n_iter(method: str, batch: int) -> int:
     Lanczos bounds, likely one whose steps converged further) an estimate of 0.91–0.93; a lone
     sample's two steps reach 0.87 and three 0.91 (#10 §2 asks 0.90;
     ``experiments/results/true_sigma_real_b1_ref_30ep.md``); at batch 2 two steps reach 0.93
-    (``true_sigma_real_b2_ref_30ep.md``; batch 3 is not measured).
+    (``true_sigma_real_b2_ref_30ep.md``; batch 3 is not measured).  The rule counts the batch's
+    rows, which is what the penalised sample is chosen among with ``rank="lanczos"`` (the default);
+    with ``rank="stored"`` / ``"probe"`` it is not chosen by Lanczos bounds, and two steps there
+    gave 0.85–0.86 at batch 4 (``true_sigma_real_lam01_fk_30ep.md``) — left as it is.
     Forward mode and the double-vjp: 1 power iteration per step."""
     if method != "fd":
         return 1
